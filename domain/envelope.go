@@ -1,0 +1,209 @@
+package domain
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// SchemaVersion is the envelope version this code writes. Stored events are
+// never rewritten: older versions are upcast when read.
+const SchemaVersion = 1
+
+// Stream names. Lifecycle events and usage events live apart so that usage
+// never causes false concurrency conflicts on lifecycle commands.
+const (
+	StreamKeys   = "KEYS"
+	StreamUsage  = "USAGE"
+	StreamAlerts = "ALERTS"
+)
+
+// Aggregate kinds: the second token of a lifecycle subject.
+const (
+	KindKey       = "keys"
+	KindPrincipal = "principals"
+	KindRole      = "roles"
+)
+
+// Envelope is the one wire format of every event. Its JSON encoding is
+// pinned by golden files and never changes for a stored event.
+type Envelope struct {
+	ID            uuid.UUID       `json:"id"`
+	Type          string          `json:"type"`
+	KeyID         string          `json:"key_id"`
+	Time          time.Time       `json:"time"`
+	Actor         string          `json:"actor"`
+	SchemaVersion int             `json:"schema_version"`
+	Context       *RequestContext `json:"ctx,omitempty"`
+	Data          json.RawMessage `json:"data"`
+	PrevHash      string          `json:"prev_hash"`
+	Hash          string          `json:"hash"`
+
+	// Stream and Seq are where the event is stored; they are set when an
+	// event is read back and are not part of the wire format.
+	Stream string `json:"-"`
+	Seq    uint64 `json:"-"`
+}
+
+// RequestContext records where a command or a verification came from.
+type RequestContext struct {
+	RequestID string `json:"request_id,omitempty"`
+	SourceIP  string `json:"source_ip,omitempty"`
+	UserAgent string `json:"user_agent,omitempty"`
+}
+
+// Kind returns the aggregate kind of the envelope's event type.
+func (e Envelope) Kind() string { return KindOf(e.Type) }
+
+// Subject returns the NATS subject the envelope is stored under.
+func (e Envelope) Subject() string {
+	switch KindOf(e.Type) {
+	case KindUsage:
+		id := e.KeyID
+		if id == "" {
+			id = UnknownKeyID
+		}
+		return "keyledger.usage." + id + "." + UsageSuffix(e.Type)
+	case KindAlert:
+		return "keyledger.alerts." + e.KeyID
+	default:
+		return "keyledger." + KindOf(e.Type) + "." + e.KeyID + "." + e.Type
+	}
+}
+
+// StreamName returns the stream the envelope belongs to.
+func (e Envelope) StreamName() string {
+	switch KindOf(e.Type) {
+	case KindUsage:
+		return StreamUsage
+	case KindAlert:
+		return StreamAlerts
+	default:
+		return StreamKeys
+	}
+}
+
+// UnknownKeyID stands for the key id of a token that could not be parsed.
+const UnknownKeyID = "_"
+
+// NewEnvelope wraps an event. The time is truncated to the millisecond, the
+// precision of every store keyledger writes to, so a hash computed now still
+// matches after a round trip through any of them.
+func NewEnvelope(id uuid.UUID, keyID string, ev Event, now time.Time, actor string, rc *RequestContext) (Envelope, error) {
+	data, err := json.Marshal(ev)
+	if err != nil {
+		return Envelope{}, fmt.Errorf("encode %s: %w", ev.EventType(), err)
+	}
+	return Envelope{
+		ID:            id,
+		Type:          ev.EventType(),
+		KeyID:         keyID,
+		Time:          now.UTC().Truncate(time.Millisecond),
+		Actor:         actor,
+		SchemaVersion: SchemaVersion,
+		Context:       rc,
+		Data:          data,
+	}, nil
+}
+
+// Seal sets the envelope's prev_hash and computes its hash.
+func (e *Envelope) Seal(prev string) {
+	e.PrevHash = prev
+	e.Hash = e.ComputeHash()
+}
+
+// ComputeHash returns the SHA-256 of the envelope's canonical encoding,
+// hex-encoded. The encoding (version 1) is a fixed tag followed by each field
+// as a big-endian uint32 length and its bytes, in a fixed order; it does not
+// depend on JSON key order or whitespace of the envelope itself.
+func (e Envelope) ComputeHash() string {
+	return hex.EncodeToString(e.hashSum())
+}
+
+func (e Envelope) hashSum() []byte {
+	h := sha256.New()
+	h.Write(CanonicalBytes(e))
+	return h.Sum(nil)
+}
+
+// CanonicalBytes returns the bytes the envelope's hash is computed over.
+func CanonicalBytes(e Envelope) []byte {
+	var b bytes.Buffer
+	b.WriteString("keyledger-event-v1")
+	field := func(s []byte) {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(s)))
+		b.Write(n[:])
+		b.Write(s)
+	}
+	var rc RequestContext
+	if e.Context != nil {
+		rc = *e.Context
+	}
+	var ms [8]byte
+	binary.BigEndian.PutUint64(ms[:], uint64(e.Time.UnixMilli()))
+	field(e.ID[:])
+	field([]byte(e.Type))
+	field([]byte(e.KeyID))
+	field(ms[:])
+	field([]byte(e.Actor))
+	field([]byte(fmt.Sprint(e.SchemaVersion)))
+	field([]byte(rc.RequestID))
+	field([]byte(rc.SourceIP))
+	field([]byte(rc.UserAgent))
+	field(e.Data)
+	field([]byte(e.PrevHash))
+	return b.Bytes()
+}
+
+// Marshal returns the wire encoding of the envelope.
+func (e Envelope) Marshal() ([]byte, error) {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("encode envelope: %w", err)
+	}
+	return b, nil
+}
+
+// UnmarshalEnvelope decodes the wire encoding of an event. It rejects
+// unknown envelope fields, unsupported schema versions and missing ids.
+func UnmarshalEnvelope(b []byte) (Envelope, error) {
+	var e Envelope
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&e); err != nil {
+		return Envelope{}, Errorf(EINVALID, "bad_event", "decode event: %v", err)
+	}
+	if dec.More() {
+		return Envelope{}, Errorf(EINVALID, "bad_event", "decode event: trailing data")
+	}
+	if e.SchemaVersion < 1 || e.SchemaVersion > SchemaVersion {
+		return Envelope{}, Errorf(EINVALID, "bad_event", "unsupported schema version %d", e.SchemaVersion)
+	}
+	if e.ID == uuid.Nil || e.Type == "" {
+		return Envelope{}, Errorf(EINVALID, "bad_event", "event without id or type")
+	}
+	if _, ok := eventFactories[e.Type]; !ok {
+		return Envelope{}, Errorf(EINVALID, "bad_event", "unknown event type %q", e.Type)
+	}
+	return e, nil
+}
+
+// Decode returns the typed event carried by the envelope.
+func (e Envelope) Decode() (Event, error) {
+	f, ok := eventFactories[e.Type]
+	if !ok {
+		return nil, Errorf(EINVALID, "bad_event", "unknown event type %q", e.Type)
+	}
+	ev := f()
+	if err := json.Unmarshal(e.Data, ev); err != nil {
+		return nil, Errorf(EINVALID, "bad_event", "decode %s data: %v", e.Type, err)
+	}
+	return derefEvent(ev), nil
+}
