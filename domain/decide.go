@@ -1,0 +1,308 @@
+package domain
+
+import (
+	"encoding/hex"
+	"maps"
+	"slices"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// MaxGracePeriod bounds how long a rotated-out secret keeps working.
+const MaxGracePeriod = 30 * 24 * time.Hour
+
+// Command is a request to change a key. Every command carries who asked and
+// from where.
+type Command interface {
+	meta() Meta
+}
+
+// Meta is the part every command shares.
+type Meta struct {
+	Actor   string
+	Context *RequestContext
+}
+
+func (m Meta) meta() Meta { return m }
+
+// CreateKey creates a key. The caller generates the key id and the secret
+// (randomness is I/O) and passes only the secret's hash.
+type CreateKey struct {
+	Meta
+	KeyID        string
+	Owner        string
+	Name         string
+	Comments     string
+	Role         string
+	Permissions  []string
+	LifetimeDays int
+	AllowedIPs   []string
+	Metadata     map[string]string
+	SecretHash   string
+}
+
+// RegenerateKey extends a key's lifetime by its original lifetime, with its
+// original privileges. With Rotate, it also installs a new secret; the old
+// one keeps working for GracePeriod.
+type RegenerateKey struct {
+	Meta
+	Rotate      bool
+	GracePeriod time.Duration
+	SecretHash  string
+}
+
+// UpdateKey changes descriptive fields or permissions; nil fields are kept.
+type UpdateKey struct {
+	Meta
+	Name        *string
+	Comments    *string
+	Permissions *[]string
+}
+
+// DisableKey suspends a key until it is enabled again.
+type DisableKey struct {
+	Meta
+	Reason string
+}
+
+// EnableKey ends a suspension.
+type EnableKey struct{ Meta }
+
+// RevokeKey disables a key permanently.
+type RevokeKey struct {
+	Meta
+	Reason string
+}
+
+// DeleteKey revokes a key if it is still usable, then tombstones it.
+type DeleteKey struct {
+	Meta
+	Reason string
+}
+
+// Decide returns the events a command produces on a key's state, or a
+// domain error. It is pure: now and newID are supplied by the caller. The
+// returned envelopes are sealed into the key's hash chain.
+//
+// Errors: EINVALID for bad input, ENOTFOUND (key_not_found) for a key that
+// does not exist, ECONFLICT with a stable reason for an illegal transition
+// (key_exists, key_revoked, key_deleted, key_already_disabled,
+// key_not_disabled).
+func Decide(k Key, cmd Command, now time.Time, newID func() uuid.UUID) ([]Envelope, error) {
+	events, keyID, err := decide(k, cmd, now)
+	if err != nil {
+		return nil, err
+	}
+	m := cmd.meta()
+	out := make([]Envelope, 0, len(events))
+	prev := k.LastHash
+	for _, ev := range events {
+		env, err := NewEnvelope(newID(), keyID, ev, now, m.Actor, m.Context)
+		if err != nil {
+			return nil, err
+		}
+		env.Seal(prev)
+		prev = env.Hash
+		out = append(out, env)
+	}
+	return out, nil
+}
+
+func decide(k Key, cmd Command, now time.Time) ([]Event, string, error) {
+	if cmd.meta().Actor == "" {
+		return nil, "", Errorf(EINVALID, "missing_actor", "a command needs an actor")
+	}
+	if c, ok := cmd.(CreateKey); ok {
+		if k.Exists() {
+			return nil, "", Errorf(ECONFLICT, "key_exists", "key %s already exists", c.KeyID)
+		}
+		ev, err := decideCreate(c, now)
+		return []Event{ev}, c.KeyID, err
+	}
+	if !k.Exists() {
+		return nil, "", Errorf(ENOTFOUND, "key_not_found", "key not found")
+	}
+	if !k.DeletedAt.IsZero() {
+		return nil, "", Errorf(ECONFLICT, "key_deleted", "key %s is deleted", k.ID)
+	}
+	revoked := !k.RevokedAt.IsZero()
+	errRevoked := Errorf(ECONFLICT, "key_revoked", "key %s is revoked", k.ID)
+	switch c := cmd.(type) {
+	case RegenerateKey:
+		if revoked {
+			return nil, "", errRevoked
+		}
+		ev, err := decideRegenerate(k, c, now)
+		return []Event{ev}, k.ID, err
+	case UpdateKey:
+		if revoked {
+			return nil, "", errRevoked
+		}
+		ev, err := decideUpdate(k, c)
+		return []Event{ev}, k.ID, err
+	case DisableKey:
+		if revoked {
+			return nil, "", errRevoked
+		}
+		if k.Disabled {
+			return nil, "", Errorf(ECONFLICT, "key_already_disabled", "key %s is already disabled", k.ID)
+		}
+		if err := validText("reason", c.Reason, MaxReasonLen, false); err != nil {
+			return nil, "", err
+		}
+		return []Event{KeyDisabled{Reason: c.Reason}}, k.ID, nil
+	case EnableKey:
+		if revoked {
+			return nil, "", errRevoked
+		}
+		if !k.Disabled {
+			return nil, "", Errorf(ECONFLICT, "key_not_disabled", "key %s is not disabled", k.ID)
+		}
+		return []Event{KeyEnabled{}}, k.ID, nil
+	case RevokeKey:
+		if revoked {
+			return nil, "", errRevoked
+		}
+		if err := validText("reason", c.Reason, MaxReasonLen, true); err != nil {
+			return nil, "", err
+		}
+		return []Event{KeyRevoked{Reason: c.Reason}}, k.ID, nil
+	case DeleteKey:
+		if err := validText("reason", c.Reason, MaxReasonLen, false); err != nil {
+			return nil, "", err
+		}
+		if revoked {
+			return []Event{KeyDeleted{}}, k.ID, nil
+		}
+		reason := c.Reason
+		if reason == "" {
+			reason = "deleted"
+		}
+		return []Event{KeyRevoked{Reason: reason}, KeyDeleted{}}, k.ID, nil
+	}
+	return nil, "", Errorf(EINVALID, "unknown_command", "unknown command %T", cmd)
+}
+
+func decideCreate(c CreateKey, now time.Time) (Event, error) {
+	if _, err := uuid.Parse(c.KeyID); err != nil || len(c.KeyID) != 36 {
+		return nil, Errorf(EINVALID, "invalid_key_id", "invalid key id %q", c.KeyID)
+	}
+	if c.Owner == "" {
+		return nil, Errorf(EINVALID, "invalid_owner", "a key needs an owner")
+	}
+	if err := validText("name", c.Name, MaxNameLen, true); err != nil {
+		return nil, err
+	}
+	if err := validText("comments", c.Comments, MaxCommentsLen, false); err != nil {
+		return nil, err
+	}
+	if c.Role != "" && !ValidPermission(c.Role) {
+		return nil, Errorf(EINVALID, "invalid_role", "invalid role name %q", c.Role)
+	}
+	perms, err := NormalizePermissions(c.Permissions)
+	if err != nil {
+		return nil, err
+	}
+	days := c.LifetimeDays
+	if days == 0 {
+		days = DefaultLifetimeDays
+	}
+	if days < 1 || days > MaxLifetimeDays {
+		return nil, Errorf(EINVALID, "lifetime_out_of_range", "lifetime_days must be between 1 and %d", MaxLifetimeDays)
+	}
+	prefixes, err := ParseAllowedIPs(c.AllowedIPs)
+	if err != nil {
+		return nil, err
+	}
+	if err := validMetadata(c.Metadata); err != nil {
+		return nil, err
+	}
+	if !validHash(c.SecretHash) {
+		return nil, Errorf(EINVALID, "invalid_secret_hash", "secret hash must be 64 hex characters")
+	}
+	var allowed []string
+	if len(prefixes) > 0 {
+		allowed = PrefixStrings(prefixes)
+	}
+	var md map[string]string
+	if len(c.Metadata) > 0 {
+		md = maps.Clone(c.Metadata)
+	}
+	return KeyCreated{
+		Owner:        c.Owner,
+		Name:         c.Name,
+		Comments:     c.Comments,
+		Role:         c.Role,
+		Permissions:  perms,
+		LifetimeDays: days,
+		ExpiresAt:    now.UTC().Truncate(time.Millisecond).Add(time.Duration(days) * 24 * time.Hour),
+		AllowedIPs:   allowed,
+		Metadata:     md,
+		SecretHash:   c.SecretHash,
+	}, nil
+}
+
+func decideRegenerate(k Key, c RegenerateKey, now time.Time) (Event, error) {
+	if c.GracePeriod < 0 || c.GracePeriod > MaxGracePeriod {
+		return nil, Errorf(EINVALID, "invalid_grace_period", "grace_period must be between 0 and %s", MaxGracePeriod)
+	}
+	if !c.Rotate && (c.SecretHash != "" || c.GracePeriod != 0) {
+		return nil, Errorf(EINVALID, "invalid_regenerate", "a new secret and a grace period need rotate")
+	}
+	if c.Rotate && !validHash(c.SecretHash) {
+		return nil, Errorf(EINVALID, "invalid_secret_hash", "secret hash must be 64 hex characters")
+	}
+	// The lifetime is extended from the later of now and the current
+	// expiry, so regenerating early never loses time already granted and
+	// regenerating an expired key starts a full lifetime from now.
+	now = now.UTC().Truncate(time.Millisecond)
+	base := k.ExpiresAt
+	if base.Before(now) {
+		base = now
+	}
+	ev := KeyRegenerated{ExpiresAt: base.Add(time.Duration(k.LifetimeDays) * 24 * time.Hour)}
+	if c.Rotate {
+		ev.Rotated = true
+		ev.SecretHash = c.SecretHash
+		ev.PreviousValidUntil = now.Add(c.GracePeriod)
+	}
+	return ev, nil
+}
+
+func decideUpdate(k Key, c UpdateKey) (Event, error) {
+	var ev KeyUpdated
+	if c.Name != nil && *c.Name != k.Name {
+		if err := validText("name", *c.Name, MaxNameLen, true); err != nil {
+			return nil, err
+		}
+		ev.Name = c.Name
+	}
+	if c.Comments != nil && *c.Comments != k.Comments {
+		if err := validText("comments", *c.Comments, MaxCommentsLen, false); err != nil {
+			return nil, err
+		}
+		ev.Comments = c.Comments
+	}
+	if c.Permissions != nil {
+		perms, err := NormalizePermissions(*c.Permissions)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Equal(perms, k.Permissions) {
+			ev.Permissions = &perms
+		}
+	}
+	if ev.Name == nil && ev.Comments == nil && ev.Permissions == nil {
+		return nil, Errorf(EINVALID, "nothing_to_update", "the update changes nothing")
+	}
+	return ev, nil
+}
+
+func validHash(h string) bool {
+	if len(h) != 64 {
+		return false
+	}
+	_, err := hex.DecodeString(h)
+	return err == nil
+}

@@ -1,0 +1,185 @@
+package domain
+
+import (
+	"net/netip"
+	"slices"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits on what a key may carry. They bound memory per key and the size of
+// every event.
+const (
+	DefaultLifetimeDays = 90
+	MaxLifetimeDays     = 3650
+	MaxNameLen          = 128
+	MaxCommentsLen      = 2000
+	MaxReasonLen        = 1000
+	MaxPermissions      = 100
+	MaxPermissionLen    = 128
+	MaxAllowedIPs       = 100
+	MaxMetadataEntries  = 32
+	MaxMetadataKeyLen   = 64
+	MaxMetadataValueLen = 512
+)
+
+// ValidPermission reports whether p is a well-formed permission string:
+// dot-separated segments of lowercase letters, digits, '_', '-' and ':',
+// optionally ending in ".*", or "*" alone.
+func ValidPermission(p string) bool {
+	if p == "*" {
+		return true
+	}
+	if len(p) == 0 || len(p) > MaxPermissionLen {
+		return false
+	}
+	segs := strings.Split(p, ".")
+	for i, s := range segs {
+		if s == "*" && i == len(segs)-1 && i > 0 {
+			continue
+		}
+		if s == "" {
+			return false
+		}
+		for _, r := range s {
+			if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == ':') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Covers reports whether the granted permissions include p. "*" covers
+// everything; "a.*" covers "a.b", "a.b.c" and "a.b.*"; otherwise the strings
+// must be equal.
+func Covers(granted []string, p string) bool {
+	for _, g := range granted {
+		if g == p || g == "*" {
+			return true
+		}
+		if strings.HasSuffix(g, ".*") && strings.HasPrefix(p, g[:len(g)-1]) && len(p) > len(g)-1 {
+			return true
+		}
+	}
+	return false
+}
+
+// NormalizePermissions validates, de-duplicates and sorts a permission list.
+func NormalizePermissions(ps []string) ([]string, error) {
+	if len(ps) > MaxPermissions {
+		return nil, Errorf(EINVALID, "too_many_permissions", "at most %d permissions", MaxPermissions)
+	}
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		if !ValidPermission(p) {
+			return nil, Errorf(EINVALID, "invalid_permission", "invalid permission %q", p)
+		}
+		out = append(out, p)
+	}
+	slices.Sort(out)
+	return slices.Compact(out), nil
+}
+
+// ParseAllowedIPs parses addresses and CIDR prefixes ("10.0.0.1",
+// "10.0.0.0/8", "2001:db8::/32") into canonical prefixes. A bare address
+// becomes a single-address prefix; host bits of a prefix must be zero so
+// that what is stored is what was meant.
+func ParseAllowedIPs(in []string) ([]netip.Prefix, error) {
+	if len(in) > MaxAllowedIPs {
+		return nil, Errorf(EINVALID, "too_many_ips", "at most %d allowed IPs", MaxAllowedIPs)
+	}
+	out := make([]netip.Prefix, 0, len(in))
+	for _, s := range in {
+		s = strings.TrimSpace(s)
+		var p netip.Prefix
+		if strings.Contains(s, "/") {
+			var err error
+			p, err = netip.ParsePrefix(s)
+			if err != nil {
+				return nil, Errorf(EINVALID, "invalid_cidr", "invalid CIDR %q", s)
+			}
+			if p.Masked() != p {
+				return nil, Errorf(EINVALID, "invalid_cidr", "CIDR %q has host bits set (did you mean %s?)", s, p.Masked())
+			}
+		} else {
+			a, err := netip.ParseAddr(s)
+			if err != nil || a.Zone() != "" {
+				return nil, Errorf(EINVALID, "invalid_cidr", "invalid IP address %q", s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		if p.Addr().Is4In6() {
+			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+			if p.Bits() < 0 {
+				return nil, Errorf(EINVALID, "invalid_cidr", "invalid CIDR %q", s)
+			}
+		}
+		out = append(out, p)
+	}
+	slices.SortFunc(out, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	return slices.Compact(out), nil
+}
+
+// PrefixStrings renders prefixes as their canonical strings.
+func PrefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
+}
+
+// IPAllowed reports whether addr falls in one of the prefixes; an empty list
+// allows every address.
+func IPAllowed(ps []netip.Prefix, addr netip.Addr) bool {
+	if len(ps) == 0 {
+		return true
+	}
+	addr = addr.Unmap()
+	for _, p := range ps {
+		if p.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+func validText(field, s string, max int, required bool) error {
+	if required && strings.TrimSpace(s) == "" {
+		return Errorf(EINVALID, "invalid_"+field, "%s is required", field)
+	}
+	if !utf8.ValidString(s) {
+		return Errorf(EINVALID, "invalid_"+field, "%s is not valid UTF-8", field)
+	}
+	if utf8.RuneCountInString(s) > max {
+		return Errorf(EINVALID, "invalid_"+field, "%s is longer than %d characters", field, max)
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) && r != '\n' && r != '\t' && r != '\r' {
+			return Errorf(EINVALID, "invalid_"+field, "%s contains control characters", field)
+		}
+	}
+	return nil
+}
+
+func validMetadata(m map[string]string) error {
+	if len(m) > MaxMetadataEntries {
+		return Errorf(EINVALID, "invalid_metadata", "at most %d metadata entries", MaxMetadataEntries)
+	}
+	for k, v := range m {
+		if k == "" || len(k) > MaxMetadataKeyLen || !utf8.ValidString(k) {
+			return Errorf(EINVALID, "invalid_metadata", "invalid metadata key %q", k)
+		}
+		if len(v) > MaxMetadataValueLen || !utf8.ValidString(v) {
+			return Errorf(EINVALID, "invalid_metadata", "metadata value of %q is too long or not UTF-8", k)
+		}
+	}
+	return nil
+}

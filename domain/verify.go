@@ -1,0 +1,66 @@
+package domain
+
+import (
+	"net/netip"
+	"time"
+)
+
+// Verification outcome codes.
+const (
+	OutcomeValid                   = "VALID"
+	OutcomeMalformed               = "MALFORMED"
+	OutcomeNotFound                = "NOT_FOUND"
+	OutcomeInvalidSecret           = "INVALID_SECRET"
+	OutcomeRevoked                 = "REVOKED"
+	OutcomeDisabled                = "DISABLED"
+	OutcomeExpired                 = "EXPIRED"
+	OutcomeIPNotAllowed            = "IP_NOT_ALLOWED"
+	OutcomeInsufficientPermissions = "INSUFFICIENT_PERMISSIONS"
+)
+
+// Outcomes lists every outcome code.
+var Outcomes = []string{
+	OutcomeValid, OutcomeMalformed, OutcomeNotFound, OutcomeInvalidSecret, OutcomeRevoked,
+	OutcomeDisabled, OutcomeExpired, OutcomeIPNotAllowed, OutcomeInsufficientPermissions,
+}
+
+// Check decides a verification for a key that was found by the token's id.
+// The order is fixed: secret, status, source address, permission, so that
+// nothing about a key's state is revealed to a caller without its secret.
+// An empty permission asks only that the key is valid; an invalid addr skips
+// the address check only for keys without an IP restriction.
+func Check(k Key, secret Secret, now time.Time, addr netip.Addr, permission string) string {
+	if !k.Exists() || !k.DeletedAt.IsZero() {
+		// A deleted key is a tombstone: it answers as if it never existed
+		// only after its secret is proved, so check the secret first.
+		if k.Exists() && secretOK(k, secret, now) {
+			return OutcomeRevoked
+		}
+		return OutcomeNotFound
+	}
+	if !secretOK(k, secret, now) {
+		return OutcomeInvalidSecret
+	}
+	switch k.Status(now) {
+	case StatusRevoked:
+		return OutcomeRevoked
+	case StatusDisabled:
+		return OutcomeDisabled
+	case StatusExpired:
+		return OutcomeExpired
+	}
+	if len(k.AllowedPrefixes) > 0 && (!addr.IsValid() || !IPAllowed(k.AllowedPrefixes, addr)) {
+		return OutcomeIPNotAllowed
+	}
+	if permission != "" && !Covers(k.Permissions, permission) {
+		return OutcomeInsufficientPermissions
+	}
+	return OutcomeValid
+}
+
+func secretOK(k Key, s Secret, now time.Time) bool {
+	if SecretMatches(s, k.SecretHash) {
+		return true
+	}
+	return k.PrevSecretHash != "" && now.Before(k.PrevValidUntil) && SecretMatches(s, k.PrevSecretHash)
+}
