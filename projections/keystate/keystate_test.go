@@ -1,0 +1,211 @@
+package keystate_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections/keystate"
+)
+
+var t0 = time.Date(2026, 3, 1, 0, 0, 0, 0, time.UTC)
+
+// feed decides commands against the projection and applies their events
+// with consecutive sequence numbers, as the KEYS subscription would.
+type feed struct {
+	p   *keystate.Projection
+	seq uint64
+}
+
+func (f *feed) do(t testing.TB, id string, c domain.Command) {
+	t.Helper()
+	k, _ := f.p.Key(id)
+	envs, err := domain.Decide(k, c, t0, uuid.New)
+	if err != nil {
+		t.Fatalf("%T: %v", c, err)
+	}
+	for _, e := range envs {
+		f.seq++
+		e.Seq = f.seq
+		f.p.Apply(e)
+	}
+}
+
+func newKeyID() string { return uuid.Must(uuid.NewV7()).String() }
+
+func createCmd(id, owner, name string, secret domain.Secret) domain.CreateKey {
+	return domain.CreateKey{Meta: domain.Meta{Actor: owner}, KeyID: id, Owner: owner, Name: name,
+		Permissions: []string{"orders.read"}, LifetimeDays: 10, SecretHash: domain.HashSecret(secret)}
+}
+
+func TestApplyWaitForAndList(t *testing.T) {
+	p := keystate.New()
+	f := &feed{p: p}
+	var ids []string
+	for i := range 5 {
+		id := newKeyID()
+		ids = append(ids, id)
+		owner := "alice"
+		if i%2 == 1 {
+			owner = "bob"
+		}
+		f.do(t, id, createCmd(id, owner, fmt.Sprintf("key %d", i), domain.Secret{byte(i)}))
+	}
+	f.do(t, ids[1], domain.RevokeKey{Meta: domain.Meta{Actor: "bob"}, Reason: "x"})
+	f.do(t, ids[2], domain.DisableKey{Meta: domain.Meta{Actor: "alice"}})
+	f.do(t, ids[4], domain.DeleteKey{Meta: domain.Meta{Actor: "alice"}})
+
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := p.WaitFor(ctx, f.seq); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(time.Hour)
+	count := func(fl keystate.Filter) int {
+		fl.Now = now
+		ks, _ := p.List(fl)
+		return len(ks)
+	}
+	for name, c := range map[string]struct {
+		f    keystate.Filter
+		want int
+	}{
+		"default hides deleted": {keystate.Filter{}, 4},
+		"all":                   {keystate.Filter{Status: "all"}, 5},
+		"active":                {keystate.Filter{Status: "active"}, 2},
+		"revoked":               {keystate.Filter{Status: "revoked"}, 1},
+		"disabled":              {keystate.Filter{Status: "disabled"}, 1},
+		"expired":               {keystate.Filter{Status: "expired"}, 0},
+		"owner":                 {keystate.Filter{Owner: "bob", Status: "all"}, 2},
+		"query":                 {keystate.Filter{Query: "KEY 3"}, 1},
+	} {
+		if got := count(c.f); got != c.want {
+			t.Errorf("%s: %d keys, want %d", name, got, c.want)
+		}
+	}
+	ks, _ := p.List(keystate.Filter{Status: "expired", Now: t0.Add(11 * 24 * time.Hour)})
+	if len(ks) != 2 {
+		t.Errorf("expired after lifetime: %d keys, want 2", len(ks))
+	}
+	// Pagination walks every key once, in id order.
+	var seen []string
+	after := ""
+	for {
+		page, more := p.List(keystate.Filter{Status: "all", After: after, Limit: 2, Now: now})
+		for _, k := range page {
+			seen = append(seen, k.ID)
+		}
+		if !more {
+			break
+		}
+		after = page[len(page)-1].ID
+	}
+	if strings.Join(seen, ",") != strings.Join(ids, ",") {
+		t.Fatalf("pages = %v, want %v", seen, ids)
+	}
+	if got := p.ActiveKeys("alice"); got != 2 {
+		t.Fatalf("alice active keys = %d, want 2", got)
+	}
+}
+
+func TestWaitForBlocksUntilApplied(t *testing.T) {
+	p := keystate.New()
+	f := &feed{p: p}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- p.WaitFor(ctx, 1)
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("WaitFor returned before the event was applied: %v", err)
+	case <-time.After(20 * time.Millisecond):
+	}
+	id := newKeyID()
+	f.do(t, id, createCmd(id, "alice", "k", domain.Secret{1}))
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := p.WaitFor(ctx, 99); err == nil {
+		t.Fatal("WaitFor on a cancelled context returned nil")
+	}
+}
+
+func TestSnapshotRestore(t *testing.T) {
+	p := keystate.New()
+	f := &feed{p: p}
+	id := newKeyID()
+	f.do(t, id, createCmd(id, "alice", "k", domain.Secret{1}))
+	f.do(t, id, domain.RegenerateKey{Meta: domain.Meta{Actor: "alice"}, Rotate: true, SecretHash: domain.HashSecret(domain.Secret{2}), GracePeriod: time.Hour})
+	seq, b, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(string(b), fmt.Sprintf("%x", domain.Secret{1})) {
+		t.Fatal("snapshot holds a secret")
+	}
+	q := keystate.New()
+	if err := q.Restore(b); err != nil {
+		t.Fatal(err)
+	}
+	if got := q.Applied(); got != seq || seq != 2 {
+		t.Fatalf("applied = %d, snapshot seq %d", got, seq)
+	}
+	a, _ := p.Key(id)
+	c, ok := q.Key(id)
+	if !ok || fmt.Sprintf("%+v", a) != fmt.Sprintf("%+v", c) {
+		t.Fatalf("restored key differs:\n%+v\n%+v", a, c)
+	}
+	// Replayed events at or below the snapshot are ignored.
+	before, _ := q.Key(id)
+	q.Apply(domain.Envelope{Seq: 1})
+	after, _ := q.Key(id)
+	if before.Events != after.Events {
+		t.Fatal("an event below the applied sequence changed state")
+	}
+	if err := q.Restore([]byte(`{"version":99}`)); err == nil {
+		t.Fatal("restore accepted a foreign snapshot version")
+	}
+}
+
+func TestConcurrentReadsDuringApply(t *testing.T) {
+	p := keystate.New()
+	f := &feed{p: p}
+	id := newKeyID()
+	f.do(t, id, createCmd(id, "alice", "k", domain.Secret{1}))
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					p.Key(id)
+					p.List(keystate.Filter{Now: t0})
+				}
+			}
+		}()
+	}
+	for i := range 200 {
+		f.do(t, id, domain.UpdateKey{Meta: domain.Meta{Actor: "alice"}, Comments: ptr(fmt.Sprint(i))})
+	}
+	close(stop)
+	wg.Wait()
+	if k, _ := p.Key(id); k.Comments != "199" || k.Events != 201 {
+		t.Fatalf("final state %q after %d events", k.Comments, k.Events)
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

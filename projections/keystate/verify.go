@@ -1,0 +1,114 @@
+package keystate
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/domain"
+)
+
+// UsageRecorder stores usage events. Publish returns once the events are
+// stored durably (or, in an asynchronous mode, accepted into a bounded
+// buffer); it never drops an event silently.
+type UsageRecorder interface {
+	Publish(ctx context.Context, envs ...domain.Envelope) error
+}
+
+// Verifier answers verifications from the projection and records every one
+// of them, malformed and unknown tokens included, as a usage event.
+type Verifier struct {
+	State *Projection
+	Usage UsageRecorder
+	Now   func() time.Time
+	NewID func() uuid.UUID
+}
+
+// Request is one verification.
+type Request struct {
+	Token      string
+	Permission string
+	// IP is the address the token was presented from; the zero value
+	// means unknown, which only keys without an IP restriction accept.
+	IP netip.Addr
+	// Actor is who asked: the verifying service's principal.
+	Actor   string
+	Context *domain.RequestContext
+}
+
+// Result is the outcome of a verification.
+type Result struct {
+	Code string
+	// Key is the key the token named, when it exists (Code is not
+	// MALFORMED or NOT_FOUND).
+	Key   domain.Key
+	Found bool
+	// EventID is the id of the usage event that records this verification.
+	EventID uuid.UUID
+}
+
+// Valid reports whether the verification succeeded.
+func (r Result) Valid() bool { return r.Code == domain.OutcomeValid }
+
+// Verify runs the verification path: parse and checksum, lookup, constant-
+// time secret comparison, status, source address, permission. The error is
+// non-nil only when the usage event could not be recorded; the result must
+// then not be acted on, because the log would not show it.
+func (v *Verifier) Verify(ctx context.Context, req Request) (Result, error) {
+	res, env, err := v.Decide(req)
+	if err != nil {
+		return Result{}, err
+	}
+	if err := v.Usage.Publish(ctx, env); err != nil {
+		return Result{}, fmt.Errorf("record verification: %w", err)
+	}
+	return res, nil
+}
+
+// Decide computes the outcome and its usage event without recording it.
+func (v *Verifier) Decide(req Request) (Result, domain.Envelope, error) {
+	now := v.Now()
+	var res Result
+	keyID := domain.UnknownKeyID
+	tok, err := domain.ParseToken(req.Token)
+	if err != nil {
+		res.Code = domain.OutcomeMalformed
+	} else {
+		keyID = tok.KeyID.String()
+		k, ok := v.State.KeyByUUID(tok.KeyID)
+		res.Key, res.Found = k, ok
+		res.Code = domain.Check(k, tok.Secret, now, req.IP, req.Permission)
+		if res.Code == domain.OutcomeNotFound {
+			res.Key, res.Found = domain.Key{}, false
+		}
+	}
+	var ev domain.Event
+	if res.Code == domain.OutcomeValid {
+		ev = domain.KeyUsed{Code: res.Code, Owner: res.Key.Owner, Permission: req.Permission}
+	} else {
+		d := domain.KeyDenied{Code: res.Code, Owner: res.Key.Owner, Permission: req.Permission}
+		if res.Code == domain.OutcomeMalformed || res.Code == domain.OutcomeNotFound || res.Code == domain.OutcomeInvalidSecret {
+			// A hash lets alert rules count repeated guesses with one
+			// token without the token itself ever being stored.
+			d.TokenHash = domain.HashToken(req.Token)
+		}
+		ev = d
+	}
+	rc := req.Context
+	if req.IP.IsValid() {
+		c := domain.RequestContext{SourceIP: req.IP.String()}
+		if rc != nil {
+			c.RequestID, c.UserAgent = rc.RequestID, rc.UserAgent
+		}
+		rc = &c
+	}
+	env, err := domain.NewEnvelope(v.NewID(), keyID, ev, now, req.Actor, rc)
+	if err != nil {
+		return Result{}, domain.Envelope{}, err
+	}
+	env.Seal("")
+	res.EventID = env.ID
+	return res, env, nil
+}
