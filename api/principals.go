@@ -1,0 +1,302 @@
+package api
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/domain"
+)
+
+// PrincipalView is a principal as the API shows it.
+type PrincipalView struct {
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	Roles       []string  `json:"roles"`
+	Permissions []string  `json:"permissions"`
+	MaxKeys     int       `json:"max_keys"`
+	ActiveKeys  int       `json:"active_keys"`
+	Disabled    bool      `json:"disabled"`
+	CreatedAt   time.Time `json:"created_at"`
+	CreatedBy   string    `json:"created_by"`
+	Version     uint64    `json:"version"`
+}
+
+func (s *Server) principalView(p domain.Principal) PrincipalView {
+	max := p.MaxKeys
+	if max == 0 {
+		max = s.cfg.MaxActiveKeys
+	}
+	return PrincipalView{
+		ID: p.ID, Name: p.Name, Roles: nonNil(p.Roles), Permissions: nonNil(s.cfg.State.PrincipalPermissions(p.ID)),
+		MaxKeys: max, ActiveKeys: s.cfg.State.ActiveKeys(p.ID), Disabled: p.Disabled,
+		CreatedAt: p.CreatedAt, CreatedBy: p.CreatedBy, Version: p.Version,
+	}
+}
+
+// execPrincipal decides, appends and waits, as execKey does for keys.
+func (s *Server) execPrincipal(ctx context.Context, id string, cmd domain.Command) (domain.Principal, error) {
+	p, _ := s.cfg.State.Principal(id)
+	envs, err := domain.DecidePrincipal(p, cmd, s.cfg.State.RoleExists, s.cfg.Now(), s.cfg.NewID)
+	if err != nil {
+		return domain.Principal{}, err
+	}
+	seq, err := s.cfg.Store.Append(ctx, p.Version, envs)
+	if err != nil {
+		return domain.Principal{}, err
+	}
+	if err := s.cfg.State.WaitFor(ctx, seq); err != nil {
+		return domain.Principal{}, err
+	}
+	p, _ = s.cfg.State.Principal(id)
+	return p, nil
+}
+
+type createPrincipalRequest struct {
+	Name    string   `json:"name"`
+	Roles   []string `json:"roles"`
+	MaxKeys int      `json:"max_keys"`
+	// CredentialLifetimeDays is the lifetime of the first credential.
+	CredentialLifetimeDays int `json:"credential_lifetime_days"`
+}
+
+// CreatedPrincipal answers POST /v1/principals; Credential carries the
+// principal's first token, shown only here.
+type CreatedPrincipal struct {
+	PrincipalView
+	Credential CreatedKey `json:"credential"`
+}
+
+func (s *Server) createPrincipal(w http.ResponseWriter, r *http.Request) {
+	c, ok := s.auth(w, r, domain.PermPrincipalManage)
+	if !ok {
+		return
+	}
+	var req createPrincipalRequest
+	if err := decode(r, &req); err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	if req.CredentialLifetimeDays < 0 || req.CredentialLifetimeDays > domain.MaxLifetimeDays {
+		s.problem(w, r, domain.Errorf(domain.EINVALID, "lifetime_out_of_range", "credential_lifetime_days must be between 1 and %d", domain.MaxLifetimeDays))
+		return
+	}
+	out, err := s.CreatePrincipal(r.Context(), domain.Meta{Actor: c.Principal.ID, Context: s.requestContext(r)}, req.Name, req.Roles, req.MaxKeys, req.CredentialLifetimeDays)
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/principals/"+out.ID)
+	writeJSON(w, http.StatusCreated, out)
+}
+
+// CreatePrincipal creates a principal and its first credential, a key that
+// carries every permission of the principal's roles.
+func (s *Server) CreatePrincipal(ctx context.Context, m domain.Meta, name string, roles []string, maxKeys, lifetimeDays int) (CreatedPrincipal, error) {
+	id := uuid.Must(uuid.NewV7()).String()
+	p, err := s.execPrincipal(ctx, id, domain.CreatePrincipal{Meta: m, PrincipalID: id, Name: name, Roles: roles, MaxKeys: maxKeys})
+	if err != nil {
+		return CreatedPrincipal{}, err
+	}
+	k, tok, err := s.issueKey(ctx, p, s.cfg.State.PrincipalPermissions(p.ID), createKeyRequest{
+		Name: "initial credential", Comments: "issued with the principal", LifetimeDays: lifetimeDays,
+	}, m)
+	if err != nil {
+		return CreatedPrincipal{}, err
+	}
+	return CreatedPrincipal{PrincipalView: s.principalView(p), Credential: CreatedKey{KeyView: s.view(k, s.cfg.Now()), Token: tok}}, nil
+}
+
+func (s *Server) listPrincipals(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.auth(w, r, domain.PermPrincipalManage); !ok {
+		return
+	}
+	ps := s.cfg.State.Principals()
+	out := make([]PrincipalView, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, s.principalView(p))
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"principals": out})
+}
+
+func (s *Server) findPrincipal(id string) (domain.Principal, error) {
+	p, ok := s.cfg.State.Principal(id)
+	if !ok {
+		return domain.Principal{}, domain.Errorf(domain.ENOTFOUND, "principal_not_found", "principal not found")
+	}
+	return p, nil
+}
+
+func (s *Server) getPrincipal(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.auth(w, r, domain.PermPrincipalManage); !ok {
+		return
+	}
+	p, err := s.findPrincipal(r.PathValue("id"))
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.principalView(p))
+}
+
+type updatePrincipalRequest struct {
+	Name    *string   `json:"name"`
+	Roles   *[]string `json:"roles"`
+	MaxKeys *int      `json:"max_keys"`
+}
+
+func (s *Server) principalCommand(w http.ResponseWriter, r *http.Request, build func(domain.Meta) (domain.Command, error)) {
+	c, ok := s.auth(w, r, domain.PermPrincipalManage)
+	if !ok {
+		return
+	}
+	p, err := s.findPrincipal(r.PathValue("id"))
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	cmd, err := build(domain.Meta{Actor: c.Principal.ID, Context: s.requestContext(r)})
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	p, err = s.execPrincipal(r.Context(), p.ID, cmd)
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, s.principalView(p))
+}
+
+func (s *Server) updatePrincipal(w http.ResponseWriter, r *http.Request) {
+	s.principalCommand(w, r, func(m domain.Meta) (domain.Command, error) {
+		var req updatePrincipalRequest
+		if err := decode(r, &req); err != nil {
+			return nil, err
+		}
+		return domain.UpdatePrincipal{Meta: m, Name: req.Name, Roles: req.Roles, MaxKeys: req.MaxKeys}, nil
+	})
+}
+
+func (s *Server) disablePrincipal(w http.ResponseWriter, r *http.Request) {
+	s.principalCommand(w, r, func(m domain.Meta) (domain.Command, error) {
+		var req reasonRequest
+		if err := decodeOptional(r, &req); err != nil {
+			return nil, err
+		}
+		return domain.DisablePrincipal{Meta: m, Reason: req.Reason}, nil
+	})
+}
+
+func (s *Server) enablePrincipal(w http.ResponseWriter, r *http.Request) {
+	s.principalCommand(w, r, func(m domain.Meta) (domain.Command, error) {
+		if err := decodeOptional(r, &struct{}{}); err != nil {
+			return nil, err
+		}
+		return domain.EnablePrincipal{Meta: m}, nil
+	})
+}
+
+// RoleView is a role as the API shows it.
+type RoleView struct {
+	Name        string   `json:"name"`
+	Permissions []string `json:"permissions"`
+	Description string   `json:"description,omitempty"`
+	BuiltIn     bool     `json:"built_in"`
+}
+
+func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.auth(w, r, ""); !ok {
+		return
+	}
+	var out []RoleView
+	for _, ro := range s.cfg.State.Roles() {
+		out = append(out, RoleView{Name: ro.Name, Permissions: nonNil(ro.Permissions), Description: ro.Description, BuiltIn: ro.BuiltIn})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"roles": out})
+}
+
+type roleRequest struct {
+	Name        string   `json:"name"`
+	Permissions []string `json:"permissions"`
+	Description *string  `json:"description"`
+}
+
+func (s *Server) roleCommand(w http.ResponseWriter, r *http.Request, name string, build func(domain.Meta) domain.Command, status int) {
+	c, ok := s.auth(w, r, domain.PermRoleManage)
+	if !ok {
+		return
+	}
+	ro, _ := s.cfg.State.Role(name)
+	envs, err := domain.DecideRole(ro, name, build(domain.Meta{Actor: c.Principal.ID, Context: s.requestContext(r)}), s.cfg.Now(), s.cfg.NewID)
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	seq, err := s.cfg.Store.Append(r.Context(), ro.Version, envs)
+	if err == nil {
+		err = s.cfg.State.WaitFor(r.Context(), seq)
+	}
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	ro, _ = s.cfg.State.Role(name)
+	if status == http.StatusNoContent {
+		w.WriteHeader(status)
+		return
+	}
+	writeJSON(w, status, RoleView{Name: ro.Name, Permissions: nonNil(ro.Permissions), Description: ro.Description})
+}
+
+func (s *Server) createRole(w http.ResponseWriter, r *http.Request) {
+	var req roleRequest
+	if err := decode(r, &req); err != nil {
+		// Authenticate first so an anonymous caller learns nothing.
+		if _, ok := s.auth(w, r, domain.PermRoleManage); ok {
+			s.problem(w, r, err)
+		}
+		return
+	}
+	desc := ""
+	if req.Description != nil {
+		desc = *req.Description
+	}
+	s.roleCommand(w, r, req.Name, func(m domain.Meta) domain.Command {
+		return domain.CreateRole{Meta: m, Name: req.Name, Permissions: req.Permissions, Description: desc}
+	}, http.StatusCreated)
+}
+
+func (s *Server) updateRole(w http.ResponseWriter, r *http.Request) {
+	var req roleRequest
+	if err := decode(r, &req); err != nil {
+		if _, ok := s.auth(w, r, domain.PermRoleManage); ok {
+			s.problem(w, r, err)
+		}
+		return
+	}
+	s.roleCommand(w, r, r.PathValue("name"), func(m domain.Meta) domain.Command {
+		return domain.UpdateRole{Meta: m, Permissions: req.Permissions, Description: req.Description}
+	}, http.StatusOK)
+}
+
+func (s *Server) deleteRole(w http.ResponseWriter, r *http.Request) {
+	s.roleCommand(w, r, r.PathValue("name"), func(m domain.Meta) domain.Command {
+		return domain.DeleteRole{Meta: m}
+	}, http.StatusNoContent)
+}
+
+// MeView answers GET /v1/me: who the token belongs to.
+type MeView struct {
+	Principal PrincipalView `json:"principal"`
+	Key       KeyView       `json:"key"`
+}
+
+func (s *Server) me(w http.ResponseWriter, r *http.Request) {
+	c, ok := s.auth(w, r, "")
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, MeView{Principal: s.principalView(c.Principal), Key: s.view(c.Key, s.cfg.Now())})
+}

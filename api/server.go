@@ -1,0 +1,351 @@
+// Package api is keyledger's HTTP interface: key management, principals and
+// roles, verification, and the operational endpoints. It depends on the
+// domain and on the interfaces below, never on a concrete store.
+package api
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections/keystate"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// EventStore appends and loads lifecycle events.
+type EventStore interface {
+	// Append stores events of one aggregate if its last stored event is
+	// still at sequence expected. Errors: ECONFLICT (version_conflict).
+	Append(ctx context.Context, expected uint64, envs []domain.Envelope) (uint64, error)
+	// Load returns an aggregate's events, oldest first.
+	Load(ctx context.Context, kind, id string) ([]domain.Envelope, error)
+}
+
+// UsageRecorder stores usage events durably (see keystate.UsageRecorder).
+type UsageRecorder = keystate.UsageRecorder
+
+// LastUsed reports when and from where a key was last used.
+type LastUsed interface {
+	LastUsed(keyID string) (at time.Time, ip string, ok bool)
+}
+
+// ReadyCheck reports why the node is not ready, or nil.
+type ReadyCheck func(ctx context.Context) error
+
+// Config configures a Server.
+type Config struct {
+	Store   EventStore
+	State   *keystate.Projection
+	Usage   UsageRecorder
+	Logger  *slog.Logger
+	Now     func() time.Time
+	NewID   func() uuid.UUID
+	Ready   []ReadyCheck
+	Metrics *prometheus.Registry
+	// LastUsed is optional.
+	LastUsed LastUsed
+	// MaxActiveKeys is the default plan limit per principal.
+	MaxActiveKeys int
+	// TrustProxy takes the client address from X-Forwarded-For.
+	TrustProxy bool
+	// ServiceName is the actor recorded for authentications of
+	// management calls.
+	ServiceName string
+}
+
+// MaxBodyBytes bounds every request body.
+const MaxBodyBytes = 64 << 10
+
+// Server serves the HTTP API.
+type Server struct {
+	cfg      Config
+	log      *slog.Logger
+	verifier *keystate.Verifier
+	mux      *http.ServeMux
+	metrics  *metrics
+	table    []Route
+}
+
+// New returns a Server with every route registered.
+func New(cfg Config) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.NewID == nil {
+		cfg.NewID = func() uuid.UUID { return uuid.Must(uuid.NewV7()) }
+	}
+	if cfg.MaxActiveKeys == 0 {
+		cfg.MaxActiveKeys = domain.DefaultMaxActiveKeys
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+	}
+	if cfg.ServiceName == "" {
+		cfg.ServiceName = "keyledger-api"
+	}
+	s := &Server{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		verifier: &keystate.Verifier{State: cfg.State, Usage: cfg.Usage, Now: cfg.Now, NewID: cfg.NewID},
+		mux:      http.NewServeMux(),
+		metrics:  newMetrics(cfg.Metrics),
+	}
+	s.routes()
+	return s
+}
+
+// Route is one registered route, for the OpenAPI test and the docs.
+type Route struct {
+	Method, Pattern string
+	// Permission is what the caller's key must carry; empty for public routes.
+	Permission string
+}
+
+func (s *Server) handle(method, pattern, perm string, h http.HandlerFunc) {
+	s.table = append(s.table, Route{Method: method, Pattern: pattern, Permission: perm})
+	s.mux.Handle(method+" "+pattern, s.instrument(pattern, h))
+}
+
+// Routes returns every registered route.
+func (s *Server) Routes() []Route { return append([]Route(nil), s.table...) }
+
+func (s *Server) routes() {
+	s.handle("POST", "/v1/keys", domain.PermKeyCreate, s.createKey)
+	s.handle("GET", "/v1/keys", domain.PermKeyView, s.listKeys)
+	s.handle("GET", "/v1/keys/{id}", domain.PermKeyView, s.getKey)
+	s.handle("PATCH", "/v1/keys/{id}", domain.PermKeyUpdate, s.updateKey)
+	s.handle("DELETE", "/v1/keys/{id}", domain.PermKeyDelete, s.deleteKey)
+	s.handle("POST", "/v1/keys/{id}/regenerate", domain.PermKeyRegenerate, s.regenerateKey)
+	s.handle("POST", "/v1/keys/{id}/revoke", domain.PermKeyRevoke, s.revokeKey)
+	s.handle("POST", "/v1/keys/{id}/disable", domain.PermKeyDisable, s.disableKey)
+	s.handle("POST", "/v1/keys/{id}/enable", domain.PermKeyEnable, s.enableKey)
+	s.handle("GET", "/v1/keys/{id}/events", domain.PermKeyView, s.keyEvents)
+	s.handle("POST", "/v1/verify", domain.PermVerify, s.verify)
+	s.handle("GET", "/v1/me", "", s.me)
+	s.handle("POST", "/v1/principals", domain.PermPrincipalManage, s.createPrincipal)
+	s.handle("GET", "/v1/principals", domain.PermPrincipalManage, s.listPrincipals)
+	s.handle("GET", "/v1/principals/{id}", domain.PermPrincipalManage, s.getPrincipal)
+	s.handle("PATCH", "/v1/principals/{id}", domain.PermPrincipalManage, s.updatePrincipal)
+	s.handle("POST", "/v1/principals/{id}/disable", domain.PermPrincipalManage, s.disablePrincipal)
+	s.handle("POST", "/v1/principals/{id}/enable", domain.PermPrincipalManage, s.enablePrincipal)
+	s.handle("GET", "/v1/roles", "", s.listRoles)
+	s.handle("POST", "/v1/roles", domain.PermRoleManage, s.createRole)
+	s.handle("PUT", "/v1/roles/{name}", domain.PermRoleManage, s.updateRole)
+	s.handle("DELETE", "/v1/roles/{name}", domain.PermRoleManage, s.deleteRole)
+	s.handle("GET", "/healthz", "", s.healthz)
+	s.handle("GET", "/readyz", "", s.readyz)
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{}))
+	s.handle("GET", "/openapi.json", "", s.openapi)
+	s.handle("GET", "/docs", "", s.docs)
+	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.problem(w, r, domain.Errorf(domain.ENOTFOUND, "route_not_found", "no route %s %s", r.Method, r.URL.Path))
+	})
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Body != nil {
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	}
+	s.mux.ServeHTTP(w, r)
+}
+
+// AddMetrics registers collectors on the server's registry.
+func (s *Server) AddMetrics(cs ...prometheus.Collector) {
+	s.cfg.Metrics.MustRegister(cs...)
+}
+
+// statusFor maps error classes to HTTP status codes: the one table.
+var statusFor = map[string]int{
+	domain.ECONFLICT:     http.StatusConflict,
+	domain.EINVALID:      http.StatusBadRequest,
+	domain.ENOTFOUND:     http.StatusNotFound,
+	domain.EUNAUTHORIZED: http.StatusUnauthorized,
+	domain.EFORBIDDEN:    http.StatusForbidden,
+	domain.ELIMIT:        http.StatusConflict,
+	domain.EINTERNAL:     http.StatusInternalServerError,
+}
+
+// Problem is an RFC 9457 problem document with keyledger's stable code.
+type Problem struct {
+	Type     string `json:"type"`
+	Title    string `json:"title"`
+	Status   int    `json:"status"`
+	Detail   string `json:"detail,omitempty"`
+	Code     string `json:"code"`
+	Instance string `json:"instance,omitempty"`
+}
+
+func (s *Server) problem(w http.ResponseWriter, r *http.Request, err error) {
+	code := domain.ErrorCode(err)
+	status := statusFor[code]
+	if status == 0 {
+		status = http.StatusInternalServerError
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		status, err = http.StatusRequestEntityTooLarge, domain.Errorf(domain.EINVALID, "body_too_large", "request body exceeds %d bytes", MaxBodyBytes)
+	}
+	if code == domain.EINTERNAL {
+		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+	}
+	reason := domain.ErrorReason(err)
+	if errors.Is(err, errUnavailable) {
+		status, reason = http.StatusServiceUnavailable, "unavailable"
+	}
+	p := Problem{
+		Type:     "https://keyledger.dev/problems/" + reason,
+		Title:    http.StatusText(status),
+		Status:   status,
+		Detail:   domain.ErrorMessage(err),
+		Code:     reason,
+		Instance: r.URL.Path,
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="keyledger"`)
+	}
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(p)
+}
+
+var errUnavailable = errors.New("verification log unavailable")
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// decode reads exactly one JSON object into v, rejecting unknown fields.
+func decode(r *http.Request, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return domain.Errorf(domain.EINVALID, "unsupported_media_type", "Content-Type must be application/json")
+	}
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return err
+		}
+		if errors.Is(err, io.EOF) {
+			return domain.Errorf(domain.EINVALID, "invalid_json", "request body is empty")
+		}
+		return domain.Errorf(domain.EINVALID, "invalid_json", "invalid JSON: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return domain.Errorf(domain.EINVALID, "invalid_json", "request body has trailing data")
+	}
+	return nil
+}
+
+// clientAddr is the address a request came from.
+func (s *Server) clientAddr(r *http.Request) netip.Addr {
+	if s.cfg.TrustProxy {
+		if xff := r.Header.Get("X-Forwarded-For"); xff != "" {
+			first, _, _ := strings.Cut(xff, ",")
+			if a, err := netip.ParseAddr(strings.TrimSpace(first)); err == nil {
+				return a.Unmap()
+			}
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		host = r.RemoteAddr
+	}
+	a, _ := netip.ParseAddr(host)
+	return a.Unmap()
+}
+
+type ctxKey int
+
+const requestIDKey ctxKey = iota
+
+func (s *Server) requestContext(r *http.Request) *domain.RequestContext {
+	rc := &domain.RequestContext{UserAgent: truncate(r.UserAgent(), 256)}
+	if id, ok := r.Context().Value(requestIDKey).(string); ok {
+		rc.RequestID = id
+	}
+	if a := s.clientAddr(r); a.IsValid() {
+		rc.SourceIP = a.String()
+	}
+	return rc
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+func (s *Server) instrument(pattern string, h http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		id := r.Header.Get("X-Request-Id")
+		if id == "" || len(id) > 128 {
+			id = uuid.NewString()
+		}
+		w.Header().Set("X-Request-Id", id)
+		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		h(sw, r)
+		s.metrics.requests.WithLabelValues(r.Method, pattern, statusClass(sw.status)).Inc()
+		s.metrics.latency.WithLabelValues(r.Method, pattern).Observe(time.Since(start).Seconds())
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.status = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func statusClass(code int) string {
+	return string(rune('0'+code/100)) + "xx"
+}
+
+type metrics struct {
+	requests      *prometheus.CounterVec
+	latency       *prometheus.HistogramVec
+	verifications *prometheus.CounterVec
+}
+
+func newMetrics(reg *prometheus.Registry) *metrics {
+	m := &metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyledger_http_requests_total", Help: "HTTP requests by method, route and status class.",
+		}, []string{"method", "route", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "keyledger_http_request_duration_seconds", Help: "HTTP request latency by route.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}, []string{"method", "route"}),
+		verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "keyledger_verifications_total", Help: "Verifications by outcome code.",
+		}, []string{"code"}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.verifications)
+	return m
+}

@@ -1,0 +1,91 @@
+package api
+
+import (
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections/keystate"
+)
+
+type verifyRequest struct {
+	Token      string `json:"token"`
+	Permission string `json:"permission"`
+	IP         string `json:"ip"`
+}
+
+// VerifyResponse answers POST /v1/verify.
+type VerifyResponse struct {
+	Valid       bool       `json:"valid"`
+	Code        string     `json:"code"`
+	KeyID       string     `json:"key_id,omitempty"`
+	Owner       string     `json:"owner,omitempty"`
+	Permissions []string   `json:"permissions,omitempty"`
+	ExpiresAt   *time.Time `json:"expires_at,omitempty"`
+	EventID     string     `json:"event_id"`
+}
+
+// verify checks a token for a verifying service. The service's own
+// authentication and the verification it asks for are recorded in one
+// group commit, and the answer is sent only once both are stored.
+func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
+	c, pending, err := s.authenticate(r, domain.PermVerify, false)
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	var req verifyRequest
+	if err := decode(r, &req); err != nil {
+		s.publishOrFail(w, r, pending, err)
+		return
+	}
+	if req.Permission != "" && !domain.ValidPermission(req.Permission) {
+		s.publishOrFail(w, r, pending, domain.Errorf(domain.EINVALID, "invalid_permission", "invalid permission %q", req.Permission))
+		return
+	}
+	var addr netip.Addr
+	if req.IP != "" {
+		a, err := netip.ParseAddr(strings.TrimSpace(req.IP))
+		if err != nil || a.Zone() != "" {
+			s.publishOrFail(w, r, pending, domain.Errorf(domain.EINVALID, "invalid_ip", "ip %q is not an IP address", req.IP))
+			return
+		}
+		addr = a.Unmap()
+	}
+	rc := s.requestContext(r)
+	res, env, err := s.verifier.Decide(keystate.Request{
+		Token: req.Token, Permission: req.Permission, IP: addr, Actor: c.Principal.ID,
+		Context: &domain.RequestContext{RequestID: rc.RequestID},
+	})
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	if err := s.cfg.Usage.Publish(r.Context(), append(pending, env)...); err != nil {
+		s.log.ErrorContext(r.Context(), "record verification", "err", err)
+		s.problem(w, r, errUnavailable)
+		return
+	}
+	s.metrics.verifications.WithLabelValues(res.Code).Inc()
+	out := VerifyResponse{Valid: res.Valid(), Code: res.Code, EventID: res.EventID.String()}
+	if res.Found {
+		out.KeyID, out.Owner = res.Key.ID, res.Key.Owner
+		if res.Valid() {
+			out.Permissions = nonNil(res.Key.Permissions)
+			out.ExpiresAt = timePtr(res.Key.ExpiresAt)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// publishOrFail stores a pending authentication event and writes err.
+func (s *Server) publishOrFail(w http.ResponseWriter, r *http.Request, pending []domain.Envelope, err error) {
+	if perr := s.cfg.Usage.Publish(r.Context(), pending...); perr != nil {
+		s.log.ErrorContext(r.Context(), "record authentication", "err", perr)
+		s.problem(w, r, errUnavailable)
+		return
+	}
+	s.problem(w, r, err)
+}
