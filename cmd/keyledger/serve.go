@@ -1,0 +1,305 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keyledger/keyledger/api"
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/projections/keystate"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Main is the server program: ParseFlags, Run, Close. The end-to-end tests
+// drive the same type the binary runs.
+type Main struct {
+	DataDir       string
+	NATSURL       string
+	HTTPAddr      string
+	NoSync        bool
+	AsyncUsage    bool
+	UsageBuffer   int
+	MaxActiveKeys int
+	TrustProxy    bool
+	SnapshotEvery int
+	LogLevel      string
+
+	// RootToken comes from KEYLEDGER_ROOT_TOKEN only: secrets are never flags.
+	RootToken string
+
+	Stdout io.Writer
+	Logger *slog.Logger
+
+	store    *eventstore.Store
+	usage    *eventstore.UsagePublisher
+	sub      *eventstore.Subscription
+	state    *keystate.Projection
+	http     *http.Server
+	ln       net.Listener
+	snapWG   sync.WaitGroup
+	snapshot chan struct{}
+}
+
+// env returns the KEYLEDGER_* value for a flag name, or def.
+func env(name, def string) string {
+	if v, ok := os.LookupEnv("KEYLEDGER_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))); ok {
+		return v
+	}
+	return def
+}
+
+func envBool(name string, def bool) bool {
+	if v, err := strconv.ParseBool(env(name, strconv.FormatBool(def))); err == nil {
+		return v
+	}
+	return def
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(env(name, strconv.Itoa(def))); err == nil {
+		return v
+	}
+	return def
+}
+
+// ParseFlags reads flags, each with a KEYLEDGER_* environment equivalent
+// (flags win).
+func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("keyledger serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&m.DataDir, "data-dir", env("data-dir", "./data"), "directory for the embedded NATS store, snapshots of derived data and the root token (KEYLEDGER_DATA_DIR)")
+	fs.StringVar(&m.NATSURL, "nats-url", env("nats-url", ""), "external NATS server URL; empty starts an embedded server (KEYLEDGER_NATS_URL)")
+	fs.StringVar(&m.HTTPAddr, "http-addr", env("http-addr", "127.0.0.1:8080"), "HTTP listen address (KEYLEDGER_HTTP_ADDR)")
+	fs.BoolVar(&m.NoSync, "no-sync", envBool("no-sync", false), "do not fsync every write of the embedded server: faster, but a power cut can lose acknowledged events (KEYLEDGER_NO_SYNC)")
+	fs.BoolVar(&m.AsyncUsage, "async-usage", envBool("async-usage", false), "answer verifications before their usage event is stored, from a bounded buffer (KEYLEDGER_ASYNC_USAGE)")
+	fs.IntVar(&m.UsageBuffer, "usage-buffer", envInt("usage-buffer", 10000), "size of the asynchronous usage buffer (KEYLEDGER_USAGE_BUFFER)")
+	fs.IntVar(&m.MaxActiveKeys, "max-active-keys", envInt("max-active-keys", domain.DefaultMaxActiveKeys), "default plan limit of active keys per principal (KEYLEDGER_MAX_ACTIVE_KEYS)")
+	fs.BoolVar(&m.TrustProxy, "trust-proxy", envBool("trust-proxy", false), "take client addresses from X-Forwarded-For (KEYLEDGER_TRUST_PROXY)")
+	fs.IntVar(&m.SnapshotEvery, "snapshot-every", envInt("snapshot-every", 10000), "events between key-state snapshots (KEYLEDGER_SNAPSHOT_EVERY)")
+	fs.StringVar(&m.LogLevel, "log-level", env("log-level", "info"), "debug, info, warn or error (KEYLEDGER_LOG_LEVEL)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	m.RootToken = os.Getenv("KEYLEDGER_ROOT_TOKEN")
+	if m.Logger == nil {
+		var lvl slog.Level
+		if err := lvl.UnmarshalText([]byte(m.LogLevel)); err != nil {
+			return fmt.Errorf("--log-level: %w", err)
+		}
+		m.Logger = slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: lvl}))
+	}
+	return nil
+}
+
+// Run starts the store, rebuilds the projections, bootstraps the super
+// administrator on an empty ledger and starts serving. It returns once the
+// server is listening; Close stops it.
+func (m *Main) Run(ctx context.Context) (err error) {
+	if m.Stdout == nil {
+		m.Stdout = os.Stdout
+	}
+	defer func() {
+		if err != nil {
+			m.Close()
+		}
+	}()
+	log := m.Logger
+	if err := os.MkdirAll(m.DataDir, 0o700); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
+	m.store, err = eventstore.Open(ctx, eventstore.Config{
+		DataDir: filepath.Join(m.DataDir, "nats"), URL: m.NATSURL, NoSync: m.NoSync, Logger: log,
+	})
+	if err != nil {
+		return fmt.Errorf("open event store: %w", err)
+	}
+	m.usage = eventstore.NewUsagePublisher(m.store, eventstore.UsageConfig{Async: m.AsyncUsage, BufferSize: m.UsageBuffer})
+	m.state = keystate.New()
+	if err := m.startProjection(ctx); err != nil {
+		return err
+	}
+
+	reg := prometheus.NewRegistry()
+	srv := api.New(api.Config{
+		Store: m.store, State: m.state, Usage: m.usage, Logger: log, Metrics: reg,
+		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy,
+		Ready: []api.ReadyCheck{m.projectionReady},
+	})
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_usage_buffer_depth", Help: "Usage events waiting to be stored."},
+			func() float64 { return float64(m.usage.Depth()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_keystate_applied_seq", Help: "Last KEYS sequence applied by the key-state projection."},
+			func() float64 { return float64(m.state.Applied()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_keys", Help: "Keys in the key-state projection."},
+			func() float64 { return float64(m.state.Len()) }),
+	)
+
+	tok, created, err := srv.Bootstrap(ctx, m.RootToken)
+	if err != nil {
+		return fmt.Errorf("bootstrap: %w", err)
+	}
+	if created {
+		if err := m.announceRoot(tok); err != nil {
+			return err
+		}
+	}
+
+	m.ln, err = net.Listen("tcp", m.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	m.http = &http.Server{Handler: srv, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+	go func() {
+		if err := m.http.Serve(m.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("http server stopped", "err", err)
+		}
+	}()
+	log.Info("keyledger serving", "addr", m.Addr(), "nats", m.store.ClientURL(), "data_dir", m.DataDir,
+		"keys", m.state.Len(), "applied_seq", m.state.Applied(), "async_usage", m.AsyncUsage)
+	return nil
+}
+
+// announceRoot prints a generated root token once and keeps it in a file
+// only its owner can read. A token given by KEYLEDGER_ROOT_TOKEN is
+// neither printed nor written.
+func (m *Main) announceRoot(tok string) error {
+	if m.RootToken != "" {
+		m.Logger.Info("super administrator created with the root token from KEYLEDGER_ROOT_TOKEN")
+		return nil
+	}
+	path := filepath.Join(m.DataDir, "root.token")
+	if err := os.WriteFile(path, []byte(tok+"\n"), 0o600); err != nil {
+		return fmt.Errorf("write root token: %w", err)
+	}
+	fmt.Fprintf(m.Stdout, "Super administrator created. Root token (shown once, also in %s):\n%s\n", path, tok)
+	m.Logger.Info("super administrator created; root token written", "path", path)
+	return nil
+}
+
+const snapshotName = "keystate"
+
+// startProjection restores the last key-state snapshot, replays the tail of
+// KEYS and waits until it has caught up with the stream as it was at start.
+func (m *Main) startProjection(ctx context.Context) error {
+	log := m.Logger
+	snaps := m.store.Snapshots()
+	if seq, data, found, err := snaps.LoadSnapshot(ctx, snapshotName); err != nil {
+		log.Warn("load key-state snapshot; replaying from the start", "err", err)
+	} else if found {
+		if err := m.state.Restore(data); err != nil {
+			log.Warn("unusable key-state snapshot; replaying from the start", "err", err)
+			m.state = keystate.New()
+		} else {
+			log.Info("key-state snapshot restored", "seq", seq, "keys", m.state.Len())
+		}
+	}
+	last, err := m.store.LastSeq(ctx, domain.StreamKeys)
+	if err != nil {
+		return fmt.Errorf("read KEYS position: %w", err)
+	}
+	m.snapshot = make(chan struct{}, 1)
+	var since int
+	m.sub, err = m.store.Subscribe(context.WithoutCancel(ctx), domain.StreamKeys, m.state.Applied()+1, func(env domain.Envelope) error {
+		m.state.Apply(env)
+		if since++; m.SnapshotEvery > 0 && since >= m.SnapshotEvery {
+			since = 0
+			select {
+			case m.snapshot <- struct{}{}:
+			default:
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe KEYS: %w", err)
+	}
+	m.snapWG.Add(1)
+	go func() {
+		defer m.snapWG.Done()
+		for range m.snapshot {
+			m.saveSnapshot(context.Background())
+		}
+	}()
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if err := m.state.WaitFor(wctx, last); err != nil {
+		return fmt.Errorf("replay KEYS: %w", err)
+	}
+	return nil
+}
+
+func (m *Main) saveSnapshot(ctx context.Context) {
+	seq, data, err := m.state.Snapshot()
+	if err == nil {
+		err = m.store.Snapshots().SaveSnapshot(ctx, snapshotName, seq, data)
+	}
+	if err != nil {
+		m.Logger.Warn("save key-state snapshot", "err", err)
+		return
+	}
+	m.Logger.Debug("key-state snapshot saved", "seq", seq, "bytes", len(data))
+}
+
+// projectionReady fails while the key-state projection is behind KEYS.
+func (m *Main) projectionReady(ctx context.Context) error {
+	last, err := m.store.LastSeq(ctx, domain.StreamKeys)
+	if err != nil {
+		return fmt.Errorf("event store: %w", err)
+	}
+	if applied := m.state.Applied(); applied < last {
+		return fmt.Errorf("key-state projection at %d of %d", applied, last)
+	}
+	return nil
+}
+
+// Addr returns the address the HTTP server listens on.
+func (m *Main) Addr() string {
+	if m.ln == nil {
+		return ""
+	}
+	return m.ln.Addr().String()
+}
+
+// Close stops serving, lets in-flight requests finish, flushes pending
+// usage events, saves a snapshot and stops the store.
+func (m *Main) Close() error {
+	var errs []error
+	if m.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		errs = append(errs, m.http.Shutdown(ctx))
+		cancel()
+	}
+	if m.usage != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		errs = append(errs, m.usage.Close(ctx))
+		cancel()
+	}
+	if m.sub != nil {
+		m.sub.Stop()
+		close(m.snapshot)
+		m.snapWG.Wait()
+		if m.state != nil && m.state.Applied() > 0 {
+			m.saveSnapshot(context.Background())
+		}
+	}
+	if m.store != nil {
+		errs = append(errs, m.store.Close())
+	}
+	return errors.Join(errs...)
+}
