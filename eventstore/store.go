@@ -1,0 +1,289 @@
+// Package eventstore keeps keyledger's events in NATS JetStream: an
+// embedded server or an external one, the ledger streams, appends with
+// optimistic concurrency, loading one aggregate, replay and live
+// subscriptions, group-committed usage events and projection snapshots.
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Config says where the events live.
+type Config struct {
+	// DataDir holds the embedded server's JetStream files. Unused with URL.
+	DataDir string
+	// URL of an external NATS server or cluster; empty starts an embedded
+	// server.
+	URL string
+	// NoSync turns off the embedded server's fsync after every write. By
+	// default an acknowledged event survives a power cut.
+	NoSync bool
+	// Replicas of every stream; 1 when zero. Use 3 on a 3-node cluster.
+	Replicas int
+	// Logger receives the store's and the embedded server's logs;
+	// slog.Default() when nil.
+	Logger *slog.Logger
+	// Timeout bounds each request to the server (one publish, one read);
+	// 5s when zero. A publish that times out is retried.
+	Timeout time.Duration
+}
+
+// Stream subjects. The wildcard after the aggregate id matches every event
+// type of that aggregate, which is the filter of its concurrency check.
+var streamSubjects = map[string][]string{
+	domain.StreamKeys:   {"keyledger.keys.>", "keyledger.principals.>", "keyledger.roles.>"},
+	domain.StreamUsage:  {"keyledger.usage.>"},
+	domain.StreamAlerts: {"keyledger.alerts.>"},
+}
+
+// snapshotBucket is the object store bucket of projection snapshots.
+const snapshotBucket = "keyledger-snapshots"
+
+// dedupeWindow is how long the server remembers Msg-Ids. It only has to
+// outlast a client's retries; after it, a retried lifecycle append is
+// still caught by its version check.
+const dedupeWindow = 2 * time.Minute
+
+// Store is keyledger's event store on JetStream. It is safe for concurrent
+// use.
+type Store struct {
+	cfg    Config
+	log    *slog.Logger
+	ns     *server.Server // nil with an external server
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	pub    publisher
+	atomic bool // the streams accept atomic batches (nats-server ≥ 2.12)
+
+	appends   *committer
+	snapshots *SnapshotStore
+}
+
+// Open connects to (or starts) the NATS server, then creates or updates the
+// streams and the snapshot bucket. Calling it again on the same server is
+// harmless.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.Replicas <= 0 {
+		cfg.Replicas = 1
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	s := &Store{cfg: cfg, log: log.With("component", "eventstore")}
+
+	url := cfg.URL
+	if url == "" {
+		ns, err := startEmbedded(ctx, cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		s.ns = ns
+		url = ns.ClientURL()
+	}
+	nc, err := nats.Connect(url,
+		nats.Name("keyledger"),
+		nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				s.log.Warn("nats disconnected", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			s.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+		}),
+	)
+	if err != nil {
+		s.shutdownServer()
+		return nil, fmt.Errorf("connect nats: %w", err)
+	}
+	s.nc = nc
+	s.pub = publisher{nc: nc, timeout: cfg.Timeout}
+	if s.js, err = jetstream.New(nc); err != nil {
+		s.closeConn()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	if err := s.setup(ctx); err != nil {
+		s.closeConn()
+		return nil, err
+	}
+	s.appends = newCommitter(s.pub, s.log, s.atomic, maxAtomicBatch)
+	return s, nil
+}
+
+// setup creates or updates the streams and the snapshot bucket.
+func (s *Store) setup(ctx context.Context) error {
+	wantAtomic := serverAtLeast(s.nc.ConnectedServerVersion(), 2, 12)
+	s.atomic = wantAtomic
+	for _, name := range []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts} {
+		cfg := ledgerStream(name, s.cfg.Replicas, wantAtomic)
+		st, err := createOrUpdateStream(ctx, s.js, cfg)
+		if err != nil {
+			return fmt.Errorf("create stream %s: %w", name, err)
+		}
+		// A server that does not know the setting drops it silently.
+		if !st.CachedInfo().Config.AllowAtomicPublish {
+			s.atomic = false
+		}
+	}
+	if !s.atomic {
+		s.log.Warn("server has no atomic batch publish: multi-event appends are not atomic and usage events are not group-committed",
+			"server_version", s.nc.ConnectedServerVersion())
+	}
+	obs, err := s.js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+		Bucket:      snapshotBucket,
+		Description: "keyledger projection snapshots (derived data)",
+		Storage:     jetstream.FileStorage,
+		Replicas:    s.cfg.Replicas,
+	})
+	if err != nil {
+		return fmt.Errorf("create snapshot bucket: %w", err)
+	}
+	s.snapshots = &SnapshotStore{obs: obs}
+	return nil
+}
+
+// createOrUpdateStream retries while a fresh cluster is still electing its
+// meta leader, which shows up as a timeout or a 503.
+func createOrUpdateStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	for attempt := 1; ; attempt++ {
+		st, err := js.CreateOrUpdateStream(ctx, cfg)
+		if err == nil || attempt >= 10 || !(transient(err) || errors.Is(err, jetstream.ErrJetStreamNotEnabled)) {
+			return st, err
+		}
+		if err := sleepCtx(ctx, backoff(attempt)); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// ledgerStream returns the configuration of a ledger stream: events are
+// never removed, so no limit may ever discard one, and nobody may delete
+// or purge them.
+func ledgerStream(name string, replicas int, atomicBatch bool) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:               name,
+		Description:        "keyledger " + strings.ToLower(name) + " events",
+		Subjects:           streamSubjects[name],
+		Storage:            jetstream.FileStorage,
+		Retention:          jetstream.LimitsPolicy,
+		MaxMsgs:            -1,
+		MaxBytes:           -1,
+		MaxAge:             0,
+		MaxMsgsPerSubject:  -1,
+		MaxMsgSize:         -1,
+		Discard:            jetstream.DiscardNew,
+		DenyDelete:         true,
+		DenyPurge:          true,
+		Duplicates:         dedupeWindow,
+		AllowDirect:        true,
+		AllowAtomicPublish: atomicBatch,
+		Replicas:           replicas,
+	}
+}
+
+// serverAtLeast reports whether a "major.minor.patch" version is at least
+// major.minor.
+func serverAtLeast(version string, major, minor int) bool {
+	parts := strings.SplitN(version, ".", 3)
+	if len(parts) < 2 {
+		return false
+	}
+	ma, err1 := strconv.Atoi(parts[0])
+	mi, err2 := strconv.Atoi(parts[1])
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	return ma > major || (ma == major && mi >= minor)
+}
+
+// Close stops the group commit, closes the connection and, in embedded
+// mode, shuts the server down and waits until it has stopped.
+func (s *Store) Close() error {
+	if s.appends != nil {
+		s.appends.close()
+	}
+	s.closeConn()
+	return nil
+}
+
+func (s *Store) closeConn() {
+	if s.nc != nil {
+		// Flush what was published before closing; errors here only
+		// mean the server is already gone.
+		_ = s.nc.FlushTimeout(time.Second)
+		s.nc.Close()
+	}
+	s.shutdownServer()
+}
+
+func (s *Store) shutdownServer() {
+	if s.ns != nil {
+		s.ns.Shutdown()
+		s.ns.WaitForShutdown()
+	}
+}
+
+// ClientURL is the URL other processes use to reach the server.
+func (s *Store) ClientURL() string {
+	if s.ns != nil {
+		return s.ns.ClientURL()
+	}
+	return s.nc.ConnectedUrl()
+}
+
+// Conn is the store's NATS connection.
+func (s *Store) Conn() *nats.Conn { return s.nc }
+
+// JetStream is the store's JetStream context.
+func (s *Store) JetStream() jetstream.JetStream { return s.js }
+
+// AtomicBatch reports whether the server accepted atomic batch publishing
+// on the streams (nats-server 2.12 or later).
+func (s *Store) AtomicBatch() bool { return s.atomic }
+
+// Snapshots returns the projection snapshot store.
+func (s *Store) Snapshots() *SnapshotStore { return s.snapshots }
+
+// LastSeq returns the sequence of the last message stored in stream, 0 when
+// it is empty.
+func (s *Store) LastSeq(ctx context.Context, stream string) (uint64, error) {
+	st, err := s.streamState(ctx, stream)
+	if err != nil {
+		return 0, err
+	}
+	return st.LastSeq, nil
+}
+
+// Count returns how many messages stream holds.
+func (s *Store) Count(ctx context.Context, stream string) (uint64, error) {
+	st, err := s.streamState(ctx, stream)
+	if err != nil {
+		return 0, err
+	}
+	return st.Msgs, nil
+}
+
+func (s *Store) streamState(ctx context.Context, stream string) (jetstream.StreamState, error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	defer cancel()
+	st, err := s.js.Stream(ctx, stream)
+	if err != nil {
+		return jetstream.StreamState{}, fmt.Errorf("stream info %s: %w", stream, err)
+	}
+	return st.CachedInfo().State, nil
+}

@@ -1,0 +1,110 @@
+package eventstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Subscription delivers a stream's events to a function, in stream order.
+type Subscription struct {
+	cancel  context.CancelFunc
+	done    chan struct{}
+	err     error
+	skipped atomic.Uint64
+}
+
+// Subscribe calls fn with every event of stream from sequence fromSeq on
+// (inclusive; 0 or 1 is the beginning), oldest first, then with each new
+// event as it is stored, until ctx ends, Stop is called or fn returns an
+// error. Events reach fn one at a time with Stream and Seq set. fn must not
+// call Stop; it returns an error to end the subscription instead.
+//
+// Messages that are not valid events (a service may publish to USAGE
+// itself) are logged and skipped rather than halting every projection;
+// Skipped counts them.
+func (s *Store) Subscribe(ctx context.Context, stream string, fromSeq uint64, fn func(domain.Envelope) error) (*Subscription, error) {
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
+	if fromSeq > 1 {
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = fromSeq
+	}
+	octx, ocancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	cons, err := s.js.OrderedConsumer(octx, stream, cfg)
+	ocancel()
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", stream, err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return nil, fmt.Errorf("subscribe %s: %w", stream, err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	sub := &Subscription{cancel: cancel, done: make(chan struct{})}
+	log := s.log.With("stream", stream)
+	go func() {
+		defer close(sub.done)
+		defer it.Stop()
+		for {
+			msg, err := it.Next(jetstream.NextContext(ctx))
+			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			if err != nil {
+				// The ordered consumer recreates itself after missed
+				// heartbeats or a leader change; keep reading.
+				log.Debug("subscription read", "err", err)
+				if sleepCtx(ctx, 50*time.Millisecond) != nil {
+					return
+				}
+				continue
+			}
+			md, err := msg.Metadata()
+			if err != nil {
+				log.Warn("subscription skipped message without metadata", "subject", msg.Subject(), "err", err)
+				sub.skipped.Add(1)
+				continue
+			}
+			env, err := domain.UnmarshalEnvelope(msg.Data())
+			if err != nil {
+				log.Warn("subscription skipped invalid event", "seq", md.Sequence.Stream, "subject", msg.Subject(), "err", err)
+				sub.skipped.Add(1)
+				continue
+			}
+			env.Stream, env.Seq = stream, md.Sequence.Stream
+			if err := fn(env); err != nil {
+				sub.err = err
+				return
+			}
+		}
+	}()
+	return sub, nil
+}
+
+// Stop ends the subscription and waits until fn is no longer running.
+func (s *Subscription) Stop() {
+	s.cancel()
+	<-s.done
+}
+
+// Done is closed when the subscription has ended.
+func (s *Subscription) Done() <-chan struct{} { return s.done }
+
+// Err returns the error fn ended the subscription with, once Done is
+// closed; nil after Stop or the end of the context.
+func (s *Subscription) Err() error {
+	select {
+	case <-s.done:
+		return s.err
+	default:
+		return nil
+	}
+}
+
+// Skipped returns how many messages were not valid events.
+func (s *Subscription) Skipped() uint64 { return s.skipped.Load() }
