@@ -2,8 +2,8 @@ package api_test
 
 import (
 	"bytes"
-	"crypto/rand"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"io"
 	"log/slog"
