@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,7 +33,12 @@ type harness struct {
 	ts    *httptest.Server
 	root  string
 	logs  *bytes.Buffer
+	// skew is added to the wall clock the server reads, so tests can
+	// move past expiry dates and grace periods without waiting.
+	skew atomic.Int64
 }
+
+func (h *harness) advance(d time.Duration) { h.skew.Add(int64(d)) }
 
 type syncBuffer struct {
 	mu  chan struct{}
@@ -64,7 +70,8 @@ func mustStart(tb testing.TB) *harness {
 	if err != nil {
 		tb.Fatalf("subscribe: %v", err)
 	}
-	h.srv = api.New(api.Config{Store: store, State: h.state, Usage: h.usage, Logger: logger, MaxActiveKeys: 20})
+	h.srv = api.New(api.Config{Store: store, State: h.state, Usage: h.usage, Logger: logger, MaxActiveKeys: 20,
+		Now: func() time.Time { return time.Now().Add(time.Duration(h.skew.Load())) }})
 	h.ts = httptest.NewServer(h.srv)
 	tb.Cleanup(func() {
 		h.ts.Close()
