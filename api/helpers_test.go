@@ -53,16 +53,24 @@ func (b syncBuffer) Write(p []byte) (int, error) {
 
 func mustStart(tb testing.TB) *harness {
 	tb.Helper()
+	return mustStartWith(tb, eventstore.Config{NoSync: true}, eventstore.UsageConfig{})
+}
+
+// mustStartWith starts a harness with the given store and usage settings;
+// DataDir and Logger are filled in.
+func mustStartWith(tb testing.TB, cfg eventstore.Config, ucfg eventstore.UsageConfig) *harness {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	logs := &bytes.Buffer{}
 	logger := slog.New(slog.NewJSONHandler(syncBuffer{mu: make(chan struct{}, 1), buf: logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	store, err := eventstore.Open(ctx, eventstore.Config{DataDir: tb.TempDir(), NoSync: true, Logger: logger})
+	cfg.DataDir, cfg.Logger = tb.TempDir(), logger
+	store, err := eventstore.Open(ctx, cfg)
 	if err != nil {
 		tb.Fatalf("open store: %v", err)
 	}
 	h := &harness{t: tb, store: store, state: keystate.New(), logs: logs}
-	h.usage = eventstore.NewUsagePublisher(store, eventstore.UsageConfig{})
+	h.usage = eventstore.NewUsagePublisher(store, ucfg)
 	sub, err := store.Subscribe(context.Background(), domain.StreamKeys, 1, func(e domain.Envelope) error {
 		h.state.Apply(e)
 		return nil

@@ -12,7 +12,10 @@ import (
 	"github.com/keyledger/keyledger/domain"
 )
 
-func createKey(t *testing.T, h *harness, token string, body map[string]any) api.CreatedKey {
+func createKey(t testing.TB, h *harness, token string, body map[string]any) api.CreatedKey {
+	if t == nil {
+		t = h.t
+	}
 	t.Helper()
 	r := h.do("POST", "/v1/keys", token, body)
 	if r.status != http.StatusCreated {
