@@ -1,0 +1,313 @@
+package eventstore_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+)
+
+// TestConcurrentAppends is the classic: 20 commands race on one key at the
+// same version; exactly one wins each round, the others see a conflict, and
+// nothing is stored twice.
+func TestConcurrentAppends(t *testing.T) {
+	s := MustOpenStore(t)
+	const racers, rounds = 20, 5
+	k := newKeyID()
+	version := mustAppend(t, s, 0, created(t, k))
+	for round := range rounds {
+		var (
+			wg        sync.WaitGroup
+			mu        sync.Mutex
+			wins      []uint64
+			conflicts int
+		)
+		for range racers {
+			env := updated(t, k, "racer")
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				seq, err := s.Append(testCtx(t), version, []domain.Envelope{env})
+				mu.Lock()
+				defer mu.Unlock()
+				switch {
+				case err == nil:
+					wins = append(wins, seq)
+				case isConflict(err):
+					conflicts++
+				default:
+					t.Errorf("round %d: unexpected error %v", round, err)
+				}
+			}()
+		}
+		wg.Wait()
+		if len(wins) != 1 || conflicts != racers-1 {
+			t.Fatalf("round %d: %d wins, %d conflicts; want 1 and %d", round, len(wins), conflicts, racers-1)
+		}
+		version = wins[0]
+	}
+	events, err := s.Load(testCtx(t), domain.KindKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := len(events), rounds+1; got != want {
+		t.Fatalf("key has %d events, want %d", got, want)
+	}
+	seen := map[string]bool{}
+	for _, e := range events {
+		id := rawMsg(t, s, domain.StreamKeys, e.Seq).Header.Get("Nats-Msg-Id")
+		if seen[id] {
+			t.Errorf("Msg-Id %s stored twice", id)
+		}
+		seen[id] = true
+	}
+	if got, want := events[len(events)-1].Seq, version; got != want {
+		t.Errorf("last event at %d, want %d", got, want)
+	}
+}
+
+// TestConcurrentAppendsManyKeys drives the group commit: appends on
+// different keys share batches, and every caller gets the sequence of its
+// own event.
+func TestConcurrentAppendsManyKeys(t *testing.T) {
+	s := MustOpenStore(t)
+	const writers, perWriter = 16, 10
+	type result struct {
+		env domain.Envelope
+		seq uint64
+	}
+	results := make(chan result, writers*perWriter*2)
+	var wg sync.WaitGroup
+	for range writers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range perWriter {
+				k := newKeyID()
+				c := created(t, k)
+				seq, err := s.Append(testCtx(t), 0, []domain.Envelope{c})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				results <- result{c, seq}
+				r, d := revoked(t, k), deleted(t, k)
+				last, err := s.Append(testCtx(t), seq, []domain.Envelope{r, d})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				results <- result{d, last}
+			}
+		}()
+	}
+	wg.Wait()
+	close(results)
+	n := 0
+	for r := range results {
+		n++
+		got, err := domainEnvelopeAt(t, s, r.seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.ID != r.env.ID {
+			t.Fatalf("seq %d holds %s, its caller appended %s", r.seq, got.ID, r.env.ID)
+		}
+	}
+	if got, want := mustCount(t, s, domain.StreamKeys), uint64(writers*perWriter*3); got != want {
+		t.Errorf("stream holds %d messages, want %d", got, want)
+	}
+}
+
+func domainEnvelopeAt(t *testing.T, s *eventstore.Store, seq uint64) (domain.Envelope, error) {
+	return domain.UnmarshalEnvelope(rawMsg(t, s, domain.StreamKeys, seq).Data)
+}
+
+// TestRestart reopens a store on the same data directory: every event is
+// still there, at the same sequence, byte for byte.
+func TestRestart(t *testing.T) {
+	dir := t.TempDir()
+	open := func() *eventstore.Store {
+		s, err := eventstore.Open(testCtx(t), eventstore.Config{DataDir: dir, Logger: testLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	s := open()
+	k := newKeyID()
+	seq := mustAppend(t, s, 0, created(t, k))
+	seq = mustAppend(t, s, seq, updated(t, k, "x"))
+	mustAppend(t, s, seq, revoked(t, k), deleted(t, k))
+	p := NewUsage(t, s, eventstore.UsageConfig{})
+	if err := p.Publish(testCtx(t), used(t, k)); err != nil {
+		t.Fatal(err)
+	}
+	before, err := s.Load(testCtx(t), domain.KindKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw [][]byte
+	for _, e := range before {
+		raw = append(raw, rawMsg(t, s, domain.StreamKeys, e.Seq).Data)
+	}
+	if err := p.Close(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s = open()
+	defer s.Close()
+	after, err := s.Load(testCtx(t), domain.KindKey, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(after) != len(before) {
+		t.Fatalf("%d events after restart, want %d", len(after), len(before))
+	}
+	for i := range before {
+		if after[i].Seq != before[i].Seq || after[i].ID != before[i].ID {
+			t.Errorf("event %d: %s at %d after restart, was %s at %d", i, after[i].ID, after[i].Seq, before[i].ID, before[i].Seq)
+		}
+		if got := rawMsg(t, s, domain.StreamKeys, after[i].Seq).Data; !bytes.Equal(got, raw[i]) {
+			t.Errorf("event %d bytes changed across restart", i)
+		}
+	}
+	if got := mustCount(t, s, domain.StreamUsage); got != 1 {
+		t.Errorf("usage stream holds %d after restart, want 1", got)
+	}
+	// Appends continue from the stored version.
+	mustAppend(t, s, after[len(after)-1].Seq, updated(t, k, "after restart"))
+}
+
+// TestStreamSettings pins the ledger settings: nothing may ever discard,
+// delete or purge an event.
+func TestStreamSettings(t *testing.T) {
+	s := MustOpenStore(t)
+	for _, name := range []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts} {
+		st, err := s.JetStream().Stream(testCtx(t), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := st.CachedInfo().Config
+		if c.MaxAge != 0 || c.MaxMsgs != -1 || c.MaxBytes != -1 || c.MaxMsgsPerSubject != -1 {
+			t.Errorf("%s has limits: age %s msgs %d bytes %d per subject %d", name, c.MaxAge, c.MaxMsgs, c.MaxBytes, c.MaxMsgsPerSubject)
+		}
+		if !c.DenyDelete || !c.DenyPurge || c.Discard.String() != "DiscardNew" || c.Storage.String() != "File" {
+			t.Errorf("%s: deny delete %v, deny purge %v, discard %s, storage %s", name, c.DenyDelete, c.DenyPurge, c.Discard, c.Storage)
+		}
+		if c.Duplicates == 0 || !c.AllowAtomicPublish {
+			t.Errorf("%s: duplicates window %s, atomic publish %v", name, c.Duplicates, c.AllowAtomicPublish)
+		}
+		if err := st.Purge(testCtx(t)); err == nil {
+			t.Errorf("%s accepted a purge", name)
+		}
+	}
+	// Open is idempotent on an existing server.
+	again, err := eventstore.Open(testCtx(t), eventstore.Config{URL: s.ClientURL(), Logger: testLogger()})
+	if err != nil {
+		t.Fatalf("second open: %v", err)
+	}
+	again.Close()
+}
+
+func TestSubscribeSkipsInvalidAndStopsOnError(t *testing.T) {
+	s := MustOpenStore(t)
+	k := newKeyID()
+	// A foreign service publishes garbage to USAGE.
+	if _, err := s.JetStream().Publish(testCtx(t), "keyledger.usage."+k+".used", []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	p := NewUsage(t, s, eventstore.UsageConfig{})
+	good := used(t, k)
+	if err := p.Publish(testCtx(t), good); err != nil {
+		t.Fatal(err)
+	}
+	stop := errors.New("enough")
+	var got []domain.Envelope
+	sub, err := s.Subscribe(testCtx(t), domain.StreamUsage, 0, func(env domain.Envelope) error {
+		got = append(got, env)
+		return stop
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("subscription did not end")
+	}
+	if !errors.Is(sub.Err(), stop) {
+		t.Errorf("Err = %v, want %v", sub.Err(), stop)
+	}
+	if len(got) != 1 || got[0].ID != good.ID || got[0].Seq != 2 || got[0].Stream != domain.StreamUsage {
+		t.Errorf("delivered %+v, want only the valid event at seq 2", got)
+	}
+	if sub.Skipped() != 1 {
+		t.Errorf("Skipped = %d, want 1", sub.Skipped())
+	}
+	sub.Stop() // Harmless after the end.
+}
+
+func TestSubscribeStopsWithContext(t *testing.T) {
+	s := MustOpenStore(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	sub, err := s.Subscribe(ctx, domain.StreamKeys, 0, func(domain.Envelope) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	select {
+	case <-sub.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("subscription outlived its context")
+	}
+	if _, err := s.Subscribe(testCtx(t), "NOPE", 0, func(domain.Envelope) error { return nil }); err == nil {
+		t.Error("subscribe to a missing stream succeeded")
+	}
+}
+
+func TestSnapshots(t *testing.T) {
+	s := MustOpenStore(t)
+	snaps := s.Snapshots()
+	ctx := testCtx(t)
+	if _, _, found, err := snaps.LoadSnapshot(ctx, "keystate"); err != nil || found {
+		t.Fatalf("empty bucket: found %v, err %v", found, err)
+	}
+	big := bytes.Repeat([]byte("snapshot "), 100000) // several chunks
+	if err := snaps.SaveSnapshot(ctx, "keystate", 42, big); err != nil {
+		t.Fatal(err)
+	}
+	seq, data, found, err := snaps.LoadSnapshot(ctx, "keystate")
+	if err != nil || !found || seq != 42 || !bytes.Equal(data, big) {
+		t.Fatalf("load = %d, %d bytes, %v, %v", seq, len(data), found, err)
+	}
+	// A newer snapshot replaces the old one.
+	if err := snaps.SaveSnapshot(ctx, "keystate", 43, []byte("v2")); err != nil {
+		t.Fatal(err)
+	}
+	seq, data, _, err = snaps.LoadSnapshot(ctx, "keystate")
+	if err != nil || seq != 43 || string(data) != "v2" {
+		t.Fatalf("after overwrite: %d %q %v", seq, data, err)
+	}
+}
+
+func TestCloseStopsAppends(t *testing.T) {
+	s, err := eventstore.Open(testCtx(t), eventstore.Config{DataDir: t.TempDir(), Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Append(testCtx(t), 0, []domain.Envelope{created(t, newKeyID())}); !errors.Is(err, eventstore.ErrClosed) {
+		t.Errorf("append after Close: %v, want ErrClosed", err)
+	}
+}

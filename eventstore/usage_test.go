@@ -1,0 +1,214 @@
+package eventstore_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+	"github.com/nats-io/nats-server/v2/server"
+)
+
+// NewUsage starts a usage publisher that is closed when the test ends.
+func NewUsage(tb testing.TB, s *eventstore.Store, cfg eventstore.UsageConfig) *eventstore.UsagePublisher {
+	tb.Helper()
+	p := eventstore.NewUsagePublisher(s, cfg)
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = p.Close(ctx)
+	})
+	return p
+}
+
+func TestUsageSyncDurableOnReturn(t *testing.T) {
+	s := MustOpenStore(t)
+	p := NewUsage(t, s, eventstore.UsageConfig{})
+	k := newKeyID()
+	env := used(t, k)
+	if err := p.Publish(testCtx(t), env); err != nil {
+		t.Fatal(err)
+	}
+	// No polling: the event is stored when Publish returns.
+	if got := mustCount(t, s, domain.StreamUsage); got != 1 {
+		t.Fatalf("usage stream holds %d, want 1", got)
+	}
+	m := rawMsg(t, s, domain.StreamUsage, 1)
+	if m.Subject != "keyledger.usage."+k+".used" || m.Header.Get("Nats-Msg-Id") != env.ID.String() {
+		t.Errorf("stored %s with Msg-Id %q", m.Subject, m.Header.Get("Nats-Msg-Id"))
+	}
+	// A retried publish is stored once.
+	if err := p.Publish(testCtx(t), env); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustCount(t, s, domain.StreamUsage); got != 1 {
+		t.Errorf("usage stream holds %d after a retry, want 1", got)
+	}
+	// Lifecycle events do not belong here.
+	if err := p.Publish(testCtx(t), created(t, k)); domain.ErrorCode(err) != domain.EINVALID {
+		t.Errorf("publish of a lifecycle event: %v, want %s", err, domain.EINVALID)
+	}
+}
+
+// TestUsageSyncGroupCommit checks that concurrent callers share batches and
+// that every event is stored exactly once, even when retried events make
+// the server reject a whole batch.
+func TestUsageSyncGroupCommit(t *testing.T) {
+	s := MustOpenStore(t)
+	p := NewUsage(t, s, eventstore.UsageConfig{})
+	const callers, perCaller = 50, 20
+	var wg sync.WaitGroup
+	for range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			k := newKeyID()
+			for i := range perCaller {
+				env := used(t, k)
+				if err := p.Publish(testCtx(t), env); err != nil {
+					t.Error(err)
+					return
+				}
+				if i%5 == 0 {
+					// A retry after an unknown outcome, mixed into
+					// other callers' batches.
+					if err := p.Publish(testCtx(t), env); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := p.Stats()
+	if st.Calls != callers*perCaller*6/5 {
+		t.Errorf("%d calls succeeded, want %d", st.Calls, callers*perCaller*6/5)
+	}
+	if st.Batches >= st.Calls {
+		t.Errorf("%d batches for %d calls: concurrent callers did not share batches", st.Batches, st.Calls)
+	}
+	t.Logf("%d calls in %d round trips", st.Calls, st.Batches)
+	if got, want := mustCount(t, s, domain.StreamUsage), uint64(callers*perCaller); got != want {
+		t.Errorf("usage stream holds %d, want %d", got, want)
+	}
+	if d := p.Depth(); d != 0 {
+		t.Errorf("depth %d after all calls returned", d)
+	}
+}
+
+func TestUsageAsyncCloseFlushes(t *testing.T) {
+	s := MustOpenStore(t)
+	p := eventstore.NewUsagePublisher(s, eventstore.UsageConfig{Async: true, BufferSize: 5000})
+	const n = 2000
+	k := newKeyID()
+	for range n {
+		if err := p.Publish(testCtx(t), used(t, k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := p.Close(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustCount(t, s, domain.StreamUsage); got != n {
+		t.Errorf("usage stream holds %d after Close, want %d", got, n)
+	}
+	if d := p.Depth(); d != 0 {
+		t.Errorf("depth %d after Close", d)
+	}
+	if err := p.Publish(testCtx(t), used(t, k)); !errors.Is(err, eventstore.ErrClosed) {
+		t.Errorf("publish after Close: %v, want ErrClosed", err)
+	}
+}
+
+// TestUsageAsyncBackPressure takes the server away: the buffer fills, then
+// Publish blocks instead of dropping; when the server is back everything
+// buffered is stored and the blocked caller gets through.
+func TestUsageAsyncBackPressure(t *testing.T) {
+	opts := &server.Options{
+		ServerName: "bp", Host: "127.0.0.1", Port: freePort(t),
+		JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
+	}
+	start := func() *server.Server {
+		ns, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go ns.Start()
+		if !ns.ReadyForConnections(10 * time.Second) {
+			t.Fatal("server not ready")
+		}
+		return ns
+	}
+	ns := start()
+	s := MustOpenStore(t, func(c *eventstore.Config) {
+		c.URL = ns.ClientURL()
+		c.Timeout = 200 * time.Millisecond
+	})
+	const buffer = 8
+	p := NewUsage(t, s, eventstore.UsageConfig{Async: true, BufferSize: buffer, MaxBatch: 4})
+	k := newKeyID()
+	if err := p.Publish(testCtx(t), used(t, k)); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+		if n := mustCount(t, s, domain.StreamUsage); n != 1 {
+			return errors.New("first event not stored yet")
+		}
+		return nil
+	})
+
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	// The worker holds at most MaxBatch events in flight and the buffer
+	// the rest; after that, Publish must block.
+	accepted := 1
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		err := p.Publish(ctx, used(t, k))
+		cancel()
+		if errors.Is(err, context.DeadlineExceeded) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		accepted++
+		if accepted > 1+buffer+4 {
+			t.Fatalf("accepted %d events with the server down and a buffer of %d", accepted, buffer)
+		}
+	}
+	if d := p.Depth(); d != accepted-1 {
+		t.Errorf("depth %d, want %d waiting events", d, accepted-1)
+	}
+	blocked := make(chan error, 1)
+	go func() { blocked <- p.Publish(context.Background(), used(t, k)) }()
+
+	ns = start()
+	defer func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}()
+	select {
+	case err := <-blocked:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("blocked publish did not get through after the server came back")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := mustCount(t, s, domain.StreamUsage), uint64(accepted+1); got != want {
+		t.Errorf("usage stream holds %d, want %d: an accepted event was lost", got, want)
+	}
+	if st := p.Stats(); st.Rejected != 0 || st.Abandoned != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
