@@ -1,0 +1,69 @@
+package keystate_test
+
+import (
+	"crypto/rand"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections/keystate"
+)
+
+// benchProjection returns a projection holding n keys and the token of one.
+func benchProjection(b *testing.B, n int) (*keystate.Projection, string) {
+	p := keystate.New()
+	f := &feed{p: p}
+	var tok string
+	for i := range n {
+		id := uuid.Must(uuid.NewV7())
+		var s domain.Secret
+		_, _ = rand.Read(s[:])
+		c := createCmd(id.String(), "owner", "k", s)
+		c.AllowedIPs = []string{"10.0.0.0/8"}
+		f.do(b, id.String(), c)
+		if i == n/2 {
+			tok = domain.FormatToken(id, s)
+		}
+	}
+	return p, tok
+}
+
+// BenchmarkVerifierDecide measures the verification path on the in-memory
+// projection of 100k keys: parse, lookup, hash compare, status, CIDR,
+// permission, and building the sealed usage event (storing it is measured
+// in the eventstore and api benchmarks).
+func BenchmarkVerifierDecide(b *testing.B) {
+	p, tok := benchProjection(b, 100_000)
+	v := &keystate.Verifier{State: p, Now: func() time.Time { return t0 }, NewID: uuid.New}
+	req := keystate.Request{Token: tok, Permission: "orders.read", IP: netip.MustParseAddr("10.1.2.3"), Actor: "svc"}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			res, _, err := v.Decide(req)
+			if err != nil || !res.Valid() {
+				b.Fatalf("%v %v", res.Code, err)
+			}
+		}
+	})
+}
+
+// BenchmarkLookupAndCheck is the decision alone, without the usage event.
+func BenchmarkLookupAndCheck(b *testing.B) {
+	p, tok := benchProjection(b, 100_000)
+	addr := netip.MustParseAddr("10.1.2.3")
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		t, err := domain.ParseToken(tok)
+		if err != nil {
+			b.Fatal(err)
+		}
+		k, _ := p.KeyByUUID(t.KeyID)
+		if domain.Check(k, t.Secret, t0, addr, "orders.read") != domain.OutcomeValid {
+			b.Fatal("not valid")
+		}
+	}
+}
