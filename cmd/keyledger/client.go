@@ -1,0 +1,407 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+)
+
+// defaultServer is where the client looks for a server when neither
+// --server nor KEYLEDGER_SERVER says otherwise.
+const defaultServer = "http://127.0.0.1:8080"
+
+// clientFlagsHelp follows the help of every client command.
+const clientFlagsHelp = `Client flags (accepted before or after the command):
+  --server URL        keyledger server (KEYLEDGER_SERVER, default ` + defaultServer + `)
+  --token-file FILE   file holding the caller's token (else KEYLEDGER_TOKEN, then KEYLEDGER_TOKEN_FILE);
+                      "keyledger verify" reads the token to verify from its own --token-file,
+                      so there give the caller's file as --auth-token-file or before "verify"
+  --json              print the server's JSON instead of a table
+`
+
+// globals are the flags every client command accepts. Secrets never come
+// from a flag value: the caller's token is read from the environment or
+// from a file.
+type globals struct {
+	server    string
+	tokenFile string
+	json      bool
+
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	// getenv is os.Getenv; tests replace it.
+	getenv func(string) string
+}
+
+// register adds the global flags to fs. tokenFileName is the name the
+// caller's token file goes by on this command.
+func (g *globals) register(fs *flag.FlagSet, tokenFileName string) {
+	fs.StringVar(&g.server, "server", g.server, "keyledger server URL (KEYLEDGER_SERVER)")
+	fs.StringVar(&g.tokenFile, tokenFileName, g.tokenFile, "file holding the caller's token (else KEYLEDGER_TOKEN)")
+	if tokenFileName != "auth-token-file" {
+		fs.StringVar(&g.tokenFile, "auth-token-file", g.tokenFile, "same as --"+tokenFileName)
+	}
+	fs.BoolVar(&g.json, "json", g.json, "print the server's JSON")
+}
+
+// runClient runs a client subcommand against a keyledger server.
+func runClient(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+	g := &globals{stdin: stdin, stdout: stdout, stderr: stderr, getenv: os.Getenv}
+	return g.run(ctx, args)
+}
+
+func (g *globals) run(ctx context.Context, args []string) error {
+	// Global flags may come before the command: keyledger --json keys list.
+	fs := newFlagSet("keyledger")
+	g.register(fs, "token-file")
+	if err := fs.Parse(args); err != nil {
+		return g.flagError(fs, err, "keyledger [client flags] <command> ...")
+	}
+	args = fs.Args()
+	if len(args) == 0 {
+		return usageError{"usage: keyledger <command>; run \"keyledger help\""}
+	}
+	groups := map[string]map[string]command{
+		"keys":       keyCommands,
+		"principals": principalCommands,
+		"roles":      roleCommands,
+	}
+	name, rest := args[0], args[1:]
+	if cmds, ok := groups[name]; ok {
+		help := fmt.Sprintf("Usage: keyledger %s <command> [flags]\n\nCommands:\n%s\n%s", name, commandList(cmds), clientFlagsHelp)
+		if len(rest) == 0 {
+			fmt.Fprint(g.stderr, help)
+			return usageError{fmt.Sprintf("usage: keyledger %s <command>", name)}
+		}
+		if rest[0] == "-h" || rest[0] == "--help" || rest[0] == "help" {
+			fmt.Fprint(g.stdout, help)
+			return flag.ErrHelp
+		}
+		cmd, ok := cmds[rest[0]]
+		if !ok {
+			return usageError{fmt.Sprintf("unknown command %q; run \"keyledger %s help\"", name+" "+rest[0], name)}
+		}
+		return cmd.run(ctx, g, name+" "+rest[0], rest[1:])
+	}
+	if cmd, ok := topCommands[name]; ok {
+		return cmd.run(ctx, g, name, rest)
+	}
+	return usageError{fmt.Sprintf("unknown command %q; run \"keyledger help\"", name)}
+}
+
+// command is one client subcommand.
+type command struct {
+	args    string // positional arguments, for the usage line
+	summary string
+	run     func(ctx context.Context, g *globals, name string, args []string) error
+}
+
+var topCommands = map[string]command{
+	"verify": {"--token T | --token-file F | --token -", "verify a token", runVerify},
+	"whoami": {"", "show the calling principal and key", runWhoami},
+}
+
+func commandList(cmds map[string]command) string {
+	var b strings.Builder
+	for _, name := range sortedKeys(cmds) {
+		fmt.Fprintf(&b, "  %-12s %s\n", name, cmds[name].summary)
+	}
+	return b.String()
+}
+
+// newFlagSet returns a flag set whose errors come back to the caller
+// instead of being printed with the full usage.
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	return fs
+}
+
+// flagError turns a parse error into a one-line usage error, or prints the
+// command's help for -h.
+func (g *globals) flagError(fs *flag.FlagSet, err error, synopsis string) error {
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(g.stdout, "Usage: %s\n\nFlags:\n", synopsis)
+		fs.SetOutput(g.stdout)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+		fmt.Fprintf(g.stdout, "\n%s", clientFlagsHelp)
+		return flag.ErrHelp
+	}
+	return usageError{fmt.Sprintf("usage: %v (see \"%s -h\")", err, fs.Name())}
+}
+
+// parseCommand parses a subcommand's flags, which may be interleaved with
+// its positional arguments (keys show ID --json), and checks the number of
+// positional arguments; nargs < 0 accepts any number. Everything after
+// "--" is positional.
+func (g *globals) parseCommand(fs *flag.FlagSet, args []string, argNames string, nargs int) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			return nil, g.flagError(fs, err, fs.Name()+" "+argNames+" [flags]")
+		}
+		rest := fs.Args()
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			pos = append(pos, rest...)
+			break
+		}
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	if nargs >= 0 && len(pos) != nargs {
+		switch {
+		case nargs == 0:
+			return nil, usageError{fmt.Sprintf("usage: %s takes no arguments, got %q", fs.Name(), pos[0])}
+		case len(pos) < nargs:
+			return nil, usageError{fmt.Sprintf("usage: %s %s", fs.Name(), argNames)}
+		default:
+			return nil, usageError{fmt.Sprintf("usage: %s %s: unexpected argument %q", fs.Name(), argNames, pos[nargs])}
+		}
+	}
+	return pos, nil
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error {
+	*l = append(*l, v)
+	return nil
+}
+
+// kvMap is a repeatable key=value flag.
+type kvMap map[string]string
+
+func (m kvMap) String() string {
+	var parts []string
+	for _, k := range sortedKeys(m) {
+		parts = append(parts, k+"="+m[k])
+	}
+	return strings.Join(parts, ",")
+}
+
+func (m kvMap) Set(v string) error {
+	k, val, ok := strings.Cut(v, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("%q is not key=value", v)
+	}
+	m[k] = val
+	return nil
+}
+
+// client is the HTTP plumbing every command shares: the server's base URL,
+// the caller's token, and the translation of problem documents into
+// errors.
+type client struct {
+	base  *url.URL
+	token string
+	http  *http.Client
+}
+
+// apiError is a problem document from the server, or a failure to reach
+// it. Its text is "<code>: <detail>", so Run prints
+// "keyledger: <code>: <detail>".
+type apiError struct {
+	Status int
+	Code   string
+	Detail string
+}
+
+func (e *apiError) Error() string {
+	if e.Detail == "" {
+		return e.Code
+	}
+	return e.Code + ": " + e.Detail
+}
+
+// newClient resolves the server and the caller's token. needToken is false
+// for the few public routes.
+func (g *globals) newClient(needToken bool) (*client, error) {
+	server := g.server
+	if server == "" {
+		server = g.getenv("KEYLEDGER_SERVER")
+	}
+	if server == "" {
+		server = defaultServer
+	}
+	base, err := parseServer(server)
+	if err != nil {
+		return nil, err
+	}
+	c := &client{base: base, http: &http.Client{Timeout: 60 * time.Second}}
+	if needToken {
+		if c.token, err = g.callerToken(); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// parseServer accepts "http(s)://host:port[/prefix]" or a bare "host:port".
+func parseServer(s string) (*url.URL, error) {
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	u, err := url.Parse(s)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return nil, usageError{fmt.Sprintf("usage: --server %q is not an http(s) URL", s)}
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/")
+	return u, nil
+}
+
+// callerToken reads the caller's credential: --token-file, then
+// KEYLEDGER_TOKEN, then KEYLEDGER_TOKEN_FILE.
+func (g *globals) callerToken() (string, error) {
+	if g.tokenFile != "" {
+		return readTokenFile(g.tokenFile, g.stdin)
+	}
+	if t := strings.TrimSpace(g.getenv("KEYLEDGER_TOKEN")); t != "" {
+		return t, nil
+	}
+	if f := g.getenv("KEYLEDGER_TOKEN_FILE"); f != "" {
+		return readTokenFile(f, g.stdin)
+	}
+	return "", usageError{"no_token: set KEYLEDGER_TOKEN or give --token-file"}
+}
+
+// readTokenFile reads a token from a file ("-" is stdin), allowing
+// surrounding whitespace and a trailing newline.
+func readTokenFile(name string, stdin io.Reader) (string, error) {
+	var b []byte
+	var err error
+	if name == "-" {
+		b, err = io.ReadAll(io.LimitReader(stdin, 64<<10))
+	} else {
+		b, err = os.ReadFile(name)
+	}
+	if err != nil {
+		return "", &apiError{Code: "token_file", Detail: err.Error()}
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" {
+		return "", &apiError{Code: "token_file", Detail: fmt.Sprintf("%s is empty", displayName(name))}
+	}
+	if strings.ContainsAny(t, " \t\r\n") {
+		return "", &apiError{Code: "token_file", Detail: fmt.Sprintf("%s holds more than one word", displayName(name))}
+	}
+	return t, nil
+}
+
+func displayName(name string) string {
+	if name == "-" {
+		return "standard input"
+	}
+	return name
+}
+
+// do sends a request and returns the response body. A non-2xx answer
+// becomes an *apiError from its problem document. in, when not nil, is
+// sent as JSON; out, when not nil, receives the decoded body.
+func (c *client) do(ctx context.Context, method, path string, query url.Values, in, out any) ([]byte, error) {
+	u := *c.base
+	u.Path += path
+	u.RawQuery = query.Encode()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("encode request: %w", err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return nil, fmt.Errorf("build request: %w", err)
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	req.Header.Set("Accept", "application/json, application/problem+json")
+	req.Header.Set("User-Agent", "keyledger-cli")
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, &apiError{Code: "unreachable", Detail: unwrapURLError(err)}
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, &apiError{Code: "unreachable", Detail: fmt.Sprintf("read response of %s %s: %v", method, path, err)}
+	}
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return nil, problemError(resp, raw)
+	}
+	if out != nil && len(raw) > 0 {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return nil, &apiError{Code: "bad_response", Detail: fmt.Sprintf("%s %s: %v", method, path, err)}
+		}
+	}
+	return raw, nil
+}
+
+// unwrapURLError drops url.Error's repetition of the method and URL when
+// the underlying error already says what went wrong.
+func unwrapURLError(err error) string {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Sprintf("%s %s: %v", strings.ToUpper(ue.Op), ue.URL, ue.Err)
+	}
+	return err.Error()
+}
+
+// problemError decodes an RFC 9457 problem; anything else (a proxy's HTML
+// page, say) becomes http_<status> with the first line of the body.
+func problemError(resp *http.Response, raw []byte) error {
+	var p struct {
+		Code   string `json:"code"`
+		Detail string `json:"detail"`
+		Title  string `json:"title"`
+	}
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if (mt == "application/problem+json" || mt == "application/json") && json.Unmarshal(raw, &p) == nil && p.Code != "" {
+		d := p.Detail
+		if d == "" {
+			d = p.Title
+		}
+		return &apiError{Status: resp.StatusCode, Code: p.Code, Detail: d}
+	}
+	line, _, _ := strings.Cut(strings.TrimSpace(string(raw)), "\n")
+	if len(line) > 200 {
+		line = line[:200]
+	}
+	if line == "" {
+		line = http.StatusText(resp.StatusCode)
+	}
+	return &apiError{Status: resp.StatusCode, Code: fmt.Sprintf("http_%d", resp.StatusCode), Detail: line}
+}
+
+// printJSON writes the server's JSON as it came, ending in a newline.
+func (g *globals) printJSON(raw []byte) error {
+	raw = bytes.TrimRight(raw, "\n")
+	_, err := fmt.Fprintf(g.stdout, "%s\n", raw)
+	return err
+}
+
+// warnShownOnce is printed to stderr with every token the server returns.
+func (g *globals) warnShownOnce() {
+	fmt.Fprintln(g.stderr, "keyledger: warning: the token below is shown only this once and cannot be recovered; store it securely now")
+}
