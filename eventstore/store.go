@@ -121,8 +121,17 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		s.closeConn()
 		return nil, err
 	}
-	s.appends = newCommitter(s.pub, s.log, s.atomic, maxAtomicBatch)
+	s.appends = newCommitter(s.batchPolicy(), s.log, maxAtomicBatch)
 	return s, nil
+}
+
+// batchPolicy returns how to publish to the store's streams.
+func (s *Store) batchPolicy() batchPolicy {
+	minBatch := 16
+	if s.cfg.Replicas > 1 {
+		minBatch = 2
+	}
+	return batchPolicy{pub: s.pub, useBatch: s.atomic, minBatch: minBatch}
 }
 
 // setup creates or updates the streams and the snapshot bucket.

@@ -71,11 +71,11 @@ func NewUsagePublisher(s *Store, cfg UsageConfig) *UsagePublisher {
 	cfg.MaxBatch = min(cfg.MaxBatch, maxAtomicBatch)
 	p := &UsagePublisher{cfg: cfg, log: s.log.With("publisher", "usage")}
 	if !cfg.Async {
-		p.c = newCommitter(s.pub, p.log, s.atomic, cfg.MaxBatch)
+		p.c = newCommitter(s.batchPolicy(), p.log, cfg.MaxBatch)
 		p.b = &p.c.batcher
 		return p
 	}
-	p.b = &batcher{pub: s.pub, useBatch: s.atomic}
+	p.b = &batcher{batchPolicy: s.batchPolicy()}
 	p.buf = make(chan *nats.Msg, cfg.BufferSize)
 	p.quit = make(chan struct{})
 	p.done = make(chan struct{})
