@@ -148,7 +148,9 @@ func (g *globals) parseKeysList(name string, args []string) (listRequest, error)
 	if q != "" {
 		v.Set("q", q)
 	}
-	if limit != 0 {
+	limitSet := false
+	fs.Visit(func(f *flag.Flag) { limitSet = limitSet || f.Name == "limit" })
+	if limitSet {
 		if limit < 1 {
 			return listRequest{}, usageError{fmt.Sprintf("usage: %s: --limit must be positive", fs.Name())}
 		}
