@@ -407,4 +407,3 @@ func TestRunAgainstFakeServer(t *testing.T) {
 		t.Errorf("unreachable: %d %q", code, errs)
 	}
 }
-
