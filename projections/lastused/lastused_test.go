@@ -1,0 +1,38 @@
+package lastused_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections/lastused"
+)
+
+func usage(t *testing.T, keyID string, ev domain.Event, at time.Time, ip string) domain.Envelope {
+	t.Helper()
+	env, err := domain.NewEnvelope(uuid.New(), keyID, ev, at, "svc", &domain.RequestContext{SourceIP: ip})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+func TestLastUsed(t *testing.T) {
+	p := lastused.New()
+	t0 := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	if _, _, ok := p.LastUsed("k"); ok {
+		t.Fatal("unused key has a last use")
+	}
+	p.Apply(usage(t, "k", domain.KeyUsed{Code: domain.OutcomeValid}, t0, "10.0.0.1"))
+	p.Apply(usage(t, "k", domain.KeyDenied{Code: domain.OutcomeRevoked}, t0.Add(time.Hour), "10.0.0.9"))
+	p.Apply(usage(t, "k", domain.KeyUsed{Code: domain.OutcomeValid}, t0.Add(-time.Hour), "10.0.0.2"))
+	at, ip, ok := p.LastUsed("k")
+	if !ok || !at.Equal(t0) || ip != "10.0.0.1" {
+		t.Fatalf("last used = %v %q %v, want %v 10.0.0.1", at, ip, ok, t0)
+	}
+	p.Apply(usage(t, "k", domain.KeyUsed{Code: domain.OutcomeValid}, t0.Add(2*time.Hour), "2001:db8::1"))
+	if at, ip, _ := p.LastUsed("k"); !at.Equal(t0.Add(2*time.Hour)) || ip != "2001:db8::1" {
+		t.Fatalf("last used = %v %q", at, ip)
+	}
+}
