@@ -1,0 +1,111 @@
+package chlog_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections/chlog"
+)
+
+func TestRowFromMessageMapsEveryEventType(t *testing.T) {
+	envs := everyEventType(t, "k_map")
+	type want struct {
+		outcome, owner, name, comments, reason, service, tokenHash string
+		perms                                                      []string
+	}
+	wants := map[string]want{
+		domain.TypeKeyCreated:        {owner: "owner-1", name: "first key", comments: "for tests", perms: []string{"a:read"}},
+		domain.TypeKeyRegenerated:    {},
+		domain.TypeKeyUpdated:        {name: "renamed", comments: "new comments", perms: []string{"a:read", "b:write"}},
+		domain.TypeKeyDisabled:       {reason: "suspicious"},
+		domain.TypeKeyEnabled:        {},
+		domain.TypeKeyUsed:           {outcome: "VALID", owner: "owner-1", service: "api", perms: []string{"a:read"}},
+		domain.TypeKeyDenied:         {outcome: "INSUFFICIENT_PERMISSIONS", owner: "owner-1", service: "api", tokenHash: "th", perms: []string{"c:admin"}},
+		domain.TypeKeyRevoked:        {reason: "leaked"},
+		domain.TypeKeyDeleted:        {},
+		domain.TypePrincipalCreated:  {name: "Alice"},
+		domain.TypePrincipalUpdated:  {name: "renamed"},
+		domain.TypePrincipalDisabled: {reason: "left"},
+		domain.TypePrincipalEnabled:  {},
+		domain.TypeRoleCreated:       {comments: "d", perms: []string{"a:read", "b:write"}},
+		domain.TypeRoleUpdated:       {comments: "role description", perms: []string{"a:read", "b:write"}},
+		domain.TypeRoleDeleted:       {},
+	}
+	for i, env := range envs {
+		raw, err := env.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := chlog.RowFromMessage(env.StreamName(), uint64(100+i), raw)
+		w, ok := wants[env.Type]
+		if !ok {
+			t.Fatalf("no expectation for %s", env.Type)
+		}
+		if r.EventID != env.ID.String() || r.Type != env.Type || r.KeyID != "k_map" || r.Actor != "actor-1" ||
+			!r.Time.Equal(env.Time) || r.Stream != env.StreamName() || r.Seq != uint64(100+i) ||
+			r.Hash != env.Hash || r.PrevHash != env.PrevHash || r.SchemaVersion != 1 || r.Raw != string(raw) {
+			t.Errorf("%s: envelope fields: %+v", env.Type, r)
+		}
+		if r.SourceIP != "198.51.100.9" || r.UserAgent != "test/1" || r.RequestID != "r"+env.Type {
+			t.Errorf("%s: request context: %q %q %q", env.Type, r.SourceIP, r.UserAgent, r.RequestID)
+		}
+		if r.Kind != domain.KindOf(env.Type) || r.Action != domain.Action(env.Type) {
+			t.Errorf("%s: kind %q action %q", env.Type, r.Kind, r.Action)
+		}
+		got := want{r.Outcome, r.Owner, r.Name, r.Comments, r.Reason, r.Service, r.TokenHash, r.Permissions}
+		if got.outcome != w.outcome || got.owner != w.owner || got.name != w.name || got.comments != w.comments ||
+			got.reason != w.reason || got.service != w.service || got.tokenHash != w.tokenHash || !slices.Equal(got.perms, w.perms) {
+			t.Errorf("%s: got %+v, want %+v", env.Type, got, w)
+		}
+	}
+}
+
+// An event type this code does not know yet (alerts are added later) still
+// becomes a row with its envelope and the common fields of its data.
+func TestRowFromMessageUnknownType(t *testing.T) {
+	raw := `{"id":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","type":"alert.brute_force","key_id":"brute_force.high",` +
+		`"time":"2026-01-02T03:04:05.678Z","actor":"rules","schema_version":1,` +
+		`"data":{"code":"BRUTE_FORCE","owner":"alice","reason":"50 denials in a minute","permissions":["x"]},` +
+		`"prev_hash":"","hash":"abc","future_field":1}`
+	r := chlog.RowFromMessage(domain.StreamAlerts, 7, []byte(raw))
+	if r.EventID != "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b" || r.Type != "alert.brute_force" || r.Kind != domain.KindAlert {
+		t.Errorf("envelope: %+v", r)
+	}
+	if r.Outcome != "BRUTE_FORCE" || r.Owner != "alice" || r.Reason != "50 denials in a minute" || !slices.Equal(r.Permissions, []string{"x"}) {
+		t.Errorf("common fields: %+v", r)
+	}
+	if got, want := r.Time.UnixMilli(), int64(1767323045678); got != want {
+		t.Errorf("time %d, want %d", got, want)
+	}
+	if r.Raw != raw {
+		t.Errorf("raw changed")
+	}
+}
+
+// A message that is no event at all is kept, under an id made of its place
+// in the stream, so that the log misses nothing and the sink never stalls.
+func TestRowFromMessageInvalid(t *testing.T) {
+	for _, body := range []string{"", "not json", `{"type":"key.created"}`, "\xff\xfe"} {
+		r := chlog.RowFromMessage(domain.StreamKeys, 42, []byte(body))
+		if r.EventID != "invalid:KEYS:42" || r.Type != "invalid" || r.Raw != body || r.Seq != 42 || r.Stream != domain.StreamKeys {
+			t.Errorf("%q: %+v", body, r)
+		}
+		if !strings.HasPrefix(r.EventID, "invalid:") {
+			t.Errorf("%q: id %q", body, r.EventID)
+		}
+	}
+}
+
+func FuzzRowFromMessage(f *testing.F) {
+	f.Add([]byte(`{"id":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","type":"key.used","data":{"code":"VALID"}}`))
+	f.Add([]byte(`{"id":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","type":"key.created","data":[]}`))
+	f.Add([]byte(`null`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r := chlog.RowFromMessage(domain.StreamUsage, 1, b)
+		if r.EventID == "" || r.Raw != string(b) {
+			t.Fatalf("row without id or with changed raw: %+v", r)
+		}
+	})
+}

@@ -1,0 +1,401 @@
+package chlog
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/keyledger/keyledger/domain"
+)
+
+// Inserter stores rows in the audit log; *Store is the one implementation.
+// Insert returns a wrapped infrastructure error when the rows may not have
+// been stored, and storing the same rows twice must be harmless.
+type Inserter interface {
+	Insert(ctx context.Context, rows []Row) error
+}
+
+// SinkConfig tunes the sink. Zero fields take the defaults.
+type SinkConfig struct {
+	// Streams to copy; KEYS, USAGE and ALERTS by default. A stream that
+	// does not exist yet is waited for.
+	Streams []string
+	// Durable is the name of the durable consumer on each stream.
+	Durable string
+	// BatchSize is the most events one insert carries (1000).
+	BatchSize int
+	// BatchWait is the longest an event waits for its batch to fill
+	// (200ms); a batch goes as soon as it is full.
+	BatchWait time.Duration
+	// AckWait is how long JetStream waits for an ack before it delivers
+	// a message again (60s). While an insert is being retried the sink
+	// extends it, so this only matters when a sink dies.
+	AckWait time.Duration
+	// MinBackoff and MaxBackoff bound the wait between attempts while
+	// ClickHouse (or the stream) is unavailable (100ms and 10s).
+	MinBackoff, MaxBackoff time.Duration
+	// InsertTimeout bounds one insert attempt (30s).
+	InsertTimeout time.Duration
+}
+
+// DefaultDurable is the durable consumer name the sink uses by default.
+const DefaultDurable = "chlog"
+
+func (c SinkConfig) withDefaults() SinkConfig {
+	if len(c.Streams) == 0 {
+		c.Streams = []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts}
+	}
+	if c.Durable == "" {
+		c.Durable = DefaultDurable
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 1000
+	}
+	if c.BatchWait <= 0 {
+		c.BatchWait = 200 * time.Millisecond
+	}
+	if c.AckWait <= 0 {
+		c.AckWait = time.Minute
+	}
+	if c.MinBackoff <= 0 {
+		c.MinBackoff = 100 * time.Millisecond
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 10 * time.Second
+	}
+	// The sink tells JetStream it is still working on a batch once per
+	// back-off; that must happen well within AckWait.
+	if c.MaxBackoff > c.AckWait/2 {
+		c.MaxBackoff = c.AckWait / 2
+	}
+	if c.MinBackoff > c.MaxBackoff {
+		c.MinBackoff = c.MaxBackoff
+	}
+	if c.InsertTimeout <= 0 {
+		c.InsertTimeout = 30 * time.Second
+	}
+	return c
+}
+
+// Sink copies every event of its streams into the audit log: one durable
+// pull consumer per stream, batched inserts, and acks only after ClickHouse
+// accepted the batch. While ClickHouse is down it retries the same batch
+// with back-off and the rest of the events wait in JetStream; a batch that
+// was stored but not acked (a crash, a lost ack) is delivered again and
+// stored again, which the audit table makes harmless. Several keyledger
+// nodes may run a sink on the same durable consumers: they share the work.
+type Sink struct {
+	js     jetstream.JetStream
+	db     Inserter
+	cfg    SinkConfig
+	logger *slog.Logger
+
+	stats map[string]*streamStats
+}
+
+type streamStats struct {
+	events   atomic.Uint64
+	batches  atomic.Uint64
+	failures atomic.Uint64
+	lastSeq  atomic.Uint64
+}
+
+// NewSink returns a sink from the streams of js into db. It does nothing
+// until Run.
+func NewSink(js jetstream.JetStream, db Inserter, cfg SinkConfig, logger *slog.Logger) *Sink {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg = cfg.withDefaults()
+	s := &Sink{js: js, db: db, cfg: cfg, logger: logger.With("component", "chlog.sink"), stats: map[string]*streamStats{}}
+	for _, name := range cfg.Streams {
+		s.stats[name] = &streamStats{}
+	}
+	return s
+}
+
+// Run copies events until ctx is done, then returns nil. Failures of
+// ClickHouse or JetStream are retried, never returned.
+func (s *Sink) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, name := range s.cfg.Streams {
+		wg.Go(func() { s.runStream(ctx, name) })
+	}
+	wg.Wait()
+	return nil
+}
+
+func (s *Sink) runStream(ctx context.Context, stream string) {
+	log := s.logger.With("stream", stream)
+	st := s.stats[stream]
+	cons, ok := s.consumer(ctx, stream, log)
+	if !ok {
+		return
+	}
+	back := s.newBackoff()
+	for ctx.Err() == nil {
+		msgs, err := s.fetch(cons)
+		if err != nil {
+			// A deleted consumer (an operator, a stream re-created)
+			// is created again; anything else is waited out.
+			if errors.Is(err, jetstream.ErrConsumerDeleted) || errors.Is(err, jetstream.ErrConsumerNotFound) {
+				if cons, ok = s.consumer(ctx, stream, log); !ok {
+					return
+				}
+			}
+			if len(msgs) == 0 {
+				log.Warn("fetch from jetstream failed", "err", err)
+				back.wait(ctx)
+				continue
+			}
+		}
+		back.reset()
+		if len(msgs) == 0 {
+			continue
+		}
+		if !s.store(ctx, msgs, st, log) {
+			// ctx is done: hand the batch back at once rather than
+			// after AckWait, so the next sink starts where this one
+			// stopped.
+			for _, m := range msgs {
+				_ = m.Nak()
+			}
+			return
+		}
+		for _, m := range msgs {
+			// A lost ack only means the event is delivered and
+			// stored once more, which is harmless.
+			if err := m.Ack(); err != nil {
+				log.Debug("ack failed", "err", err)
+			}
+		}
+		st.batches.Add(1)
+		st.events.Add(uint64(len(msgs)))
+	}
+}
+
+// consumer creates or updates the stream's durable consumer, retrying until
+// it exists or ctx is done.
+func (s *Sink) consumer(ctx context.Context, stream string, log *slog.Logger) (jetstream.Consumer, bool) {
+	back := s.newBackoff()
+	warned := false
+	for {
+		cons, err := s.js.CreateOrUpdateConsumer(ctx, stream, jetstream.ConsumerConfig{
+			Durable:       s.cfg.Durable,
+			Description:   "keyledger: copies every event into the ClickHouse audit log",
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       s.cfg.AckWait,
+			MaxDeliver:    -1,
+			MaxAckPending: max(1000, 4*s.cfg.BatchSize),
+		})
+		if err == nil {
+			log.Info("clickhouse sink consuming", "durable", s.cfg.Durable)
+			return cons, true
+		}
+		if ctx.Err() != nil {
+			return nil, false
+		}
+		if !warned || !errors.Is(err, jetstream.ErrStreamNotFound) {
+			log.Warn("cannot consume stream yet", "err", err)
+			warned = true
+		}
+		if !back.wait(ctx) {
+			return nil, false
+		}
+	}
+}
+
+// fetch returns up to BatchSize messages, waiting at most BatchWait for the
+// batch to fill. Messages received before an error are returned with it.
+func (s *Sink) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
+	batch, err := cons.Fetch(s.cfg.BatchSize, jetstream.FetchMaxWait(s.cfg.BatchWait))
+	if err != nil {
+		return nil, fmt.Errorf("fetch: %w", err)
+	}
+	var msgs []jetstream.Msg
+	for m := range batch.Messages() {
+		msgs = append(msgs, m)
+	}
+	if err := batch.Error(); err != nil {
+		return msgs, fmt.Errorf("fetch: %w", err)
+	}
+	return msgs, nil
+}
+
+// store inserts the batch, retrying with back-off until ClickHouse accepts
+// it. It returns false only when ctx is done first.
+func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats, log *slog.Logger) bool {
+	rows := make([]Row, len(msgs))
+	var last uint64
+	for i, m := range msgs {
+		var seq uint64
+		stream := ""
+		if md, err := m.Metadata(); err == nil {
+			seq, stream = md.Sequence.Stream, md.Stream
+		}
+		rows[i] = RowFromMessage(stream, seq, m.Data())
+		if rows[i].Type == invalidType {
+			log.Error("message is not an event; stored as invalid", "seq", seq, "subject", m.Subject())
+		}
+		last = max(last, seq)
+	}
+	back := s.newBackoff()
+	for attempt := 1; ; attempt++ {
+		ictx, cancel := context.WithTimeout(ctx, s.cfg.InsertTimeout)
+		err := s.db.Insert(ictx, rows)
+		cancel()
+		if err == nil {
+			if attempt > 1 {
+				log.Info("clickhouse insert succeeded after retries", "attempts", attempt, "events", len(rows))
+			}
+			st.lastSeq.Store(last)
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		st.failures.Add(1)
+		// Say it once, then every tenth attempt: an outage of hours
+		// must not flood the log.
+		if attempt == 1 || attempt%10 == 0 {
+			log.Warn("clickhouse insert failed; events wait in jetstream", "attempt", attempt, "events", len(rows), "err", err)
+		}
+		// Keep JetStream from handing the batch to another sink (or
+		// back to this one) while it is being retried.
+		for _, m := range msgs {
+			_ = m.InProgress()
+		}
+		if !back.wait(ctx) {
+			return false
+		}
+	}
+}
+
+// StreamLag is how far the audit log is behind one stream.
+type StreamLag struct {
+	Stream string
+	// LastSeq is the stream's last sequence.
+	LastSeq uint64
+	// AckFloor is the sequence up to which every event is in ClickHouse.
+	AckFloor uint64
+	// Lag is LastSeq - AckFloor: events stored in JetStream and not yet
+	// known to be in ClickHouse.
+	Lag uint64
+}
+
+// Lag returns, for each of the sink's streams that exists, how many events
+// are not yet in ClickHouse, as JetStream sees it (so it is right for a sink
+// shared by several nodes, and before this node's sink has started). A
+// stream that does not exist yet is left out. The error is a wrapped
+// infrastructure error from JetStream.
+func (s *Sink) Lag(ctx context.Context) ([]StreamLag, error) {
+	var out []StreamLag
+	for _, name := range s.cfg.Streams {
+		str, err := s.js.Stream(ctx, name)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			continue
+		} else if err != nil {
+			return nil, fmt.Errorf("lag of %s: %w", name, err)
+		}
+		info, err := str.Info(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("lag of %s: %w", name, err)
+		}
+		l := StreamLag{Stream: name, LastSeq: info.State.LastSeq}
+		cons, err := str.Consumer(ctx, s.cfg.Durable)
+		switch {
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+			// Nothing is copied yet; everything stored is behind.
+			l.AckFloor = info.State.FirstSeq - min(info.State.FirstSeq, 1)
+		case err != nil:
+			return nil, fmt.Errorf("lag of %s: %w", name, err)
+		default:
+			ci, err := cons.Info(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("lag of %s: %w", name, err)
+			}
+			l.AckFloor = ci.AckFloor.Stream
+		}
+		if l.LastSeq > l.AckFloor {
+			l.Lag = l.LastSeq - l.AckFloor
+		}
+		out = append(out, l)
+	}
+	return out, nil
+}
+
+// TotalLag returns the sum of Lag over the sink's streams.
+func (s *Sink) TotalLag(ctx context.Context) (uint64, error) {
+	lags, err := s.Lag(ctx)
+	if err != nil {
+		return 0, err
+	}
+	var n uint64
+	for _, l := range lags {
+		n += l.Lag
+	}
+	return n, nil
+}
+
+// SinkStats counts what this node's sink did since it was created, for
+// metrics.
+type SinkStats struct {
+	Stream string
+	// Events and Batches count what was inserted and acked.
+	Events, Batches uint64
+	// Failures counts insert attempts that failed (and were retried).
+	Failures uint64
+	// LastSeq is the highest stream sequence inserted.
+	LastSeq uint64
+}
+
+// Stats returns the sink's counters, one entry per stream.
+func (s *Sink) Stats() []SinkStats {
+	out := make([]SinkStats, 0, len(s.cfg.Streams))
+	for _, name := range s.cfg.Streams {
+		st := s.stats[name]
+		out = append(out, SinkStats{
+			Stream:   name,
+			Events:   st.events.Load(),
+			Batches:  st.batches.Load(),
+			Failures: st.failures.Load(),
+			LastSeq:  st.lastSeq.Load(),
+		})
+	}
+	return out
+}
+
+// backoff is an exponential wait with jitter, so that several nodes whose
+// ClickHouse came back do not all retry in the same instant.
+type backoff struct {
+	min, max, next time.Duration
+}
+
+func (s *Sink) newBackoff() *backoff {
+	return &backoff{min: s.cfg.MinBackoff, max: s.cfg.MaxBackoff, next: s.cfg.MinBackoff}
+}
+
+func (b *backoff) reset() { b.next = b.min }
+
+// wait sleeps for the next interval; it returns false when ctx is done
+// first.
+func (b *backoff) wait(ctx context.Context) bool {
+	d := b.next/2 + rand.N(b.next/2+1)
+	b.next = min(2*b.next, b.max)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
