@@ -96,6 +96,12 @@ func StartLocal(ctx context.Context, dataDir string, logger *slog.Logger) (*Loca
 		}
 	}
 
+	// A second server on the same directory would fail on the lock anyway,
+	// but only after this start had rewritten the running one's config and
+	// saved ports; say it before touching anything.
+	if dataDirLocked(filepath.Join(dir, "data", "status")) {
+		return nil, fmt.Errorf("clickhouse data dir %s is in use by another running clickhouse-server", dir)
+	}
 	var lastErr error
 	for attempt := 1; attempt <= 5; attempt++ {
 		tcpPort, httpPort, err := choosePorts(dir, attempt > 1)

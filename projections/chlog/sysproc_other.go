@@ -7,3 +7,7 @@ import "syscall"
 // childSysProcAttr has nothing to add where the kernel cannot stop a child
 // when its parent dies; Stop is then the only way the server ends.
 func childSysProcAttr() *syscall.SysProcAttr { return nil }
+
+// dataDirLocked cannot tell here; the server itself refuses to start on a
+// directory another instance uses.
+func dataDirLocked(string) bool { return false }

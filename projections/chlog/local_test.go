@@ -1,0 +1,85 @@
+package chlog_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/keyledger/keyledger/projections/chlog"
+	"github.com/keyledger/keyledger/projections/chlog/chlogtest"
+)
+
+// The message is what `serve` prints when ClickHouse is missing, so it must
+// say how to install it and how to do without.
+func TestStartLocalNotInstalled(t *testing.T) {
+	t.Setenv(chlog.ServerBinaryEnv, "/nonexistent/clickhouse-server")
+	_, err := chlog.StartLocal(context.Background(), t.TempDir(), nil)
+	if !errors.Is(err, chlog.ErrNotInstalled) {
+		t.Fatalf("StartLocal: %v, want ErrNotInstalled", err)
+	}
+	for _, want := range []string{"apt-get install clickhouse-server", "--clickhouse host:port"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+}
+
+func TestLocalServerKeepsDataAndPortsAcrossRestarts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	dir := t.TempDir()
+	first := chlogtest.MustStartLocal(t, dir)
+	if !strings.HasPrefix(first.Addr(), "127.0.0.1:") || !strings.HasPrefix(first.HTTPAddr(), "127.0.0.1:") {
+		t.Errorf("listens on %s and %s, want loopback only", first.Addr(), first.HTTPAddr())
+	}
+
+	// A second server on the same directory is refused before it can
+	// disturb the first.
+	if _, err := chlog.StartLocal(ctx, dir, chlogtest.Logger(t)); err == nil || !strings.Contains(err.Error(), "in use") {
+		t.Errorf("second StartLocal on a busy dir: %v, want an 'in use' error", err)
+	}
+
+	st, err := chlog.Open(ctx, chlog.Config{Addr: first.Addr()}, chlogtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Insert(ctx, roundTripRows()); err != nil {
+		t.Fatal(err)
+	}
+	// Stop returns promptly even with the pool's idle connections open.
+	start := time.Now()
+	if err := first.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("Stop took %s with idle connections open", d)
+	}
+	select {
+	case <-first.Done():
+	default:
+		t.Error("Done is not closed after Stop")
+	}
+
+	second, err := chlog.StartLocal(ctx, dir, chlogtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Stop()
+	if got, want := second.Addr(), first.Addr(); got != want {
+		t.Errorf("restarted on %s, want %s", got, want)
+	}
+	// The same pool reconnects, and the data is still there.
+	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		n, err := st.CountEvents(ctx)
+		if err != nil {
+			return err
+		}
+		if n != uint64(len(roundTripRows())) {
+			t.Fatalf("after restart the log has %d events, want %d", n, len(roundTripRows()))
+		}
+		return nil
+	})
+	st.Close()
+}
