@@ -544,6 +544,25 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("bob after update: %+v", bobView)
 	}
 
+	// A disabled principal's credentials stop working at once.
+	e.cliOK(rootToken, "principals", "disable", bob.ID, "--reason", "on leave")
+	e.problem(bobTok, "GET", "/v1/me", nil, http.StatusForbidden, "principal_disabled")
+	e.cliOK(rootToken, "principals", "enable", bob.ID)
+	e.must(bobTok, "GET", "/v1/me", nil, http.StatusOK, nil)
+
+	// A custom role's whole life through the CLI.
+	e.cliOK(rootToken, "roles", "create", "temp", "--permission", "temp.read")
+	var tempRole api.RoleView
+	e.cliJSON(rootToken, &tempRole, "roles", "update", "temp", "--permission", "temp.read,temp.write")
+	if !reflect.DeepEqual(tempRole.Permissions, []string{"temp.read", "temp.write"}) {
+		t.Fatalf("updated role: %+v", tempRole)
+	}
+	e.cliOK(rootToken, "roles", "delete", "temp")
+	e.cliJSON(rootToken, &roles, "roles", "list")
+	if slices.ContainsFunc(roles.Roles, func(r api.RoleView) bool { return r.Name == "temp" }) {
+		t.Fatalf("deleted role still listed: %+v", roles.Roles)
+	}
+
 	// The super administrator may not create keys; a verifier may not
 	// manage them; a key-admin may not verify.
 	e.problem(rootToken, "POST", "/v1/keys", map[string]any{"name": "x"}, http.StatusForbidden, "insufficient_permissions")
@@ -561,6 +580,11 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("created key: %+v", reader.KeyView)
 	}
 	office := e.createKey(aliceTok, map[string]any{"name": "office only", "permissions": []string{"orders.read"}, "allowed_ips": []string{"10.0.0.0/8", "192.0.2.7"}})
+	var updated api.KeyView
+	e.cliJSON(aliceTok, &updated, "keys", "update", office.KeyID, "--name", "Office only (HQ)", "--comments", "front desk")
+	if updated.Name != "Office only (HQ)" || updated.Comments != "front desk" || !reflect.DeepEqual(updated.AllowedIPs, []string{"10.0.0.0/8", "192.0.2.7/32"}) {
+		t.Fatalf("updated key: %+v", updated)
+	}
 	toRevoke := e.createKey(aliceTok, map[string]any{"name": "to revoke"})
 	toDisable := e.createKey(aliceTok, map[string]any{"name": "to disable"})
 	staysDisabled := e.createKey(aliceTok, map[string]any{"name": "stays disabled"})
