@@ -3,6 +3,7 @@ package eventstore_test
 import (
 	"bytes"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/keyledger/keyledger/domain"
@@ -229,6 +230,28 @@ func runContract(t *testing.T, open func(t *testing.T) *eventstore.Store) {
 		sub.Stop()
 		if err := sub.Err(); err != nil {
 			t.Errorf("Err after Stop = %v", err)
+		}
+	})
+
+	t.Run("ConcurrentConflicts", func(t *testing.T) { raceOneKey(t, s) })
+
+	t.Run("UsageGroupCommit", func(t *testing.T) {
+		p := NewUsage(t, s, eventstore.UsageConfig{})
+		before := mustCount(t, s, domain.StreamUsage)
+		const callers = 40
+		var wg sync.WaitGroup
+		for range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := p.Publish(testCtx(t), used(t, newKeyID())); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		if got, want := mustCount(t, s, domain.StreamUsage), before+callers; got != want {
+			t.Errorf("usage stream holds %d, want %d", got, want)
 		}
 	})
 

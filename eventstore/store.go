@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
@@ -68,6 +69,10 @@ type Store struct {
 
 	appends   *committer
 	snapshots *SnapshotStore
+
+	mu     sync.Mutex
+	closed bool
+	subs   map[*Subscription]struct{}
 }
 
 // Open connects to (or starts) the NATS server, then creates or updates the
@@ -220,9 +225,25 @@ func serverAtLeast(version string, major, minor int) bool {
 	return ma > major || (ma == major && mi >= minor)
 }
 
-// Close stops the group commit, closes the connection and, in embedded
-// mode, shuts the server down and waits until it has stopped.
+// Close stops the subscriptions and the group commit, closes the
+// connection and, in embedded mode, shuts the server down and waits until
+// it has stopped. Close usage publishers first: their pending events need
+// the connection.
 func (s *Store) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	subs := make([]*Subscription, 0, len(s.subs))
+	for sub := range s.subs {
+		subs = append(subs, sub)
+	}
+	s.mu.Unlock()
+	for _, sub := range subs {
+		sub.Stop()
+	}
 	if s.appends != nil {
 		s.appends.close()
 	}

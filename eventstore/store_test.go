@@ -16,7 +16,10 @@ import (
 // same version; exactly one wins each round, the others see a conflict, and
 // nothing is stored twice.
 func TestConcurrentAppends(t *testing.T) {
-	s := MustOpenStore(t)
+	raceOneKey(t, MustOpenStore(t))
+}
+
+func raceOneKey(t *testing.T, s *eventstore.Store) {
 	const racers, rounds = 20, 5
 	k := newKeyID()
 	version := mustAppend(t, s, 0, created(t, k))
@@ -309,5 +312,27 @@ func TestCloseStopsAppends(t *testing.T) {
 	}
 	if _, err := s.Append(testCtx(t), 0, []domain.Envelope{created(t, newKeyID())}); !errors.Is(err, eventstore.ErrClosed) {
 		t.Errorf("append after Close: %v, want ErrClosed", err)
+	}
+}
+
+func TestCloseStopsSubscriptions(t *testing.T) {
+	s, err := eventstore.Open(testCtx(t), eventstore.Config{DataDir: t.TempDir(), Logger: testLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := s.Subscribe(testCtx(t), domain.StreamKeys, 0, func(domain.Envelope) error { return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.Done():
+	default:
+		t.Fatal("subscription still running after Close")
+	}
+	if _, err := s.Subscribe(testCtx(t), domain.StreamKeys, 0, func(domain.Envelope) error { return nil }); err == nil {
+		t.Error("subscribe after Close succeeded")
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -34,25 +35,52 @@ func (s *Store) Subscribe(ctx context.Context, stream string, fromSeq uint64, fn
 		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
 		cfg.OptStartSeq = fromSeq
 	}
+	return s.subscribe(ctx, stream, cfg, fn)
+}
+
+// SubscribeLastPerSubject calls fn with the last event of every subject
+// matching filter, then with each new matching event as it is stored. A
+// projection that needs only the newest event per key (last used) starts
+// from one message per key instead of replaying the stream.
+func (s *Store) SubscribeLastPerSubject(ctx context.Context, stream, filter string, fn func(domain.Envelope) error) (*Subscription, error) {
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, FilterSubjects: []string{filter}}
+	return s.subscribe(ctx, stream, cfg, fn)
+}
+
+func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig, fn func(domain.Envelope) error) (*Subscription, error) {
 	octx, ocancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	cons, err := s.js.OrderedConsumer(octx, stream, cfg)
 	ocancel()
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", stream, err)
 	}
-	it, err := cons.Messages()
+	// The ordered consumer recreates itself after two missed heartbeats.
+	// The default (5s) let a pull request lost while a fresh consumer was
+	// still being placed on a cluster stall delivery for 10s in tests;
+	// idle heartbeats cost one tiny message a second.
+	it, err := cons.Messages(jetstream.PullHeartbeat(time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", stream, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	sub := &Subscription{cancel: cancel, done: make(chan struct{})}
+	if !s.track(sub) {
+		cancel()
+		it.Stop()
+		return nil, fmt.Errorf("subscribe %s: %w", stream, ErrClosed)
+	}
 	log := s.log.With("stream", stream)
 	go func() {
 		defer close(sub.done)
+		defer s.untrack(sub)
 		defer it.Stop()
 		for {
 			msg, err := it.Next(jetstream.NextContext(ctx))
 			if ctx.Err() != nil || errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+				return
+			}
+			if errors.Is(err, nats.ErrConnectionClosed) {
+				sub.err = fmt.Errorf("subscribe %s: %w", stream, err)
 				return
 			}
 			if err != nil {
@@ -84,6 +112,26 @@ func (s *Store) Subscribe(ctx context.Context, stream string, fromSeq uint64, fn
 		}
 	}()
 	return sub, nil
+}
+
+// track registers sub so that Close can stop it; false after Close.
+func (s *Store) track(sub *Subscription) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	if s.subs == nil {
+		s.subs = make(map[*Subscription]struct{})
+	}
+	s.subs[sub] = struct{}{}
+	return true
+}
+
+func (s *Store) untrack(sub *Subscription) {
+	s.mu.Lock()
+	delete(s.subs, sub)
+	s.mu.Unlock()
 }
 
 // Stop ends the subscription and waits until fn is no longer running.
