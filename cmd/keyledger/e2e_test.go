@@ -29,9 +29,13 @@ import (
 	"github.com/keyledger/keyledger/domain"
 )
 
-// e2eBinary is the keyledger binary TestMain builds once for the
-// end-to-end tests; empty when they are skipped (-short).
-var e2eBinary string
+// e2eServerBin and e2eCLIBin are the keyledger binaries TestMain builds
+// once for the end-to-end tests: empty when they are skipped (-short). With
+// -race the server is built with the race detector too, so the end-to-end
+// test also catches races in the real program; the client is built without
+// it, because a race-enabled binary takes about a second to start and the
+// test runs the client a hundred times.
+var e2eServerBin, e2eCLIBin string
 
 func TestMain(m *testing.M) {
 	flag.Parse()
@@ -43,19 +47,21 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
-		e2eBinary = filepath.Join(dir, "keyledger")
-		args := []string{"build", "-o", e2eBinary}
+		e2eCLIBin = filepath.Join(dir, "keyledger")
+		e2eServerBin = e2eCLIBin
+		builds := [][]string{{"build", "-o", e2eCLIBin, "."}}
 		if raceEnabled {
-			// The server under test runs with the race detector too, so the
-			// end-to-end test also catches races in the real program.
-			args = append(args, "-race")
+			e2eServerBin = filepath.Join(dir, "keyledger-race")
+			builds = append(builds, []string{"build", "-race", "-o", e2eServerBin, "."})
 		}
-		cmd := exec.Command("go", append(args, ".")...)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "build keyledger for the end-to-end tests: %v\n", err)
-			os.RemoveAll(dir)
-			os.Exit(1)
+		for _, args := range builds {
+			cmd := exec.Command("go", args...)
+			cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+			if err := cmd.Run(); err != nil {
+				fmt.Fprintf(os.Stderr, "go %s for the end-to-end tests: %v\n", strings.Join(args, " "), err)
+				os.RemoveAll(dir)
+				os.Exit(1)
+			}
 		}
 	}
 	code := m.Run()
@@ -127,7 +133,7 @@ type e2eServer struct {
 func startE2EServer(t *testing.T, dataDir string, env ...string) *e2eServer {
 	t.Helper()
 	s := &e2eServer{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
-	s.cmd = exec.Command(e2eBinary, "serve", "--http-addr", "127.0.0.1:0", "--data-dir", dataDir)
+	s.cmd = exec.Command(e2eServerBin, "serve", "--http-addr", "127.0.0.1:0", "--data-dir", dataDir)
 	s.cmd.Env = e2eEnv(env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
 	if err := s.cmd.Start(); err != nil {
@@ -281,7 +287,7 @@ func (e *lifecycle) problem(token, method, path string, body any, status int, co
 // returns its stdout, stderr and exit code.
 func (e *lifecycle) cli(token, stdin string, args ...string) (string, string, int) {
 	e.t.Helper()
-	cmd := exec.Command(e2eBinary, args...)
+	cmd := exec.Command(e2eCLIBin, args...)
 	env := []string{"KEYLEDGER_SERVER=" + e.srv.url}
 	if token != "" {
 		env = append(env, "KEYLEDGER_TOKEN="+token)
