@@ -31,10 +31,11 @@ type commitRes struct {
 }
 
 // committer is a group commit: one goroutine takes every request that is
-// pending, stores them as one atomic batch (one fsync on a SyncAlways
-// server) and releases all waiters. While a batch is in flight new requests
-// queue up and form the next batch, so under load batches grow by
-// themselves and an idle system pays no extra latency.
+// pending, stores them together and releases all waiters. A group big
+// enough to gain from it goes as one atomic batch (one fsync on a
+// SyncAlways server); a smaller one as pipelined single publishes. While a
+// group is in flight new requests queue up and form the next one, so under
+// load groups grow by themselves and an idle system pays no extra latency.
 type committer struct {
 	batcher
 	log      *slog.Logger
@@ -53,7 +54,6 @@ type batcher struct {
 	batchPolicy
 
 	batches atomic.Uint64 // atomic batches and single publishes sent
-	msgs    atomic.Uint64
 }
 
 // batchPolicy says how a batcher publishes.
@@ -219,7 +219,6 @@ func (c *committer) commit(round []*commitReq) {
 		return
 	}
 	c.batches.Add(1)
-	c.msgs.Add(uint64(len(msgs)))
 	ack, err := c.pub.publishAtomic(ctx, msgs)
 	switch {
 	case err == nil:
@@ -275,7 +274,6 @@ func (c *committer) commitEach(ctx context.Context, round []*commitReq) {
 func (c *batcher) publishReq(ctx context.Context, r *commitReq) (pubAck, error) {
 	if len(r.msgs) == 1 {
 		c.batches.Add(1)
-		c.msgs.Add(1)
 		return c.pub.publishOne(ctx, r.msgs[0])
 	}
 	if r.atomic && !c.useBatch {
@@ -285,7 +283,6 @@ func (c *batcher) publishReq(ctx context.Context, r *commitReq) (pubAck, error) 
 	}
 	if r.atomic || (c.useBatch && len(r.msgs) >= c.minBatch) {
 		c.batches.Add(1)
-		c.msgs.Add(uint64(len(r.msgs)))
 		ack, err := c.pub.publishAtomic(ctx, r.msgs)
 		if err == nil || r.atomic || transient(err) {
 			return ack, err
@@ -298,7 +295,6 @@ func (c *batcher) publishReq(ctx context.Context, r *commitReq) (pubAck, error) 
 // of the last one or the first error.
 func (c *batcher) publishSingles(ctx context.Context, msgs []*nats.Msg) (pubAck, error) {
 	c.batches.Add(uint64(len(msgs)))
-	c.msgs.Add(uint64(len(msgs)))
 	acks := make([]pubAck, len(msgs))
 	errs := make([]error, len(msgs))
 	var wg sync.WaitGroup
