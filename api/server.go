@@ -54,6 +54,8 @@ type Config struct {
 	Metrics *prometheus.Registry
 	// LastUsed is optional.
 	LastUsed LastUsed
+	// Logs is the audit log; /v1/logs answers 500 without it.
+	Logs LogSearcher
 	// MaxActiveKeys is the default plan limit per principal.
 	MaxActiveKeys int
 	// TrustProxy takes the client address from X-Forwarded-For.
@@ -134,6 +136,7 @@ func (s *Server) routes() {
 	s.handle("POST", "/v1/keys/{id}/enable", domain.PermKeyEnable, s.enableKey)
 	s.handle("GET", "/v1/keys/{id}/events", domain.PermKeyView, s.keyEvents)
 	s.handle("POST", "/v1/verify", domain.PermVerify, s.verify)
+	s.handle("GET", "/v1/logs", domain.PermLogView, s.logs)
 	s.handle("GET", "/v1/me", "", s.me)
 	s.handle("POST", "/v1/principals", domain.PermPrincipalManage, s.createPrincipal)
 	s.handle("GET", "/v1/principals", domain.PermPrincipalManage, s.listPrincipals)

@@ -19,7 +19,9 @@ import (
 	"github.com/keyledger/keyledger/api"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/projections/chlog"
 	"github.com/keyledger/keyledger/projections/keystate"
+	"github.com/keyledger/keyledger/projections/lastused"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -36,6 +38,14 @@ type Main struct {
 	TrustProxy    bool
 	SnapshotEvery int
 	LogLevel      string
+	// ClickHouse is host:port of an external ClickHouse; empty starts a
+	// managed local clickhouse-server under the data dir.
+	ClickHouse         string
+	ClickHouseDatabase string
+	ClickHouseUser     string
+	// ClickHousePassword comes from KEYLEDGER_CLICKHOUSE_PASSWORD only.
+	ClickHousePassword string
+	MaxSinkLag         uint64
 
 	// RootToken comes from KEYLEDGER_ROOT_TOKEN only: secrets are never flags.
 	RootToken string
@@ -46,7 +56,14 @@ type Main struct {
 	store    *eventstore.Store
 	usage    *eventstore.UsagePublisher
 	sub      *eventstore.Subscription
+	usedSub  *eventstore.Subscription
 	state    *keystate.Projection
+	lastUsed *lastused.Projection
+	chLocal  *chlog.LocalServer
+	ch       *chlog.Store
+	sink     *chlog.Sink
+	stopSink context.CancelFunc
+	sinkDone chan struct{}
 	http     *http.Server
 	ln       net.Listener
 	snapWG   sync.WaitGroup
@@ -90,6 +107,10 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.BoolVar(&m.TrustProxy, "trust-proxy", envBool("trust-proxy", false), "take client addresses from X-Forwarded-For (KEYLEDGER_TRUST_PROXY)")
 	fs.IntVar(&m.SnapshotEvery, "snapshot-every", envInt("snapshot-every", 10000), "events between key-state snapshots (KEYLEDGER_SNAPSHOT_EVERY)")
 	fs.StringVar(&m.LogLevel, "log-level", env("log-level", "info"), "debug, info, warn or error (KEYLEDGER_LOG_LEVEL)")
+	fs.StringVar(&m.ClickHouse, "clickhouse", env("clickhouse", ""), "host:port of ClickHouse's native protocol; empty starts a local clickhouse-server under the data dir (KEYLEDGER_CLICKHOUSE)")
+	fs.StringVar(&m.ClickHouseDatabase, "clickhouse-database", env("clickhouse-database", chlog.DefaultDatabase), "ClickHouse database of the audit log (KEYLEDGER_CLICKHOUSE_DATABASE)")
+	fs.StringVar(&m.ClickHouseUser, "clickhouse-user", env("clickhouse-user", "default"), "ClickHouse user; the password comes from KEYLEDGER_CLICKHOUSE_PASSWORD (KEYLEDGER_CLICKHOUSE_USER)")
+	fs.Uint64Var(&m.MaxSinkLag, "max-sink-lag", uint64(envInt("max-sink-lag", 100000)), "events the audit log may trail JetStream by before /readyz fails (KEYLEDGER_MAX_SINK_LAG)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -97,6 +118,7 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
 	m.RootToken = os.Getenv("KEYLEDGER_ROOT_TOKEN")
+	m.ClickHousePassword = os.Getenv("KEYLEDGER_CLICKHOUSE_PASSWORD")
 	if m.Logger == nil {
 		var lvl slog.Level
 		if err := lvl.UnmarshalText([]byte(m.LogLevel)); err != nil {
@@ -135,11 +157,18 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 
+	if err := m.startLastUsed(ctx); err != nil {
+		return err
+	}
+	if err := m.startAuditLog(ctx); err != nil {
+		return err
+	}
+
 	reg := prometheus.NewRegistry()
 	srv := api.New(api.Config{
 		Store: m.store, State: m.state, Usage: m.usage, Logger: log, Metrics: reg,
-		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy,
-		Ready: []api.ReadyCheck{m.projectionReady},
+		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy, LastUsed: m.lastUsed, Logs: m.ch,
+		Ready: []api.ReadyCheck{m.projectionReady, m.sinkReady},
 	})
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_usage_buffer_depth", Help: "Usage events waiting to be stored."},
@@ -148,6 +177,16 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			func() float64 { return float64(m.state.Applied()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_keys", Help: "Keys in the key-state projection."},
 			func() float64 { return float64(m.state.Len()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_audit_sink_lag", Help: "Events stored in JetStream but not yet in the ClickHouse log."},
+			func() float64 {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				lag, err := m.sink.TotalLag(ctx)
+				if err != nil {
+					return -1
+				}
+				return float64(lag)
+			}),
 	)
 
 	tok, created, err := srv.Bootstrap(ctx, m.RootToken)
@@ -256,6 +295,62 @@ func (m *Main) saveSnapshot(ctx context.Context) {
 	m.Logger.Debug("key-state snapshot saved", "seq", seq, "bytes", len(data))
 }
 
+// startLastUsed folds the last successful use of every key from USAGE:
+// only the newest "used" event of each key is read at start.
+func (m *Main) startLastUsed(ctx context.Context) error {
+	m.lastUsed = lastused.New()
+	sub, err := m.store.SubscribeLastPerSubject(context.WithoutCancel(ctx), domain.StreamUsage, "keyledger.usage.*.used", func(env domain.Envelope) error {
+		m.lastUsed.Apply(env)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe USAGE: %w", err)
+	}
+	m.usedSub = sub
+	return nil
+}
+
+// startAuditLog connects to ClickHouse (starting a local server when no
+// address is given), applies the schema migrations and starts the sink
+// that copies every stream into the audit log.
+func (m *Main) startAuditLog(ctx context.Context) error {
+	addr := m.ClickHouse
+	if addr == "" {
+		local, err := chlog.StartLocal(ctx, m.DataDir, m.Logger)
+		if err != nil {
+			return fmt.Errorf("start local ClickHouse: %w", err)
+		}
+		m.chLocal = local
+		addr = local.Addr()
+	}
+	ch, err := chlog.Open(ctx, chlog.Config{Addr: addr, Database: m.ClickHouseDatabase, Username: m.ClickHouseUser, Password: m.ClickHousePassword}, m.Logger)
+	if err != nil {
+		return fmt.Errorf("open ClickHouse log at %s: %w", addr, err)
+	}
+	m.ch = ch
+	m.sink = chlog.NewSink(m.store.JetStream(), ch, chlog.SinkConfig{}, m.Logger)
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.stopSink, m.sinkDone = cancel, make(chan struct{})
+	go func() {
+		defer close(m.sinkDone)
+		_ = m.sink.Run(sctx)
+	}()
+	return nil
+}
+
+// sinkReady fails when the audit log trails JetStream by more than
+// --max-sink-lag events.
+func (m *Main) sinkReady(ctx context.Context) error {
+	lag, err := m.sink.TotalLag(ctx)
+	if err != nil {
+		return fmt.Errorf("audit sink: %w", err)
+	}
+	if lag > m.MaxSinkLag {
+		return fmt.Errorf("audit log %d events behind JetStream (limit %d)", lag, m.MaxSinkLag)
+	}
+	return nil
+}
+
 // projectionReady fails while the key-state projection is behind KEYS.
 func (m *Main) projectionReady(ctx context.Context) error {
 	last, err := m.store.LastSeq(ctx, domain.StreamKeys)
@@ -289,6 +384,19 @@ func (m *Main) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		errs = append(errs, m.usage.Close(ctx))
 		cancel()
+	}
+	if m.stopSink != nil {
+		m.stopSink()
+		<-m.sinkDone
+	}
+	if m.ch != nil {
+		errs = append(errs, m.ch.Close())
+	}
+	if m.chLocal != nil {
+		errs = append(errs, m.chLocal.Stop())
+	}
+	if m.usedSub != nil {
+		m.usedSub.Stop()
 	}
 	if m.sub != nil {
 		m.sub.Stop()

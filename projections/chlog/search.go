@@ -1,0 +1,212 @@
+package chlog
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/keyledger/keyledger/domain"
+)
+
+// Query selects events of the audit log. Every field a caller sets is
+// passed to ClickHouse as a bound parameter; only column names and
+// operators chosen here are written into the SQL text.
+type Query struct {
+	// KeyIDs selects the events of these keys ("select keys, search in logs").
+	KeyIDs []string
+	// Visible, when not nil, limits the result to these keys: a key-admin
+	// sees the log of its own keys only. An empty non-nil slice sees nothing.
+	Visible  []string
+	Owner    string
+	Actor    string
+	Actions  []string // "created", "revoked", "denied", ...
+	Outcomes []string // outcome or reason codes: "REVOKED", "INVALID_SECRET", ...
+	// Source is an IP address or a CIDR prefix.
+	Source    netip.Prefix
+	HasSource bool
+	From, To  time.Time // [From, To); zero means unbounded
+	Text      string    // free text over name, comments and reason
+	Limit     int       // 0 means no limit (exports)
+	After     *Cursor   // the last row of the previous page
+}
+
+// Cursor is a position in the newest-first order: (time, event id). Events
+// that arrive later are newer and so sort before any cursor already handed
+// out, which keeps pages free of gaps and repeats while the log grows.
+type Cursor struct {
+	TimeMS  uint64
+	EventID string
+}
+
+// String encodes a cursor opaquely for clients.
+func (c Cursor) String() string {
+	b := binary.BigEndian.AppendUint64([]byte{1}, c.TimeMS)
+	return base64.RawURLEncoding.EncodeToString(append(b, c.EventID...))
+}
+
+// ParseCursor decodes a cursor from String. Errors: EINVALID (invalid_cursor).
+func ParseCursor(s string) (Cursor, error) {
+	bad := domain.Errorf(domain.EINVALID, "invalid_cursor", "invalid cursor")
+	b, err := base64.RawURLEncoding.DecodeString(s)
+	if err != nil || len(b) < 9 || len(b) > 9+64 || b[0] != 1 {
+		return Cursor{}, bad
+	}
+	c := Cursor{TimeMS: binary.BigEndian.Uint64(b[1:9]), EventID: string(b[9:])}
+	for _, r := range c.EventID {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f' || r == '-' || r == ':' || r >= 'A' && r <= 'Z') {
+			return Cursor{}, bad
+		}
+	}
+	return c, nil
+}
+
+// where builds the WHERE clause and its arguments.
+func (q Query) where() (string, []any) {
+	var conds []string
+	var args []any
+	add := func(cond string, a ...any) {
+		conds = append(conds, cond)
+		args = append(args, a...)
+	}
+	if q.Visible != nil {
+		if len(q.Visible) == 0 {
+			add("0")
+		} else {
+			add("key_id IN (?)", q.Visible)
+		}
+	}
+	if len(q.KeyIDs) > 0 {
+		add("key_id IN (?)", q.KeyIDs)
+	}
+	if q.Owner != "" {
+		add("owner = ?", q.Owner)
+	}
+	if q.Actor != "" {
+		add("actor = ?", q.Actor)
+	}
+	if len(q.Actions) > 0 {
+		add("action IN (?)", q.Actions)
+	}
+	if len(q.Outcomes) > 0 {
+		add("outcome IN (?)", q.Outcomes)
+	}
+	if q.HasSource {
+		p := q.Source.Masked()
+		if p.Addr().Is4() {
+			lo := p.Addr().As4()
+			hi := lastAddr(p).As4()
+			add("position(source_ip, ':') = 0 AND source_ip != '' AND IPv4StringToNum(source_ip) BETWEEN ? AND ?",
+				binary.BigEndian.Uint32(lo[:]), binary.BigEndian.Uint32(hi[:]))
+		} else {
+			lo := p.Addr().As16()
+			hi := lastAddr(p).As16()
+			add("position(source_ip, ':') > 0 AND hex(IPv6StringToNum(source_ip)) BETWEEN ? AND ?",
+				strings.ToUpper(hex.EncodeToString(lo[:])), strings.ToUpper(hex.EncodeToString(hi[:])))
+		}
+	}
+	if !q.From.IsZero() {
+		add("time >= ? AND time_ms >= ?", q.From.UTC().Truncate(time.Second), uint64(q.From.UnixMilli()))
+	}
+	if !q.To.IsZero() {
+		add("time <= ? AND time_ms < ?", q.To.UTC(), uint64(q.To.UnixMilli()))
+	}
+	if q.Text != "" {
+		add("(positionCaseInsensitiveUTF8(name, ?) > 0 OR positionCaseInsensitiveUTF8(comments, ?) > 0 OR positionCaseInsensitiveUTF8(reason, ?) > 0)",
+			q.Text, q.Text, q.Text)
+	}
+	if q.After != nil {
+		add("(time_ms < ? OR (time_ms = ? AND event_id < ?))", q.After.TimeMS, q.After.TimeMS, q.After.EventID)
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// lastAddr returns the highest address of a prefix.
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Addr()
+	b := a.AsSlice()
+	bits := p.Bits()
+	for i := range b {
+		for j := 0; j < 8; j++ {
+			if i*8+j >= bits {
+				b[i] |= 0x80 >> j
+			}
+		}
+	}
+	out, _ := netip.AddrFromSlice(b)
+	return out
+}
+
+// Search calls fn with every event matching q, newest first, each event
+// once however many copies of it the table holds. Rows stream from
+// ClickHouse: an export of any size is never held in memory. It returns
+// the cursor of the next page when q.Limit was reached.
+func (s *Store) Search(ctx context.Context, q Query, fn func(Row) error) (*Cursor, error) {
+	where, args := q.where()
+	sql := selectRow + where + ` ORDER BY time_ms DESC, event_id DESC LIMIT 1 BY event_id`
+	if q.Limit > 0 {
+		sql += ` LIMIT ?`
+		args = append(args, q.Limit)
+	}
+	rows, err := s.conn.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("search log: %w", err)
+	}
+	defer rows.Close()
+	n := 0
+	var last Row
+	for rows.Next() {
+		r, err := scanRow(rows)
+		if err != nil {
+			return nil, fmt.Errorf("search log: %w", err)
+		}
+		if err := fn(r); err != nil {
+			return nil, err
+		}
+		last = r
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("search log: %w", err)
+	}
+	if q.Limit > 0 && n == q.Limit {
+		return &Cursor{TimeMS: uint64(last.Time.UnixMilli()), EventID: last.EventID}, nil
+	}
+	return nil, nil
+}
+
+// LastUse is when and from where a key was last used successfully.
+type LastUse struct {
+	Time     time.Time
+	SourceIP string
+}
+
+// LastUsed returns the last successful use of each of the keys.
+func (s *Store) LastUsed(ctx context.Context, keyIDs []string) (map[string]LastUse, error) {
+	out := make(map[string]LastUse, len(keyIDs))
+	if len(keyIDs) == 0 {
+		return out, nil
+	}
+	rows, err := s.conn.Query(ctx, `SELECT key_id, max(time_ms), argMax(source_ip, time_ms) FROM `+Table+
+		` WHERE key_id IN (?) AND type = ? GROUP BY key_id`, keyIDs, domain.TypeKeyUsed)
+	if err != nil {
+		return nil, fmt.Errorf("last used: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, ip string
+		var ms uint64
+		if err := rows.Scan(&id, &ms, &ip); err != nil {
+			return nil, fmt.Errorf("last used: %w", err)
+		}
+		out[id] = LastUse{Time: time.UnixMilli(int64(ms)).UTC(), SourceIP: ip}
+	}
+	return out, rows.Err()
+}
