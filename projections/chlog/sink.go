@@ -43,6 +43,11 @@ type SinkConfig struct {
 	MinBackoff, MaxBackoff time.Duration
 	// InsertTimeout bounds one insert attempt (30s).
 	InsertTimeout time.Duration
+	// Workers is how many batches of one stream are in flight at once
+	// (2). Each worker fetches, inserts and acks on its own, so a fetch
+	// overlaps another batch's insert; order does not matter to the
+	// audit table, and every message is acked on its own.
+	Workers int
 }
 
 // DefaultDurable is the durable consumer name the sink uses by default.
@@ -80,6 +85,9 @@ func (c SinkConfig) withDefaults() SinkConfig {
 	}
 	if c.InsertTimeout <= 0 {
 		c.InsertTimeout = 30 * time.Second
+	}
+	if c.Workers <= 0 {
+		c.Workers = 2
 	}
 	return c
 }
@@ -126,7 +134,9 @@ func NewSink(js jetstream.JetStream, db Inserter, cfg SinkConfig, logger *slog.L
 func (s *Sink) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, name := range s.cfg.Streams {
-		wg.Go(func() { s.runStream(ctx, name) })
+		for range s.cfg.Workers {
+			wg.Go(func() { s.runStream(ctx, name) })
+		}
 	}
 	wg.Wait()
 	return nil
@@ -194,7 +204,7 @@ func (s *Sink) consumer(ctx context.Context, stream string, log *slog.Logger) (j
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       s.cfg.AckWait,
 			MaxDeliver:    -1,
-			MaxAckPending: max(1000, 4*s.cfg.BatchSize),
+			MaxAckPending: max(1000, 2*s.cfg.Workers*s.cfg.BatchSize),
 		})
 		if err == nil {
 			log.Info("clickhouse sink consuming", "durable", s.cfg.Durable)
