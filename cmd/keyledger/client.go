@@ -41,11 +41,18 @@ type globals struct {
 	stdout, stderr io.Writer
 	// getenv is os.Getenv; tests replace it.
 	getenv func(string) string
+	// shared names the flags register added to each flag set, so a
+	// command's help lists only its own.
+	shared map[*flag.FlagSet]map[string]bool
 }
 
 // register adds the global flags to fs. tokenFileName is the name the
 // caller's token file goes by on this command.
 func (g *globals) register(fs *flag.FlagSet, tokenFileName string) {
+	if g.shared == nil {
+		g.shared = map[*flag.FlagSet]map[string]bool{}
+	}
+	g.shared[fs] = map[string]bool{"server": true, tokenFileName: true, "auth-token-file": true, "json": true}
 	fs.StringVar(&g.server, "server", g.server, "keyledger server URL (KEYLEDGER_SERVER)")
 	fs.StringVar(&g.tokenFile, tokenFileName, g.tokenFile, "file holding the caller's token (else KEYLEDGER_TOKEN)")
 	if tokenFileName != "auth-token-file" {
@@ -78,13 +85,11 @@ func (g *globals) run(ctx context.Context, args []string) error {
 	}
 	name, rest := args[0], args[1:]
 	if cmds, ok := groups[name]; ok {
-		help := fmt.Sprintf("Usage: keyledger %s <command> [flags]\n\nCommands:\n%s\n%s", name, commandList(cmds), clientFlagsHelp)
 		if len(rest) == 0 {
-			fmt.Fprint(g.stderr, help)
-			return usageError{fmt.Sprintf("usage: keyledger %s <command>", name)}
+			return usageError{fmt.Sprintf("usage: keyledger %s <command>; run \"keyledger %s help\"", name, name)}
 		}
 		if rest[0] == "-h" || rest[0] == "--help" || rest[0] == "help" {
-			fmt.Fprint(g.stdout, help)
+			fmt.Fprintf(g.stdout, "Usage: keyledger %s <command> [flags]\n\nCommands:\n%s\n%s", name, commandList(name, cmds), clientFlagsHelp)
 			return flag.ErrHelp
 		}
 		cmd, ok := cmds[rest[0]]
@@ -111,11 +116,13 @@ var topCommands = map[string]command{
 	"whoami": {"", "show the calling principal and key", runWhoami},
 }
 
-func commandList(cmds map[string]command) string {
+func commandList(group string, cmds map[string]command) string {
 	var b strings.Builder
+	tw := newTable(&b)
 	for _, name := range sortedKeys(cmds) {
-		fmt.Fprintf(&b, "  %-12s %s\n", name, cmds[name].summary)
+		fmt.Fprintf(tw, "  keyledger %s %s %s\t%s\n", group, name, cmds[name].args, cmds[name].summary)
 	}
+	tw.Flush()
 	return b.String()
 }
 
@@ -132,14 +139,33 @@ func newFlagSet(name string) *flag.FlagSet {
 // command's help for -h.
 func (g *globals) flagError(fs *flag.FlagSet, err error, synopsis string) error {
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintf(g.stdout, "Usage: %s\n\nFlags:\n", synopsis)
-		fs.SetOutput(g.stdout)
-		fs.PrintDefaults()
-		fs.SetOutput(io.Discard)
-		fmt.Fprintf(g.stdout, "\n%s", clientFlagsHelp)
+		fmt.Fprintf(g.stdout, "Usage: %s\n\n", synopsis)
+		if own := g.commandFlags(fs); own != "" {
+			fmt.Fprintf(g.stdout, "Flags:\n%s\n", own)
+		}
+		fmt.Fprint(g.stdout, clientFlagsHelp)
 		return flag.ErrHelp
 	}
 	return usageError{fmt.Sprintf("usage: %v (see \"%s -h\")", err, fs.Name())}
+}
+
+// commandFlags lists a command's own flags; the client flags every
+// command shares are described once, after them.
+func (g *globals) commandFlags(fs *flag.FlagSet) string {
+	var b strings.Builder
+	tw := newTable(&b)
+	fs.VisitAll(func(f *flag.Flag) {
+		if g.shared[fs][f.Name] {
+			return
+		}
+		typ, usage := flag.UnquoteUsage(f)
+		if typ != "" {
+			typ = " " + typ
+		}
+		fmt.Fprintf(tw, "  --%s%s\t%s\n", f.Name, typ, usage)
+	})
+	tw.Flush()
+	return b.String()
 }
 
 // parseCommand parses a subcommand's flags, which may be interleaved with
@@ -150,7 +176,7 @@ func (g *globals) parseCommand(fs *flag.FlagSet, args []string, argNames string,
 	var pos []string
 	for len(args) > 0 {
 		if err := fs.Parse(args); err != nil {
-			return nil, g.flagError(fs, err, fs.Name()+" "+argNames+" [flags]")
+			return nil, g.flagError(fs, err, strings.TrimSpace(fs.Name()+" "+argNames)+" [flags]")
 		}
 		rest := fs.Args()
 		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
