@@ -96,7 +96,8 @@ func transient(err error) bool {
 	case errors.Is(err, nats.ErrTimeout),
 		errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, nats.ErrNoResponders),
-		errors.Is(err, nats.ErrConnectionReconnecting):
+		errors.Is(err, nats.ErrConnectionReconnecting),
+		errors.Is(err, nats.ErrReconnectBufExceeded):
 		return true
 	}
 	var apiErr *jetstream.APIError

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // UsageConfig tunes a UsagePublisher.
@@ -165,8 +166,9 @@ func (p *UsagePublisher) work() {
 }
 
 // flush stores batch, retrying for as long as the failure may pass (the
-// server is away, a leader is being elected). It gives up only when Close
-// runs out of time, and then counts and logs what it abandons.
+// server is away, a leader is being elected, the connection is
+// reconnecting). It gives up only when Close runs out of time, and then
+// counts and logs what it abandons.
 func (p *UsagePublisher) flush(batch []*nats.Msg) {
 	for attempt := 1; ; attempt++ {
 		if p.quitting() {
@@ -178,7 +180,7 @@ func (p *UsagePublisher) flush(batch []*nats.Msg) {
 			p.events.Add(uint64(len(batch)))
 			return
 		}
-		if !transient(err) {
+		if refused(err) {
 			// Something in the batch was refused; store the events one
 			// by one so only the culprit is left out.
 			for _, m := range batch {
@@ -187,10 +189,7 @@ func (p *UsagePublisher) flush(batch []*nats.Msg) {
 			return
 		}
 		p.log.Warn("usage batch not stored, retrying", "events", len(batch), "attempt", attempt, "err", err)
-		select {
-		case <-p.quit:
-		case <-sleepChan(backoff(attempt)):
-		}
+		p.pause(attempt)
 	}
 }
 
@@ -205,15 +204,30 @@ func (p *UsagePublisher) flushOne(m *nats.Msg) {
 			p.events.Add(1)
 			return
 		}
-		if !transient(err) {
+		if refused(err) {
 			p.rejected.Add(1)
 			p.log.Error("usage event refused by the server", "subject", m.Subject, "id", m.Header.Get(hdrMsgID), "err", err)
 			return
 		}
-		select {
-		case <-p.quit:
-		case <-sleepChan(backoff(attempt)):
-		}
+		p.pause(attempt)
+	}
+}
+
+// refused reports whether the server answered a publish with an error
+// that a retry will not change. Anything else (no answer, no connection)
+// may pass, so async events are retried rather than given up.
+func refused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && !transient(err)
+}
+
+// pause waits before retry number attempt, or until Close gives up.
+func (p *UsagePublisher) pause(attempt int) {
+	t := time.NewTimer(backoff(attempt))
+	defer t.Stop()
+	select {
+	case <-p.quit:
+	case <-t.C:
 	}
 }
 
@@ -307,8 +321,6 @@ func waitCtx(ctx context.Context, wait func()) error {
 		return ctx.Err()
 	}
 }
-
-func sleepChan(d time.Duration) <-chan time.Time { return time.After(d) }
 
 // usageMsgs turns usage events into messages carrying their Msg-Id.
 func usageMsgs(envs []domain.Envelope) ([]*nats.Msg, error) {
