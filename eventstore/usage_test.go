@@ -212,3 +212,35 @@ func TestUsageAsyncBackPressure(t *testing.T) {
 		t.Errorf("stats %+v", st)
 	}
 }
+
+func TestSubscribeLastPerSubject(t *testing.T) {
+	s := MustOpenStore(t)
+	p := NewUsage(t, s, eventstore.UsageConfig{})
+	a, b := newKeyID(), newKeyID()
+	var lastA, lastB domain.Envelope
+	for range 3 {
+		lastA, lastB = used(t, a), used(t, b)
+		if err := p.Publish(testCtx(t), lastA, lastB); err != nil {
+			t.Fatal(err)
+		}
+	}
+	col := newCollector()
+	sub, err := s.SubscribeLastPerSubject(testCtx(t), domain.StreamUsage, "keyledger.usage.*.used", col.fn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Stop()
+	got := col.next(t, 2)
+	ids := map[string]bool{got[0].ID.String(): true, got[1].ID.String(): true}
+	if !ids[lastA.ID.String()] || !ids[lastB.ID.String()] {
+		t.Fatalf("delivered %s and %s, want the last of each key", got[0].ID, got[1].ID)
+	}
+	// Then new events as they come.
+	next := used(t, a)
+	if err := p.Publish(testCtx(t), next); err != nil {
+		t.Fatal(err)
+	}
+	if got := col.next(t, 1)[0]; got.ID != next.ID {
+		t.Fatalf("live event %s, want %s", got.ID, next.ID)
+	}
+}
