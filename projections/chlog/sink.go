@@ -247,13 +247,19 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 	var last uint64
 	for i, m := range msgs {
 		var seq uint64
+		var stored time.Time
 		stream := ""
 		if md, err := m.Metadata(); err == nil {
-			seq, stream = md.Sequence.Stream, md.Stream
+			seq, stream, stored = md.Sequence.Stream, md.Stream, md.Timestamp
 		}
 		rows[i] = RowFromMessage(stream, seq, m.Data())
 		if rows[i].Type == invalidType {
 			log.Error("message is not an event; stored as invalid", "seq", seq, "subject", m.Subject())
+		}
+		if rows[i].Time.IsZero() {
+			// A non-event has no time of its own; when JetStream
+			// stored it is the next best thing for range searches.
+			rows[i].Time = stored.UTC().Truncate(time.Millisecond)
 		}
 		last = max(last, seq)
 	}

@@ -308,6 +308,22 @@ func TestSinkCopiesEveryEventAndReportsLag(t *testing.T) {
 	if events != 252 {
 		t.Errorf("Stats count %d events, want 252", events)
 	}
+
+	// A message that is no event does not stall the sink: it is stored
+	// as invalid, at the time JetStream stored it, and the sink goes on.
+	ack, err := js.Publish(ctx, "keyledger.usage._.denied", []byte("not an event"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub.publish(t, 1)
+	waitCaughtUp(t, st, sink, 254)
+	bad, err := st.Event(ctx, fmt.Sprintf("invalid:%s:%d", domain.StreamUsage, ack.Sequence))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bad.Raw != "not an event" || bad.Type != "invalid" || time.Since(bad.Time) > time.Minute || time.Since(bad.Time) < 0 {
+		t.Errorf("invalid message row: %+v", bad)
+	}
 }
 
 // crashAfterInsert stores the first batch and then cuts the sink's
