@@ -216,6 +216,8 @@ type lifecycle struct {
 	srv    *e2eServer
 	tokens map[string]bool
 	events [][]byte
+	// lastVerification is the event id of the newest verification.
+	lastVerification string
 }
 
 func (e *lifecycle) seen(tokens ...string) {
@@ -360,6 +362,7 @@ func (e *lifecycle) verify(verifier, tok, perm, ip string) api.VerifyResponse {
 	if res.Valid != (res.Code == domain.OutcomeValid) || res.EventID == "" {
 		e.t.Fatalf("inconsistent verification of %s: %+v", tokenKeyID(tok), res)
 	}
+	e.lastVerification = res.EventID
 	return res
 }
 
@@ -461,8 +464,9 @@ func eventTypes(evs []api.EventView) []string {
 // the whole lifecycle through HTTP and through the CLI: bootstrap,
 // principals, keys, every verification outcome but EXPIRED, regeneration
 // with and without rotation, disable/enable, revoke, delete, list filters,
-// events, a restart on the same data dir, and a search of everything the
-// server wrote for any token or secret.
+// events, last use, a restart on the same data dir, and a search of
+// everything the server wrote (its data dir, its output, the events
+// responses and the audit-log export) for any token or secret.
 //
 // EXPIRED cannot be reached honestly here: the shortest lifetime is one
 // day, the server reads the real clock and has no flag to move it, and a
@@ -929,6 +933,24 @@ func TestEndToEnd(t *testing.T) {
 	for _, id := range all {
 		e.keyEvents(auditTok, id)
 	}
+	// The ClickHouse audit log stores its columns compressed, so searching
+	// its files proves little; search its export instead, once the sink has
+	// copied the newest verification.
+	var auditLog []byte
+	checkFor(t, 30*time.Second, 100*time.Millisecond, func() error {
+		status, b := e.http(auditTok, "GET", "/v1/logs?format=ndjson", nil)
+		if status != http.StatusOK {
+			return fmt.Errorf("GET /v1/logs: %d %s", status, b)
+		}
+		if !bytes.Contains(b, []byte(e.lastVerification)) {
+			return fmt.Errorf("the audit log does not hold verification %s yet", e.lastVerification)
+		}
+		auditLog = b
+		return nil
+	})
+	if !bytes.Contains(auditLog, []byte(reader.KeyID)) {
+		t.Fatal("the audit log export lacks the reader key's events")
+	}
 	e.srv.stop(t)
 
 	// No token or secret the test ever saw may appear in the data dir, the
@@ -949,6 +971,7 @@ func TestEndToEnd(t *testing.T) {
 		haystacks[fmt.Sprintf("server run %d stdout", i+1)] = []byte(s.stdout.String())
 		haystacks[fmt.Sprintf("server run %d stderr", i+1)] = []byte(s.stderr.String())
 	}
+	haystacks["audit log export"] = auditLog
 	for i, b := range e.events {
 		haystacks[fmt.Sprintf("events response %d", i+1)] = b
 	}
