@@ -18,6 +18,8 @@ import (
 	"github.com/keyledger/keyledger/api"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/projections/chlog"
+	"github.com/keyledger/keyledger/projections/chlog/chlogtest"
 	"github.com/keyledger/keyledger/projections/keystate"
 )
 
@@ -33,6 +35,8 @@ type harness struct {
 	ts    *httptest.Server
 	root  string
 	logs  *bytes.Buffer
+	ch    *chlog.Store
+	sink  *chlog.Sink
 	// skew is added to the wall clock the server reads, so tests can
 	// move past expiry dates and grace periods without waiting.
 	skew atomic.Int64
@@ -56,9 +60,41 @@ func mustStart(tb testing.TB) *harness {
 	return mustStartWith(tb, eventstore.Config{NoSync: true}, eventstore.UsageConfig{})
 }
 
+// mustStartWithLog starts a harness whose audit log is a fresh database on
+// the test ClickHouse, fed by a running sink.
+func mustStartWithLog(tb testing.TB) *harness {
+	tb.Helper()
+	ch := chlogtest.MustOpen(tb)
+	h := mustStartWith(tb, eventstore.Config{NoSync: true}, eventstore.UsageConfig{}, func(c *api.Config) { c.Logs = ch })
+	h.ch = ch
+	h.sink = chlog.NewSink(h.store.JetStream(), ch, chlog.SinkConfig{BatchWait: 20 * time.Millisecond}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = h.sink.Run(ctx) }()
+	tb.Cleanup(func() { cancel(); <-done })
+	return h
+}
+
+// syncLog waits until the audit log holds every event stored in JetStream.
+func (h *harness) syncLog() {
+	h.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		want := h.count(domain.StreamKeys) + h.count(domain.StreamUsage)
+		got, err := h.ch.CountEvents(context.Background())
+		if err == nil && got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("audit log has %d events, JetStream %d (err %v)", got, want, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // mustStartWith starts a harness with the given store and usage settings;
 // DataDir and Logger are filled in.
-func mustStartWith(tb testing.TB, cfg eventstore.Config, ucfg eventstore.UsageConfig) *harness {
+func mustStartWith(tb testing.TB, cfg eventstore.Config, ucfg eventstore.UsageConfig, opts ...func(*api.Config)) *harness {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
@@ -78,8 +114,12 @@ func mustStartWith(tb testing.TB, cfg eventstore.Config, ucfg eventstore.UsageCo
 	if err != nil {
 		tb.Fatalf("subscribe: %v", err)
 	}
-	h.srv = api.New(api.Config{Store: store, State: h.state, Usage: h.usage, Logger: logger, MaxActiveKeys: 20,
-		Now: func() time.Time { return time.Now().Add(time.Duration(h.skew.Load())) }})
+	acfg := api.Config{Store: store, State: h.state, Usage: h.usage, Logger: logger, MaxActiveKeys: 20,
+		Now: func() time.Time { return time.Now().Add(time.Duration(h.skew.Load())) }}
+	for _, o := range opts {
+		o(&acfg)
+	}
+	h.srv = api.New(acfg)
 	h.ts = httptest.NewServer(h.srv)
 	tb.Cleanup(func() {
 		h.ts.Close()

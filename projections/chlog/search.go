@@ -73,15 +73,26 @@ func (q Query) where() (string, []any) {
 		conds = append(conds, cond)
 		args = append(args, a...)
 	}
+	// in binds each value on its own: 18.16 does not accept an array
+	// bound into IN (...), and one placeholder per value keeps the
+	// primary-key index usable on both releases.
+	in := func(col string, vs []string) {
+		marks := strings.TrimSuffix(strings.Repeat("?, ", len(vs)), ", ")
+		a := make([]any, len(vs))
+		for i, v := range vs {
+			a[i] = v
+		}
+		add(col+" IN ("+marks+")", a...)
+	}
 	if q.Visible != nil {
 		if len(q.Visible) == 0 {
 			add("0")
 		} else {
-			add("key_id IN (?)", q.Visible)
+			in("key_id", q.Visible)
 		}
 	}
 	if len(q.KeyIDs) > 0 {
-		add("key_id IN (?)", q.KeyIDs)
+		in("key_id", q.KeyIDs)
 	}
 	if q.Owner != "" {
 		add("owner = ?", q.Owner)
@@ -90,10 +101,10 @@ func (q Query) where() (string, []any) {
 		add("actor = ?", q.Actor)
 	}
 	if len(q.Actions) > 0 {
-		add("action IN (?)", q.Actions)
+		in("action", q.Actions)
 	}
 	if len(q.Outcomes) > 0 {
-		add("outcome IN (?)", q.Outcomes)
+		in("outcome", q.Outcomes)
 	}
 	if q.HasSource {
 		p := q.Source.Masked()
@@ -194,8 +205,13 @@ func (s *Store) LastUsed(ctx context.Context, keyIDs []string) (map[string]LastU
 	if len(keyIDs) == 0 {
 		return out, nil
 	}
+	args := make([]any, 0, len(keyIDs)+1)
+	for _, id := range keyIDs {
+		args = append(args, id)
+	}
+	args = append(args, domain.TypeKeyUsed)
 	rows, err := s.conn.Query(ctx, `SELECT key_id, max(time_ms), argMax(source_ip, time_ms) FROM `+Table+
-		` WHERE key_id IN (?) AND type = ? GROUP BY key_id`, keyIDs, domain.TypeKeyUsed)
+		` WHERE key_id IN (`+strings.TrimSuffix(strings.Repeat("?, ", len(keyIDs)), ", ")+`) AND type = ? GROUP BY key_id`, args...)
 	if err != nil {
 		return nil, fmt.Errorf("last used: %w", err)
 	}
