@@ -127,11 +127,24 @@ func mustStartWith(tb testing.TB, cfg eventstore.Config, ucfg eventstore.UsageCo
 		sub.Stop()
 		_ = store.Close()
 	})
-	h.root, _, err = h.srv.Bootstrap(ctx, "")
-	if err != nil {
-		tb.Fatalf("bootstrap: %v", err)
+	if !noBootstrap {
+		h.root, _, err = h.srv.Bootstrap(ctx, "")
+		if err != nil {
+			tb.Fatalf("bootstrap: %v", err)
+		}
 	}
 	return h
+}
+
+// noBootstrap is set only while mustStartNoBootstrap builds its harness.
+var noBootstrap bool
+
+// mustStartNoBootstrap starts a node on an empty ledger without creating
+// the super administrator.
+func mustStartNoBootstrap(tb testing.TB) *harness {
+	noBootstrap = true
+	defer func() { noBootstrap = false }()
+	return mustStart(tb)
 }
 
 type resp struct {

@@ -1,10 +1,12 @@
 package api
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -107,7 +109,9 @@ func (s *Server) commit(ctx context.Context, id string, expected uint64, envs []
 	return k, nil
 }
 
-// loadKey finds a key the caller may apply perm to; deleted keys are gone.
+// loadKey finds a key the caller may apply perm to. A deleted key can still
+// be viewed (its tombstone and history are part of the audit trail) but no
+// longer changed.
 func (s *Server) loadKey(c caller, id, perm string) (domain.Key, error) {
 	if _, err := uuid.Parse(id); err != nil {
 		return domain.Key{}, errKeyNotFound
@@ -309,15 +313,26 @@ type reasonRequest struct {
 
 // decodeOptional decodes a body that may be absent.
 func decodeOptional(r *http.Request, v any) error {
-	if r.ContentLength == 0 {
+	if r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody {
 		return nil
 	}
+	// A chunked request has no length: peek for an empty body.
+	br := bufio.NewReader(r.Body)
+	if _, err := br.Peek(1); err == io.EOF {
+		return nil
+	}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{br, r.Body}
 	return decode(r, v)
 }
 
 func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) {
 	s.keyCommand(w, r, domain.PermKeyDelete, func(c caller, k domain.Key, m domain.Meta) (domain.Command, error) {
-		var req reasonRequest
+		// The reason may come as ?reason= because some proxies drop the
+		// body of a DELETE.
+		req := reasonRequest{Reason: r.URL.Query().Get("reason")}
 		if err := decodeOptional(r, &req); err != nil {
 			return nil, err
 		}

@@ -79,7 +79,7 @@ func (s *Server) createPrincipal(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if req.CredentialLifetimeDays < 0 || req.CredentialLifetimeDays > domain.MaxLifetimeDays {
-		s.problem(w, r, domain.Errorf(domain.EINVALID, "lifetime_out_of_range", "credential_lifetime_days must be between 1 and %d", domain.MaxLifetimeDays))
+		s.problem(w, r, domain.Errorf(domain.EINVALID, "lifetime_out_of_range", "credential_lifetime_days must be between 1 and %d (0 for the default)", domain.MaxLifetimeDays))
 		return
 	}
 	out, err := s.CreatePrincipal(r.Context(), domain.Meta{Actor: c.Principal.ID, Context: s.requestContext(r)}, req.Name, req.Roles, req.MaxKeys, req.CredentialLifetimeDays)

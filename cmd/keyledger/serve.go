@@ -197,6 +197,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		if err := m.announceRoot(tok); err != nil {
 			return err
 		}
+	} else if m.RootToken != "" {
+		log.Warn("KEYLEDGER_ROOT_TOKEN is ignored: this ledger already has a super administrator")
 	}
 
 	m.ln, err = net.Listen("tcp", m.HTTPAddr)
