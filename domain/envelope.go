@@ -71,7 +71,7 @@ func (e Envelope) Subject() string {
 		}
 		return "keyledger.usage." + id + "." + UsageSuffix(e.Type)
 	case KindAlert:
-		return "keyledger.alerts." + e.KeyID
+		return alertSubject(e)
 	default:
 		return "keyledger." + KindOf(e.Type) + "." + e.KeyID + "." + e.Type
 	}

@@ -248,6 +248,8 @@ func derefEvent(v any) Event {
 		return *e
 	case *RoleDeleted:
 		return *e
+	case *AlertRaised:
+		return *e
 	}
 	return nil
 }

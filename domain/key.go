@@ -45,6 +45,9 @@ type Key struct {
 	UpdatedAt       time.Time
 
 	SecretHash string
+	// SecretSetAt is when the current secret was issued (creation or the
+	// last rotation): the age rotation reminders measure.
+	SecretSetAt time.Time
 	// PrevSecretHash stays valid until PrevValidUntil after a rotation.
 	PrevSecretHash string
 	PrevValidUntil time.Time
@@ -113,6 +116,7 @@ func Evolve(k Key, env Envelope) Key {
 			CreatedBy:    env.Actor,
 			ExpiresAt:    e.ExpiresAt,
 			SecretHash:   e.SecretHash,
+			SecretSetAt:  env.Time,
 		}
 		// Stored prefixes were validated when decided; one that no longer
 		// parses is dropped rather than widening access, so the key then
@@ -127,6 +131,7 @@ func Evolve(k Key, env Envelope) Key {
 			k.PrevSecretHash = k.SecretHash
 			k.PrevValidUntil = e.PreviousValidUntil
 			k.SecretHash = e.SecretHash
+			k.SecretSetAt = env.Time
 		}
 	case KeyUpdated:
 		if e.Name != nil {

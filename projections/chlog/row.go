@@ -150,6 +150,13 @@ func RowFromEnvelope(env domain.Envelope, raw []byte) Row {
 		if e.Description != nil {
 			r.Comments = *e.Description
 		}
+	case domain.AlertRaised:
+		// An alert's rule and severity go where searches filter: name
+		// and outcome; its summary is the free text.
+		r.Name, r.Outcome, r.Reason = e.Rule, e.Severity, e.Summary
+		if len(e.SourceIPs) > 0 {
+			r.SourceIP = e.SourceIPs[0]
+		}
 	}
 	return r
 }

@@ -226,3 +226,29 @@ func (s *Store) LastUsed(ctx context.Context, keyIDs []string) (map[string]LastU
 	}
 	return out, rows.Err()
 }
+
+// UsedFrom reports whether a key was used successfully from an address in
+// p during [since, before). The alert rules ask it about a key's habits.
+func (s *Store) UsedFrom(ctx context.Context, keyID string, p netip.Prefix, since, before time.Time) (bool, error) {
+	found := false
+	_, err := s.Search(ctx, Query{
+		KeyIDs: []string{keyID}, Actions: []string{"used"}, Source: p, HasSource: true,
+		From: since, To: before, Limit: 1,
+	}, func(Row) error { found = true; return nil })
+	if err != nil {
+		return false, err
+	}
+	return found, nil
+}
+
+// LastUsedBefore returns a key's last successful use before t.
+func (s *Store) LastUsedBefore(ctx context.Context, keyID string, before time.Time) (time.Time, bool, error) {
+	var last time.Time
+	found := false
+	_, err := s.Search(ctx, Query{KeyIDs: []string{keyID}, Actions: []string{"used"}, To: before, Limit: 1},
+		func(r Row) error { last, found = r.Time, true; return nil })
+	if err != nil {
+		return time.Time{}, false, err
+	}
+	return last, found, nil
+}
