@@ -235,7 +235,7 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 // export streams every matching event. Headers go out with the first row,
 // so a search that fails before any row still gets a problem response.
 func (s *Server) export(w http.ResponseWriter, r *http.Request, q chlog.Query, format string) {
-	flusher, _ := w.(http.Flusher)
+	rc := http.NewResponseController(w)
 	started := false
 	var cw *csv.Writer
 	enc := json.NewEncoder(w)
@@ -268,9 +268,7 @@ func (s *Server) export(w http.ResponseWriter, r *http.Request, q chlog.Query, f
 			if cw != nil {
 				cw.Flush()
 			}
-			if flusher != nil {
-				flusher.Flush()
-			}
+			_ = rc.Flush()
 		}
 		return err
 	})

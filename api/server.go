@@ -56,6 +56,8 @@ type Config struct {
 	LastUsed LastUsed
 	// Logs is the audit log; /v1/logs answers 500 without it.
 	Logs LogSearcher
+	// Alerts streams new alerts for /v1/alerts/stream.
+	Alerts AlertFeed
 	// MaxActiveKeys is the default plan limit per principal.
 	MaxActiveKeys int
 	// TrustProxy takes the client address from X-Forwarded-For.
@@ -137,6 +139,8 @@ func (s *Server) routes() {
 	s.handle("GET", "/v1/keys/{id}/events", domain.PermKeyView, s.keyEvents)
 	s.handle("POST", "/v1/verify", domain.PermVerify, s.verify)
 	s.handle("GET", "/v1/logs", domain.PermLogView, s.logs)
+	s.handle("GET", "/v1/alerts", domain.PermAlertView, s.listAlerts)
+	s.handle("GET", "/v1/alerts/stream", domain.PermAlertView, s.streamAlerts)
 	s.handle("GET", "/v1/me", "", s.me)
 	s.handle("POST", "/v1/principals", domain.PermPrincipalManage, s.createPrincipal)
 	s.handle("GET", "/v1/principals", domain.PermPrincipalManage, s.listPrincipals)
@@ -232,6 +236,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
 	_ = enc.Encode(v)
 }
 

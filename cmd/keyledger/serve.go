@@ -19,6 +19,7 @@ import (
 	"github.com/keyledger/keyledger/api"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/projections/alerts"
 	"github.com/keyledger/keyledger/projections/chlog"
 	"github.com/keyledger/keyledger/projections/keystate"
 	"github.com/keyledger/keyledger/projections/lastused"
@@ -46,6 +47,8 @@ type Main struct {
 	// ClickHousePassword comes from KEYLEDGER_CLICKHOUSE_PASSWORD only.
 	ClickHousePassword string
 	MaxSinkLag         uint64
+	// AlertRules is a JSON file of rule thresholds; empty keeps the defaults.
+	AlertRules string
 
 	// RootToken comes from KEYLEDGER_ROOT_TOKEN only: secrets are never flags.
 	RootToken string
@@ -64,6 +67,10 @@ type Main struct {
 	sink     *chlog.Sink
 	stopSink context.CancelFunc
 	sinkDone chan struct{}
+	engine   *alerts.Engine
+	alertSub []*eventstore.Subscription
+	stopTick context.CancelFunc
+	tickDone chan struct{}
 	http     *http.Server
 	ln       net.Listener
 	snapWG   sync.WaitGroup
@@ -110,6 +117,7 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.StringVar(&m.ClickHouse, "clickhouse", env("clickhouse", ""), "host:port of ClickHouse's native protocol; empty starts a local clickhouse-server under the data dir (KEYLEDGER_CLICKHOUSE)")
 	fs.StringVar(&m.ClickHouseDatabase, "clickhouse-database", env("clickhouse-database", chlog.DefaultDatabase), "ClickHouse database of the audit log (KEYLEDGER_CLICKHOUSE_DATABASE)")
 	fs.StringVar(&m.ClickHouseUser, "clickhouse-user", env("clickhouse-user", "default"), "ClickHouse user; the password comes from KEYLEDGER_CLICKHOUSE_PASSWORD (KEYLEDGER_CLICKHOUSE_USER)")
+	fs.StringVar(&m.AlertRules, "alert-rules", env("alert-rules", ""), "JSON file of alert rule thresholds (KEYLEDGER_ALERT_RULES)")
 	fs.Uint64Var(&m.MaxSinkLag, "max-sink-lag", uint64(envInt("max-sink-lag", 100000)), "events the audit log may trail JetStream by before /readyz fails (KEYLEDGER_MAX_SINK_LAG)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -163,12 +171,16 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err := m.startAuditLog(ctx); err != nil {
 		return err
 	}
+	if err := m.startAlerts(ctx); err != nil {
+		return err
+	}
 
 	reg := prometheus.NewRegistry()
 	srv := api.New(api.Config{
 		Store: m.store, State: m.state, Usage: m.usage, Logger: log, Metrics: reg,
 		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy, LastUsed: m.lastUsed, Logs: m.ch,
-		Ready: []api.ReadyCheck{m.projectionReady, m.sinkReady},
+		Alerts: alertFeed{m.store},
+		Ready:  []api.ReadyCheck{m.projectionReady, m.sinkReady},
 	})
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_usage_buffer_depth", Help: "Usage events waiting to be stored."},
@@ -340,6 +352,80 @@ func (m *Main) startAuditLog(ctx context.Context) error {
 	return nil
 }
 
+// startAlerts runs the rule engine on every new event of USAGE and KEYS,
+// and its periodic rules (reminders, a stuck sink) once a minute.
+func (m *Main) startAlerts(ctx context.Context) error {
+	cfg := alerts.Config{}
+	if m.AlertRules != "" {
+		f, err := os.Open(m.AlertRules)
+		if err != nil {
+			return fmt.Errorf("--alert-rules: %w", err)
+		}
+		cfg, err = alerts.LoadConfig(f)
+		f.Close()
+		if err != nil {
+			return err
+		}
+	}
+	m.engine = alerts.New(cfg, m.ch, m.store, m.Logger)
+	bg := context.WithoutCancel(ctx)
+	for _, stream := range []string{domain.StreamUsage, domain.StreamKeys} {
+		last, err := m.store.LastSeq(ctx, stream)
+		if err != nil {
+			return fmt.Errorf("alerts: read %s position: %w", stream, err)
+		}
+		sub, err := m.store.Subscribe(bg, stream, last+1, func(env domain.Envelope) error {
+			if err := m.engine.Observe(bg, env); err != nil {
+				m.Logger.Error("alert engine", "err", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("alerts: subscribe %s: %w", stream, err)
+		}
+		m.alertSub = append(m.alertSub, sub)
+	}
+	tctx, cancel := context.WithCancel(bg)
+	m.stopTick, m.tickDone = cancel, make(chan struct{})
+	go func() {
+		defer close(m.tickDone)
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-tctx.Done():
+				return
+			case now := <-t.C:
+				keys, _ := m.state.List(keystate.Filter{Status: "active", Now: now})
+				lag, err := m.sink.TotalLag(tctx)
+				if err != nil {
+					lag = 0
+				}
+				if err := m.engine.Tick(tctx, now, keys, lag); err != nil {
+					m.Logger.Error("alert engine tick", "err", err)
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// alertFeed tails the ALERTS stream for the API's alert stream.
+type alertFeed struct{ store *eventstore.Store }
+
+func (f alertFeed) TailAlerts(ctx context.Context, fn func(domain.Envelope) error) error {
+	last, err := f.store.LastSeq(ctx, domain.StreamAlerts)
+	if err != nil {
+		return err
+	}
+	sub, err := f.store.Subscribe(ctx, domain.StreamAlerts, last+1, fn)
+	if err != nil {
+		return err
+	}
+	<-sub.Done()
+	return sub.Err()
+}
+
 // sinkReady fails when the audit log trails JetStream by more than
 // --max-sink-lag events.
 func (m *Main) sinkReady(ctx context.Context) error {
@@ -386,6 +472,13 @@ func (m *Main) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		errs = append(errs, m.usage.Close(ctx))
 		cancel()
+	}
+	if m.stopTick != nil {
+		m.stopTick()
+		<-m.tickDone
+	}
+	for _, sub := range m.alertSub {
+		sub.Stop()
 	}
 	if m.stopSink != nil {
 		m.stopSink()

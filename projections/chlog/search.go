@@ -26,6 +26,8 @@ type Query struct {
 	Actor    string
 	Actions  []string // "created", "revoked", "denied", ...
 	Outcomes []string // outcome or reason codes: "REVOKED", "INVALID_SECRET", ...
+	Types    []string // event types: "key.revoked", "alert.raised", ...
+	Names    []string // names (an alert's rule)
 	// Source is an IP address or a CIDR prefix.
 	Source    netip.Prefix
 	HasSource bool
@@ -105,6 +107,12 @@ func (q Query) where() (string, []any) {
 	}
 	if len(q.Outcomes) > 0 {
 		in("outcome", q.Outcomes)
+	}
+	if len(q.Types) > 0 {
+		in("type", q.Types)
+	}
+	if len(q.Names) > 0 {
+		in("name", q.Names)
 	}
 	if q.HasSource {
 		p := q.Source.Masked()
