@@ -82,6 +82,7 @@ func (g *globals) run(ctx context.Context, args []string) error {
 		"keys":       keyCommands,
 		"principals": principalCommands,
 		"roles":      roleCommands,
+		"alerts":     alertCommands,
 	}
 	name, rest := args[0], args[1:]
 	if cmds, ok := groups[name]; ok {
