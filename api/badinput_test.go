@@ -47,7 +47,8 @@ func TestBadInput(t *testing.T) {
 		{"create unknown role", "POST", "/v1/keys", admin, `{"name":"a","role":"nope"}`, 400, "unknown_role"},
 		{"create role and permissions", "POST", "/v1/keys", admin, `{"name":"a","role":"verifier","permissions":[]}`, 400, "invalid_permissions"},
 		{"create oversized", "POST", "/v1/keys", admin, huge, 413, "body_too_large"},
-		{"create wrong media type", "POST", "/v1/keys", admin, nil, 400, "unsupported_media_type"},
+		{"create wrong media type", "POST", "/v1/keys", admin, nil, 415, "unsupported_media_type"},
+		{"wrong method", "PUT", "/v1/keys", admin, `{}`, 405, "method_not_allowed"},
 		{"list bad cursor", "GET", "/v1/keys?cursor=!!!", admin, nil, 400, "invalid_cursor"},
 		{"list forged cursor", "GET", "/v1/keys?cursor=aGVsbG8", admin, nil, 400, "invalid_cursor"},
 		{"list bad limit", "GET", "/v1/keys?limit=0", admin, nil, 400, "invalid_limit"},
@@ -83,6 +84,7 @@ func TestBadInput(t *testing.T) {
 		{"role builtin", "POST", "/v1/roles", h.root, `{"name":"superadmin","permissions":["*"]}`, 409, "role_builtin"},
 		{"role bad permission", "POST", "/v1/roles", h.root, `{"name":"r","permissions":["x y"]}`, 400, "invalid_permission"},
 		{"role bad name", "POST", "/v1/roles", h.root, `{"name":"Bad Name","permissions":[]}`, 400, "invalid_role"},
+		{"role name with a dot", "POST", "/v1/roles", h.root, `{"name":"team.admin","permissions":[]}`, 400, "invalid_role"},
 		{"role update missing", "PUT", "/v1/roles/ghost", h.root, `{"permissions":[]}`, 404, "role_not_found"},
 		{"unknown route", "GET", "/v1/nothing", admin, nil, 404, "route_not_found"},
 	}
@@ -116,7 +118,7 @@ func TestBadInput(t *testing.T) {
 			if got := h.count(domain.StreamKeys); got != keysBefore {
 				t.Fatalf("KEYS grew from %d to %d on bad input", keysBefore, got)
 			}
-			if c.name == "unknown route" {
+			if c.name == "unknown route" || c.name == "wrong method" {
 				usageBefore-- // no authentication happens on an unknown route
 			}
 			if got := h.count(domain.StreamUsage); got != usageBefore+1 {

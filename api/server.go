@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -157,9 +158,6 @@ func (s *Server) routes() {
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{}))
 	s.handle("GET", "/openapi.json", "", s.openapi)
 	s.handle("GET", "/docs", "", s.docs)
-	s.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.problem(w, r, domain.Errorf(domain.ENOTFOUND, "route_not_found", "no route %s %s", r.Method, r.URL.Path))
-	})
 }
 
 // ServeHTTP implements http.Handler.
@@ -167,7 +165,30 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil {
 		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	}
+	if _, pattern := s.mux.Handler(r); pattern == "" {
+		s.noRoute(w, r)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// noRoute answers a request no route matches with a problem document: 405
+// with an Allow header when the path exists under other methods, else 404.
+func (s *Server) noRoute(w http.ResponseWriter, r *http.Request) {
+	var allow []string
+	for _, rt := range s.table {
+		probe := r.Clone(r.Context())
+		probe.Method = rt.Method
+		if _, p := s.mux.Handler(probe); p != "" && !slices.Contains(allow, rt.Method) {
+			allow = append(allow, rt.Method)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		s.problem(w, r, domain.Errorf(domain.EINVALID, "method_not_allowed", "%s is not allowed on %s; use %s", r.Method, r.URL.Path, strings.Join(allow, ", ")))
+		return
+	}
+	s.problem(w, r, domain.Errorf(domain.ENOTFOUND, "route_not_found", "no route %s %s", r.Method, r.URL.Path))
 }
 
 // AddMetrics registers collectors on the server's registry.
@@ -204,7 +225,14 @@ func (s *Server) problem(w http.ResponseWriter, r *http.Request, err error) {
 	}
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		status, err = http.StatusRequestEntityTooLarge, domain.Errorf(domain.EINVALID, "body_too_large", "request body exceeds %d bytes", MaxBodyBytes)
+		code, status, err = domain.EINVALID, http.StatusRequestEntityTooLarge, domain.Errorf(domain.EINVALID, "body_too_large", "request body exceeds %d bytes", MaxBodyBytes)
+	}
+	// A few reasons have a more precise status than their class.
+	switch domain.ErrorReason(err) {
+	case "unsupported_media_type":
+		status = http.StatusUnsupportedMediaType
+	case "method_not_allowed":
+		status = http.StatusMethodNotAllowed
 	}
 	if code == domain.EINTERNAL {
 		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)

@@ -70,7 +70,8 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 	}
 	s.metrics.verifications.WithLabelValues(res.Code).Inc()
 	out := VerifyResponse{Valid: res.Valid(), Code: res.Code, EventID: res.EventID.String()}
-	if res.Found {
+	// Who owns a key is told only to a caller that proved its secret.
+	if res.Found && res.Code != domain.OutcomeInvalidSecret {
 		out.KeyID, out.Owner = res.Key.ID, res.Key.Owner
 		if res.Valid() {
 			out.Permissions = nonNil(res.Key.Permissions)

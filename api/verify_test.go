@@ -74,6 +74,12 @@ func TestVerifyEveryOutcome(t *testing.T) {
 	h.do("POST", "/v1/keys/"+k.KeyID+"/enable", admin, nil)
 	check("enabled again", k.Token, "", ip, domain.OutcomeValid)
 
+	// A disabled owner's keys stop verifying, and work again with it.
+	h.do("POST", "/v1/principals/"+adminID+"/disable", h.root, nil)
+	check("owner disabled", k.Token, "", ip, domain.OutcomeDisabled)
+	h.do("POST", "/v1/principals/"+adminID+"/enable", h.root, nil)
+	check("owner enabled", k.Token, "", ip, domain.OutcomeValid)
+
 	// Rotation: both secrets work during the grace period, only the new
 	// one after it.
 	r := h.do("POST", "/v1/keys/"+k.KeyID+"/regenerate", admin, map[string]any{"rotate": true, "grace_period": "1h"})

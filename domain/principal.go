@@ -226,8 +226,8 @@ func DecideRole(r Role, name string, cmd Command, now time.Time, newID func() uu
 	if _, ok := BuiltinRoles[name]; ok {
 		return nil, Errorf(ECONFLICT, "role_builtin", "role %q is built in", name)
 	}
-	if !ValidPermission(name) || name == "*" {
-		return nil, Errorf(EINVALID, "invalid_role", "invalid role name %q", name)
+	if !validRoleName(name) {
+		return nil, Errorf(EINVALID, "invalid_role", "invalid role name %q: use 1 to 64 lowercase letters, digits, '_', '-' or ':'", name)
 	}
 	exists := r.Events > 0 && !r.Deleted
 	var ev Event
@@ -247,6 +247,11 @@ func DecideRole(r Role, name string, cmd Command, now time.Time, newID func() uu
 	case UpdateRole:
 		if !exists {
 			return nil, Errorf(ENOTFOUND, "role_not_found", "role %q not found", name)
+		}
+		if c.Description != nil {
+			if err := validText("description", *c.Description, MaxCommentsLen, false); err != nil {
+				return nil, err
+			}
 		}
 		perms, err := NormalizePermissions(c.Permissions)
 		if err != nil {
@@ -338,4 +343,18 @@ func EvolveRole(r Role, env Envelope) Role {
 	}
 	r.Events++
 	return r
+}
+
+// validRoleName reports whether name can name a role: it is also a subject
+// token of the role's events, so it has no dots or wildcards.
+func validRoleName(name string) bool {
+	if len(name) == 0 || len(name) > 64 {
+		return false
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '_' || r == '-' || r == ':') {
+			return false
+		}
+	}
+	return true
 }

@@ -80,8 +80,14 @@ func (v *Verifier) Decide(req Request) (Result, domain.Envelope, error) {
 		k, ok := v.State.KeyByUUID(tok.KeyID)
 		res.Key, res.Found = k, ok
 		res.Code = domain.Check(k, tok.Secret, now, req.IP, req.Permission)
-		if res.Code == domain.OutcomeNotFound {
+		switch res.Code {
+		case domain.OutcomeNotFound:
 			res.Key, res.Found = domain.Key{}, false
+		case domain.OutcomeValid:
+			// A disabled owner's keys stop working with it.
+			if pr, ok := v.State.Principal(k.Owner); ok && pr.Disabled {
+				res.Code = domain.OutcomeDisabled
+			}
 		}
 	}
 	var ev domain.Event
