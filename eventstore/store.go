@@ -111,6 +111,15 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			s.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
 		}),
+		// Asynchronous errors (a slow consumer, a write on a dropped
+		// connection) go to the log instead of nats.go's stderr printer.
+		nats.ErrorHandler(func(_ *nats.Conn, sub *nats.Subscription, err error) {
+			if sub != nil {
+				s.log.Warn("nats async error", "subject", sub.Subject, "err", err)
+				return
+			}
+			s.log.Warn("nats async error", "err", err)
+		}),
 	)
 	if err != nil {
 		s.shutdownServer()

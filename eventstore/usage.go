@@ -188,7 +188,11 @@ func (p *UsagePublisher) flush(batch []*nats.Msg) {
 			}
 			return
 		}
-		p.log.Warn("usage batch not stored, retrying", "events", len(batch), "attempt", attempt, "err", err)
+		level := slog.LevelDebug
+		if attempt%10 == 1 {
+			level = slog.LevelWarn // The first failure, then every tenth.
+		}
+		p.log.Log(context.Background(), level, "usage batch not stored, retrying", "events", len(batch), "attempt", attempt, "err", err)
 		p.pause(attempt)
 	}
 }

@@ -3,13 +3,15 @@ package eventstore_test
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
-	"github.com/nats-io/nats-server/v2/server"
 )
 
 // NewUsage starts a usage publisher that is closed when the test ends.
@@ -124,45 +126,32 @@ func TestUsageAsyncCloseFlushes(t *testing.T) {
 	}
 }
 
-// TestUsageAsyncBackPressure takes the server away: the buffer fills, then
-// Publish blocks instead of dropping; when the server is back everything
-// buffered is stored and the blocked caller gets through.
+// TestUsageAsyncBackPressure cuts the connection to the server: the buffer
+// fills, then Publish blocks instead of dropping; when the connection is
+// back everything buffered is stored and the blocked caller gets through.
 func TestUsageAsyncBackPressure(t *testing.T) {
-	opts := &server.Options{
-		ServerName: "bp", Host: "127.0.0.1", Port: freePort(t),
-		JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
-	}
-	start := func() *server.Server {
-		ns, err := server.NewServer(opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		go ns.Start()
-		if !ns.ReadyForConnections(10 * time.Second) {
-			t.Fatal("server not ready")
-		}
-		return ns
-	}
-	ns := start()
+	embedded := MustOpenStore(t)
+	// The outage is a proxy refusing connections, so the server and its
+	// port stay ours for the whole test.
+	px := newProxy(t, strings.TrimPrefix(embedded.ClientURL(), "nats://"))
 	s := MustOpenStore(t, func(c *eventstore.Config) {
-		c.URL = ns.ClientURL()
+		c.URL = "nats://" + px.addr()
 		c.Timeout = 200 * time.Millisecond
 	})
-	const buffer = 8
-	p := NewUsage(t, s, eventstore.UsageConfig{Async: true, BufferSize: buffer, MaxBatch: 4})
+	const buffer, maxBatch = 8, 4
+	p := NewUsage(t, s, eventstore.UsageConfig{Async: true, BufferSize: buffer, MaxBatch: maxBatch})
 	k := newKeyID()
 	if err := p.Publish(testCtx(t), used(t, k)); err != nil {
 		t.Fatal(err)
 	}
 	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
-		if n := mustCount(t, s, domain.StreamUsage); n != 1 {
+		if n := mustCount(t, embedded, domain.StreamUsage); n != 1 {
 			return errors.New("first event not stored yet")
 		}
 		return nil
 	})
 
-	ns.Shutdown()
-	ns.WaitForShutdown()
+	px.cut()
 	// The worker holds at most MaxBatch events in flight and the buffer
 	// the rest; after that, Publish must block.
 	accepted := 1
@@ -177,40 +166,107 @@ func TestUsageAsyncBackPressure(t *testing.T) {
 			t.Fatal(err)
 		}
 		accepted++
-		if accepted > 1+buffer+4 {
-			t.Fatalf("accepted %d events with the server down and a buffer of %d", accepted, buffer)
+		if accepted > 1+buffer+maxBatch {
+			t.Fatalf("accepted %d events with the server away and a buffer of %d", accepted, buffer)
 		}
 	}
+	if accepted < 1+buffer {
+		t.Errorf("Publish blocked after %d events with a buffer of %d", accepted, buffer)
+	}
 	if d := p.Depth(); d != accepted-1 {
-		t.Errorf("depth %d, want %d waiting events", d, accepted-1)
+		t.Errorf("depth %d, want the %d events waiting", d, accepted-1)
 	}
 	blocked := make(chan error, 1)
 	go func() { blocked <- p.Publish(context.Background(), used(t, k)) }()
 
-	ns = start()
-	defer func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	}()
+	px.restore()
 	select {
 	case err := <-blocked:
 		if err != nil {
 			t.Fatal(err)
 		}
 	case <-time.After(20 * time.Second):
-		t.Fatal("blocked publish did not get through after the server came back")
+		t.Fatal("blocked publish did not get through after the connection came back")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if err := p.Close(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := mustCount(t, s, domain.StreamUsage), uint64(accepted+1); got != want {
+	if got, want := mustCount(t, embedded, domain.StreamUsage), uint64(accepted+1); got != want {
 		t.Errorf("usage stream holds %d, want %d: an accepted event was lost", got, want)
 	}
 	if st := p.Stats(); st.Rejected != 0 || st.Abandoned != 0 {
 		t.Errorf("stats %+v", st)
 	}
+}
+
+// proxy forwards TCP connections to a server until cut, then refuses them
+// until restored.
+type proxy struct {
+	l      net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  []net.Conn
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{l: l, target: target}
+	t.Cleanup(func() {
+		l.Close()
+		p.cut()
+	})
+	go p.serve()
+	return p
+}
+
+func (p *proxy) addr() string { return p.l.Addr().String() }
+
+func (p *proxy) serve() {
+	for {
+		c, err := p.l.Accept()
+		if err != nil {
+			return
+		}
+		p.mu.Lock()
+		down := p.down
+		p.mu.Unlock()
+		if down {
+			c.Close()
+			continue
+		}
+		s, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, s)
+		p.mu.Unlock()
+		go func() { _, _ = io.Copy(s, c); s.Close() }()
+		go func() { _, _ = io.Copy(c, s); c.Close() }()
+	}
+}
+
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *proxy) restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
 }
 
 func TestSubscribeLastPerSubject(t *testing.T) {
