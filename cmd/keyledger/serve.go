@@ -33,6 +33,7 @@ type Main struct {
 	NATSURL       string
 	HTTPAddr      string
 	NoSync        bool
+	Replicas      int
 	AsyncUsage    bool
 	UsageBuffer   int
 	MaxActiveKeys int
@@ -107,6 +108,7 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.StringVar(&m.DataDir, "data-dir", env("data-dir", "./data"), "directory for the embedded NATS store, snapshots of derived data and the root token (KEYLEDGER_DATA_DIR)")
 	fs.StringVar(&m.NATSURL, "nats-url", env("nats-url", ""), "external NATS server URL; empty starts an embedded server (KEYLEDGER_NATS_URL)")
 	fs.StringVar(&m.HTTPAddr, "http-addr", env("http-addr", "127.0.0.1:8080"), "HTTP listen address (KEYLEDGER_HTTP_ADDR)")
+	fs.IntVar(&m.Replicas, "replicas", envInt("replicas", 1), "replicas of every stream on an external NATS cluster (3 on a 3-node cluster) (KEYLEDGER_REPLICAS)")
 	fs.BoolVar(&m.NoSync, "no-sync", envBool("no-sync", false), "do not fsync every write of the embedded server: faster, but a power cut can lose acknowledged events (KEYLEDGER_NO_SYNC)")
 	fs.BoolVar(&m.AsyncUsage, "async-usage", envBool("async-usage", false), "answer verifications before their usage event is stored, from a bounded buffer (KEYLEDGER_ASYNC_USAGE)")
 	fs.IntVar(&m.UsageBuffer, "usage-buffer", envInt("usage-buffer", 10000), "size of the asynchronous usage buffer (KEYLEDGER_USAGE_BUFFER)")
@@ -154,7 +156,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("data dir: %w", err)
 	}
 	m.store, err = eventstore.Open(ctx, eventstore.Config{
-		DataDir: filepath.Join(m.DataDir, "nats"), URL: m.NATSURL, NoSync: m.NoSync, Logger: log,
+		DataDir: filepath.Join(m.DataDir, "nats"), URL: m.NATSURL, NoSync: m.NoSync, Replicas: m.Replicas, Logger: log,
 	})
 	if err != nil {
 		return fmt.Errorf("open event store: %w", err)
