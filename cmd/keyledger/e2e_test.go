@@ -556,7 +556,7 @@ func TestEndToEnd(t *testing.T) {
 
 	// A disabled principal's credentials stop working at once.
 	e.cliOK(rootToken, "principals", "disable", bob.ID, "--reason", "on leave")
-	e.problem(bobTok, "GET", "/v1/me", nil, http.StatusForbidden, "principal_disabled")
+	e.problem(bobTok, "GET", "/v1/me", nil, http.StatusUnauthorized, "token_disabled")
 	e.cliOK(rootToken, "principals", "enable", bob.ID)
 	e.must(bobTok, "GET", "/v1/me", nil, http.StatusOK, nil)
 
