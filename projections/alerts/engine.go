@@ -47,6 +47,7 @@ type Engine struct {
 	netsKey  map[string]*window // successful uses per key, by network
 	seenNet  map[string]time.Time
 	lastUse  map[string]time.Time
+	firstUse map[string]time.Time
 	incident map[string]raised // suppression, by incident
 	lastSeq  map[string]uint64
 	stuck    time.Time // when the sink was first seen stuck
@@ -106,7 +107,7 @@ func New(cfg Config, history History, pub Publisher, logger *slog.Logger) *Engin
 		cfg: cfg.WithDefaults(), history: history, pub: pub, log: logger.With("component", "alerts"),
 		byIP: map[string]*window{}, sprayIP: map[string]*window{}, failKey: map[string]*window{},
 		deadKey: map[string]*window{}, netsKey: map[string]*window{}, seenNet: map[string]time.Time{},
-		lastUse: map[string]time.Time{}, incident: map[string]raised{}, lastSeq: map[string]uint64{},
+		lastUse: map[string]time.Time{}, firstUse: map[string]time.Time{}, incident: map[string]raised{}, lastSeq: map[string]uint64{},
 	}
 }
 
@@ -301,9 +302,11 @@ func (e *Engine) used(ctx context.Context, env domain.Envelope) []alert {
 			Query: logQuery(url.Values{"key_id": {key}, "action": {"used"}}, last, env.Time.Add(time.Millisecond)),
 		}, at: env.Time, supp: c.DormantAfter})
 	}
-	hadUse := ok && env.Time.Sub(last) < c.NewSourceLookback
 	if !ok || env.Time.After(last) {
 		e.lastUse[key] = env.Time
+	}
+	if first, seen := e.firstUse[key]; !seen || env.Time.Before(first) {
+		e.firstUse[key] = env.Time
 	}
 	if ip == "" {
 		return out
@@ -318,6 +321,7 @@ func (e *Engine) used(ctx context.Context, env domain.Envelope) []alert {
 	// habits to deviate from.
 	if seen, ok := e.seenNet[nk]; !ok || env.Time.Sub(seen) >= c.NewSourceLookback {
 		known := false
+		hadUse := e.established(ctx, key, env.Time)
 		if e.history != nil && hadUse {
 			var err error
 			known, err = e.history.UsedFrom(ctx, key, net, env.Time.Add(-c.NewSourceLookback), env.Time)
@@ -349,6 +353,29 @@ func (e *Engine) used(ctx context.Context, env domain.Envelope) []alert {
 	}
 	return out
 }
+
+// established reports whether a key has habits to deviate from: it was
+// already in use a day before t, within the new-source lookback. A new key
+// finding its first few networks is not an anomaly.
+func (e *Engine) established(ctx context.Context, key string, t time.Time) bool {
+	lookback := e.cfg.NewSourceLookback
+	if first, ok := e.firstUse[key]; ok && t.Sub(first) >= establishedAfter && t.Sub(first) < lookback {
+		return true
+	}
+	if e.history == nil {
+		return false
+	}
+	last, ok, err := e.history.LastUsedBefore(ctx, key, t.Add(-establishedAfter))
+	if err != nil {
+		e.log.Warn("new-source rule: history unavailable", "key", key, "err", err)
+		return false
+	}
+	return ok && t.Sub(last) < lookback
+}
+
+// establishedAfter is how long a key must have been in use before a new
+// network counts as a deviation.
+const establishedAfter = 24 * time.Hour
 
 // Tick raises the reminders (rotation age, expiry) over the current keys
 // and the pipeline rule for a stuck sink; call it periodically.
@@ -418,9 +445,11 @@ func (e *Engine) gc(now time.Time) {
 			}
 		}
 	}
-	for k, t := range e.seenNet {
-		if now.Sub(t) > e.cfg.NewSourceLookback {
-			delete(e.seenNet, k)
+	for _, m := range []map[string]time.Time{e.seenNet, e.lastUse, e.firstUse} {
+		for k, t := range m {
+			if now.Sub(t) > e.cfg.NewSourceLookback && now.Sub(t) > e.cfg.DormantAfter {
+				delete(m, k)
+			}
 		}
 	}
 	for k, r := range e.incident {
