@@ -33,6 +33,35 @@ type pipeline struct {
 	observed  atomic.Uint64
 }
 
+// newPipelineB is a pipeline without history, running its engine, for
+// benchmarks.
+func newPipelineB(b *testing.B) *pipeline {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	store, err := eventstore.Open(ctx, eventstore.Config{DataDir: b.TempDir(), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	p := &pipeline{store: store, usage: eventstore.NewUsagePublisher(store, eventstore.UsageConfig{Async: true})}
+	b.Cleanup(func() {
+		if p.sub != nil {
+			p.sub.Stop()
+		}
+		_ = p.usage.Close(context.Background())
+		_ = store.Close()
+	})
+	p.engine = alerts.New(alerts.Config{}, nil, store, nil)
+	p.sub, err = store.Subscribe(context.Background(), domain.StreamUsage, 1, func(env domain.Envelope) error {
+		_ = p.engine.Observe(context.Background(), env)
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
 func newPipeline(t *testing.T, withHistory bool) *pipeline {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
