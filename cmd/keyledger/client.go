@@ -83,6 +83,7 @@ func (g *globals) run(ctx context.Context, args []string) error {
 		"principals": principalCommands,
 		"roles":      roleCommands,
 		"alerts":     alertCommands,
+		"logs":       logCommands,
 	}
 	name, rest := args[0], args[1:]
 	if cmds, ok := groups[name]; ok {
