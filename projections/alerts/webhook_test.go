@@ -183,9 +183,11 @@ func TestVerifySignature(t *testing.T) {
 	for name, f := range map[string]func() error{
 		"other secret": func() error { return alerts.VerifySignature([]byte("x"), ts, body, sig, now, time.Minute) },
 		"other body":   func() error { return alerts.VerifySignature(secret, ts, []byte(`{"a":2}`), sig, now, time.Minute) },
-		"replayed":     func() error { return alerts.VerifySignature(secret, ts, body, sig, now.Add(10*time.Minute), time.Minute) },
-		"bad ts":       func() error { return alerts.VerifySignature(secret, "x", body, sig, now, time.Minute) },
-		"no header":    func() error { return alerts.VerifySignature(secret, ts, body, "", now, time.Minute) },
+		"replayed": func() error {
+			return alerts.VerifySignature(secret, ts, body, sig, now.Add(10*time.Minute), time.Minute)
+		},
+		"bad ts":    func() error { return alerts.VerifySignature(secret, "x", body, sig, now, time.Minute) },
+		"no header": func() error { return alerts.VerifySignature(secret, ts, body, "", now, time.Minute) },
 	} {
 		if f() == nil {
 			t.Errorf("%s verifies", name)
