@@ -9,8 +9,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +52,11 @@ type Main struct {
 	MaxSinkLag         uint64
 	// AlertRules is a JSON file of rule thresholds; empty keeps the defaults.
 	AlertRules string
+	// Webhooks receive every alert; the HMAC secret comes from
+	// KEYLEDGER_WEBHOOK_SECRET or WebhookSecretFile, never a flag value.
+	Webhooks          stringsFlag
+	WebhookSecretFile string
+	WebhookMinSev     string
 
 	// RootToken comes from KEYLEDGER_ROOT_TOKEN only: secrets are never flags.
 	RootToken string
@@ -72,6 +79,9 @@ type Main struct {
 	alertSub []*eventstore.Subscription
 	stopTick context.CancelFunc
 	tickDone chan struct{}
+	hooks    *alerts.Webhooks
+	stopHook context.CancelFunc
+	hookDone chan struct{}
 	http     *http.Server
 	ln       net.Listener
 	snapWG   sync.WaitGroup
@@ -120,6 +130,16 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.StringVar(&m.ClickHouseDatabase, "clickhouse-database", env("clickhouse-database", chlog.DefaultDatabase), "ClickHouse database of the audit log (KEYLEDGER_CLICKHOUSE_DATABASE)")
 	fs.StringVar(&m.ClickHouseUser, "clickhouse-user", env("clickhouse-user", "default"), "ClickHouse user; the password comes from KEYLEDGER_CLICKHOUSE_PASSWORD (KEYLEDGER_CLICKHOUSE_USER)")
 	fs.StringVar(&m.AlertRules, "alert-rules", env("alert-rules", ""), "JSON file of alert rule thresholds (KEYLEDGER_ALERT_RULES)")
+	if v := env("webhooks", ""); v != "" {
+		for _, u := range strings.Split(v, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				m.Webhooks = append(m.Webhooks, u)
+			}
+		}
+	}
+	fs.Var(&m.Webhooks, "webhook", "URL that receives every alert as a signed POST; repeatable (KEYLEDGER_WEBHOOKS, comma-separated)")
+	fs.StringVar(&m.WebhookSecretFile, "webhook-secret-file", env("webhook-secret-file", ""), "file holding the webhooks' HMAC secret; else KEYLEDGER_WEBHOOK_SECRET (KEYLEDGER_WEBHOOK_SECRET_FILE)")
+	fs.StringVar(&m.WebhookMinSev, "webhook-min-severity", env("webhook-min-severity", domain.SeverityLow), "lowest severity sent to webhooks (KEYLEDGER_WEBHOOK_MIN_SEVERITY)")
 	fs.Uint64Var(&m.MaxSinkLag, "max-sink-lag", uint64(envInt("max-sink-lag", 100000)), "events the audit log may trail JetStream by before /readyz fails (KEYLEDGER_MAX_SINK_LAG)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -202,6 +222,15 @@ func (m *Main) Run(ctx context.Context) (err error) {
 				return float64(lag)
 			}),
 	)
+
+	if m.hooks != nil {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_webhook_pending", Help: "Alerts not yet accepted by every webhook receiver."},
+			func() float64 {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				return float64(m.hooks.Stats(ctx).Pending)
+			}))
+	}
 
 	tok, created, err := srv.Bootstrap(ctx, m.RootToken)
 	if err != nil {
@@ -370,6 +399,9 @@ func (m *Main) startAlerts(ctx context.Context) error {
 		}
 	}
 	m.engine = alerts.New(cfg, m.ch, m.store, m.Logger)
+	if err := m.startWebhooks(ctx); err != nil {
+		return err
+	}
 	bg := context.WithoutCancel(ctx)
 	for _, stream := range []string{domain.StreamUsage, domain.StreamKeys} {
 		last, err := m.store.LastSeq(ctx, stream)
@@ -411,6 +443,49 @@ func (m *Main) startAlerts(ctx context.Context) error {
 	}()
 	return nil
 }
+
+// startWebhooks delivers alerts to the configured receivers.
+func (m *Main) startWebhooks(ctx context.Context) error {
+	if len(m.Webhooks) == 0 {
+		return nil
+	}
+	secret := []byte(os.Getenv("KEYLEDGER_WEBHOOK_SECRET"))
+	if m.WebhookSecretFile != "" {
+		b, err := os.ReadFile(m.WebhookSecretFile)
+		if err != nil {
+			return fmt.Errorf("--webhook-secret-file: %w", err)
+		}
+		secret = []byte(strings.TrimSpace(string(b)))
+	}
+	if len(secret) < 16 {
+		return errors.New("webhooks need an HMAC secret of at least 16 bytes in KEYLEDGER_WEBHOOK_SECRET or --webhook-secret-file")
+	}
+	if !slices.Contains(domain.Severities, m.WebhookMinSev) {
+		return fmt.Errorf("--webhook-min-severity %q: use low, medium, high or critical", m.WebhookMinSev)
+	}
+	var hooks []alerts.WebhookConfig
+	for _, u := range m.Webhooks {
+		pu, err := url.Parse(u)
+		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
+			return fmt.Errorf("--webhook %q is not an http(s) URL", u)
+		}
+		hooks = append(hooks, alerts.WebhookConfig{URL: u, Secret: secret, MinSeverity: m.WebhookMinSev})
+	}
+	m.hooks = alerts.NewWebhooks(m.store.JetStream(), hooks, m.Logger)
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.stopHook, m.hookDone = cancel, make(chan struct{})
+	go func() {
+		defer close(m.hookDone)
+		_ = m.hooks.Run(hctx)
+	}()
+	return nil
+}
+
+// stringsFlag is a repeatable string flag.
+type stringsFlag []string
+
+func (f *stringsFlag) String() string     { return strings.Join(*f, ",") }
+func (f *stringsFlag) Set(v string) error { *f = append(*f, v); return nil }
 
 // alertFeed tails the ALERTS stream for the API's alert stream.
 type alertFeed struct{ store *eventstore.Store }
@@ -474,6 +549,10 @@ func (m *Main) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		errs = append(errs, m.usage.Close(ctx))
 		cancel()
+	}
+	if m.stopHook != nil {
+		m.stopHook()
+		<-m.hookDone
 	}
 	if m.stopTick != nil {
 		m.stopTick()
