@@ -72,6 +72,8 @@ func (e Envelope) Subject() string {
 		return "keyledger.usage." + id + "." + UsageSuffix(e.Type)
 	case KindAlert:
 		return alertSubject(e)
+	case KindCheckpoint:
+		return "keyledger.checkpoints." + e.KeyID
 	default:
 		return "keyledger." + KindOf(e.Type) + "." + e.KeyID + "." + e.Type
 	}
@@ -84,6 +86,8 @@ func (e Envelope) StreamName() string {
 		return StreamUsage
 	case KindAlert:
 		return StreamAlerts
+	case KindCheckpoint:
+		return StreamCheckpoints
 	default:
 		return StreamKeys
 	}

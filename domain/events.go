@@ -55,6 +55,8 @@ func KindOf(typ string) string {
 		return KindRole
 	case "alert":
 		return KindAlert
+	case "checkpoint":
+		return KindCheckpoint
 	}
 	return head
 }
@@ -249,6 +251,8 @@ func derefEvent(v any) Event {
 	case *RoleDeleted:
 		return *e
 	case *AlertRaised:
+		return *e
+	case *CheckpointPublished:
 		return *e
 	}
 	return nil

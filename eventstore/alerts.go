@@ -17,6 +17,19 @@ func (s *Store) PublishAlert(ctx context.Context, env domain.Envelope) (uint64, 
 	if env.Type != domain.TypeAlertRaised {
 		return 0, domain.Errorf(domain.EINVALID, "not_an_alert", "event type %q is not an alert", env.Type)
 	}
+	return s.publishOne(ctx, env)
+}
+
+// PublishCheckpoint stores a signed checkpoint on the CHECKPOINTS stream,
+// with the event id as Msg-Id. Errors: EINVALID for another event type.
+func (s *Store) PublishCheckpoint(ctx context.Context, env domain.Envelope) (uint64, error) {
+	if env.Type != domain.TypeCheckpointPublished {
+		return 0, domain.Errorf(domain.EINVALID, "not_a_checkpoint", "event type %q is not a checkpoint", env.Type)
+	}
+	return s.publishOne(ctx, env)
+}
+
+func (s *Store) publishOne(ctx context.Context, env domain.Envelope) (uint64, error) {
 	data, err := env.Marshal()
 	if err != nil {
 		return 0, err

@@ -46,6 +46,9 @@ var streamSubjects = map[string][]string{
 	domain.StreamKeys:   {"keyledger.keys.>", "keyledger.principals.>", "keyledger.roles.>"},
 	domain.StreamUsage:  {"keyledger.usage.>"},
 	domain.StreamAlerts: {"keyledger.alerts.>"},
+	// Checkpoints are signed tree heads of the other streams; a stream of
+	// their own keeps them out of the trees they sign.
+	domain.StreamCheckpoints: {"keyledger.checkpoints.>"},
 }
 
 // snapshotBucket is the object store bucket of projection snapshots.
@@ -152,7 +155,7 @@ func (s *Store) batchPolicy() batchPolicy {
 func (s *Store) setup(ctx context.Context) error {
 	wantAtomic := serverAtLeast(s.nc.ConnectedServerVersion(), 2, 12)
 	s.atomic = wantAtomic
-	for _, name := range []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts} {
+	for _, name := range []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts, domain.StreamCheckpoints} {
 		cfg := ledgerStream(name, s.cfg.Replicas, wantAtomic)
 		st, err := createOrUpdateStream(ctx, s.js, cfg)
 		if err != nil {

@@ -260,3 +260,26 @@ func (s *Store) LastUsedBefore(ctx context.Context, keyID string, before time.Ti
 	}
 	return last, found, nil
 }
+
+// Walk calls fn with every event of the log once, in stream and sequence
+// order, with the stored bytes it was copied from: what the audit verifier
+// compares with JetStream.
+func (s *Store) Walk(ctx context.Context, fn func(eventID, stream string, seq uint64, raw string) error) error {
+	rows, err := s.conn.Query(ctx, `SELECT event_id, stream, seq, raw FROM `+Table+
+		` ORDER BY stream, seq, event_id LIMIT 1 BY event_id`)
+	if err != nil {
+		return fmt.Errorf("walk log: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id, stream, raw string
+		var seq uint64
+		if err := rows.Scan(&id, &stream, &seq, &raw); err != nil {
+			return fmt.Errorf("walk log: %w", err)
+		}
+		if err := fn(id, stream, seq, raw); err != nil {
+			return err
+		}
+	}
+	return rows.Err()
+}
