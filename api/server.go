@@ -59,6 +59,8 @@ type Config struct {
 	Logs LogSearcher
 	// Alerts streams new alerts for /v1/alerts/stream.
 	Alerts AlertFeed
+	// Audit is the notary: public key, checkpoints, inclusion proofs.
+	Audit Auditor
 	// MaxActiveKeys is the default plan limit per principal.
 	MaxActiveKeys int
 	// TrustProxy takes the client address from X-Forwarded-For.
@@ -142,6 +144,9 @@ func (s *Server) routes() {
 	s.handle("GET", "/v1/logs", domain.PermLogView, s.logs)
 	s.handle("GET", "/v1/alerts", domain.PermAlertView, s.listAlerts)
 	s.handle("GET", "/v1/alerts/stream", domain.PermAlertView, s.streamAlerts)
+	s.handle("GET", "/v1/audit/public-key", "", s.auditPublicKey)
+	s.handle("GET", "/v1/audit/checkpoints", domain.PermAuditView, s.auditCheckpoints)
+	s.handle("GET", "/v1/audit/proof", domain.PermAuditView, s.auditProof)
 	s.handle("GET", "/v1/me", "", s.me)
 	s.handle("POST", "/v1/principals", domain.PermPrincipalManage, s.createPrincipal)
 	s.handle("GET", "/v1/principals", domain.PermPrincipalManage, s.listPrincipals)

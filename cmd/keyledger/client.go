@@ -84,6 +84,7 @@ func (g *globals) run(ctx context.Context, args []string) error {
 		"roles":      roleCommands,
 		"alerts":     alertCommands,
 		"logs":       logCommands,
+		"audit":      auditCommands,
 	}
 	name, rest := args[0], args[1:]
 	if cmds, ok := groups[name]; ok {

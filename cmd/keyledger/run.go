@@ -17,6 +17,7 @@ Usage:
   keyledger roles <command>           list|create|update|delete
   keyledger logs search [flags]       search or export the audit log
   keyledger alerts <command>          list|tail
+  keyledger audit <command>           verify|prove|check-proof
   keyledger verify [flags]            verify a token
   keyledger whoami                    show the calling principal
 

@@ -25,6 +25,7 @@ import (
 	"github.com/keyledger/keyledger/projections/chlog"
 	"github.com/keyledger/keyledger/projections/keystate"
 	"github.com/keyledger/keyledger/projections/lastused"
+	"github.com/keyledger/keyledger/projections/notary"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -50,6 +51,12 @@ type Main struct {
 	// ClickHousePassword comes from KEYLEDGER_CLICKHOUSE_PASSWORD only.
 	ClickHousePassword string
 	MaxSinkLag         uint64
+	// Notary signs checkpoints of the streams; one node of a deployment
+	// should. The key comes from KEYLEDGER_NOTARY_KEY_FILE or
+	// <data-dir>/notary.key.
+	Notary             bool
+	CheckpointEvery    int
+	CheckpointInterval time.Duration
 	// AlertRules is a JSON file of rule thresholds; empty keeps the defaults.
 	AlertRules string
 	// Webhooks receive every alert; the HMAC secret comes from
@@ -79,12 +86,17 @@ type Main struct {
 	alertSub []*eventstore.Subscription
 	stopTick context.CancelFunc
 	tickDone chan struct{}
+	notary   *notary.Notary
+	stopNot  context.CancelFunc
+	notDone  chan struct{}
 	hooks    *alerts.Webhooks
 	stopHook context.CancelFunc
 	hookDone chan struct{}
 	http     *http.Server
 	ln       net.Listener
 	snapWG   sync.WaitGroup
+	closed   sync.Once
+	closeErr error
 	snapshot chan struct{}
 }
 
@@ -129,6 +141,9 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.StringVar(&m.ClickHouse, "clickhouse", env("clickhouse", ""), "host:port of ClickHouse's native protocol; empty starts a local clickhouse-server under the data dir (KEYLEDGER_CLICKHOUSE)")
 	fs.StringVar(&m.ClickHouseDatabase, "clickhouse-database", env("clickhouse-database", chlog.DefaultDatabase), "ClickHouse database of the audit log (KEYLEDGER_CLICKHOUSE_DATABASE)")
 	fs.StringVar(&m.ClickHouseUser, "clickhouse-user", env("clickhouse-user", "default"), "ClickHouse user; the password comes from KEYLEDGER_CLICKHOUSE_PASSWORD (KEYLEDGER_CLICKHOUSE_USER)")
+	fs.BoolVar(&m.Notary, "notary", envBool("notary", true), "fold the streams into Merkle trees and publish signed checkpoints; run it on one node (KEYLEDGER_NOTARY)")
+	fs.IntVar(&m.CheckpointEvery, "checkpoint-every", envInt("checkpoint-every", 1000), "events between checkpoints of a stream (KEYLEDGER_CHECKPOINT_EVERY)")
+	fs.DurationVar(&m.CheckpointInterval, "checkpoint-interval", 10*time.Second, "longest time between checkpoints of a stream that grew")
 	fs.StringVar(&m.AlertRules, "alert-rules", env("alert-rules", ""), "JSON file of alert rule thresholds (KEYLEDGER_ALERT_RULES)")
 	if v := env("webhooks", ""); v != "" {
 		for _, u := range strings.Split(v, ",") {
@@ -197,12 +212,20 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		return err
 	}
 
+	if err := m.startNotary(ctx); err != nil {
+		return err
+	}
+
 	reg := prometheus.NewRegistry()
+	var auditor api.Auditor
+	if m.notary != nil {
+		auditor = m.notary
+	}
 	srv := api.New(api.Config{
 		Store: m.store, State: m.state, Usage: m.usage, Logger: log, Metrics: reg,
 		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy, LastUsed: m.lastUsed, Logs: m.ch,
-		Alerts: alertFeed{m.store},
-		Ready:  []api.ReadyCheck{m.projectionReady, m.sinkReady},
+		Alerts: alertFeed{m.store}, Audit: auditor,
+		Ready: []api.ReadyCheck{m.projectionReady, m.sinkReady},
 	})
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_usage_buffer_depth", Help: "Usage events waiting to be stored."},
@@ -444,6 +467,48 @@ func (m *Main) startAlerts(ctx context.Context) error {
 	return nil
 }
 
+// startNotary folds every stream into its Merkle tree and publishes signed
+// checkpoints; a broken chain raises the critical alert and fails /readyz.
+func (m *Main) startNotary(ctx context.Context) error {
+	if !m.Notary {
+		return nil
+	}
+	path := os.Getenv("KEYLEDGER_NOTARY_KEY_FILE")
+	if path == "" {
+		path = filepath.Join(m.DataDir, "notary.key")
+	}
+	key, err := notary.LoadOrCreateKey(path)
+	if err != nil {
+		return err
+	}
+	m.notary = notary.New(m.store.JetStream(), m.store, key, notary.Config{
+		Every: m.CheckpointEvery, Interval: m.CheckpointInterval,
+		OnBroken: func(eventID, why string) {
+			if err := m.engine.ChainBroken(context.Background(), time.Now(), eventID, why); err != nil {
+				m.Logger.Error("raise chain-broken alert", "err", err)
+			}
+		},
+	}, m.Logger)
+	nctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	m.stopNot, m.notDone = cancel, make(chan struct{})
+	go func() {
+		defer close(m.notDone)
+		_ = m.notary.Run(nctx)
+	}()
+	return nil
+}
+
+// auditReady fails once the notary has seen an event that does not verify.
+func (m *Main) auditReady(context.Context) error {
+	if m.notary == nil {
+		return nil
+	}
+	if why := m.notary.Broken(); why != "" {
+		return fmt.Errorf("audit chain broken: %s", why)
+	}
+	return nil
+}
+
 // startWebhooks delivers alerts to the configured receivers.
 func (m *Main) startWebhooks(ctx context.Context) error {
 	if len(m.Webhooks) == 0 {
@@ -539,6 +604,11 @@ func (m *Main) Addr() string {
 // Close stops serving, lets in-flight requests finish, flushes pending
 // usage events, saves a snapshot and stops the store.
 func (m *Main) Close() error {
+	m.closed.Do(func() { m.closeErr = m.close() })
+	return m.closeErr
+}
+
+func (m *Main) close() error {
 	var errs []error
 	if m.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -549,6 +619,11 @@ func (m *Main) Close() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		errs = append(errs, m.usage.Close(ctx))
 		cancel()
+	}
+	if m.stopNot != nil {
+		m.notary.Flush(context.Background())
+		m.stopNot()
+		<-m.notDone
 	}
 	if m.stopHook != nil {
 		m.stopHook()
