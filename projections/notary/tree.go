@@ -20,6 +20,10 @@ var hasher = rfc6962.New(crypto.SHA256)
 // per event) so that it can answer proofs for any size.
 type Tree struct {
 	leaves [][]byte
+	// levels[l][i] is the hash of complete subtree i at level l >= 1, as
+	// the compact range reports them while it grows: proofs then cost a
+	// lookup per node instead of a rehash of its leaves.
+	levels [][][]byte
 	rng    *compact.Range
 	rf     *compact.RangeFactory
 }
@@ -37,7 +41,19 @@ func LeafHash(data []byte) []byte { return hasher.HashLeaf(data) }
 func (t *Tree) Append(data []byte) {
 	h := LeafHash(data)
 	t.leaves = append(t.leaves, h)
-	_ = t.rng.Append(h, nil) // appending to a range that starts at 0 never fails
+	_ = t.rng.Append(h, t.visit) // appending to a range that starts at 0 never fails
+}
+
+func (t *Tree) visit(id compact.NodeID, hash []byte) {
+	if id.Level == 0 {
+		return
+	}
+	for uint(len(t.levels)) <= id.Level {
+		t.levels = append(t.levels, nil)
+	}
+	if l := t.levels[id.Level]; uint64(len(l)) == id.Index {
+		t.levels[id.Level] = append(l, hash)
+	}
 }
 
 // Size is the number of leaves.
@@ -69,6 +85,12 @@ func (t *Tree) RootAt(size uint64) ([]byte, error) {
 
 // nodeHash is the hash of a complete subtree: level 0 is a leaf.
 func (t *Tree) nodeHash(id compact.NodeID) []byte {
+	if id.Level == 0 && id.Index < uint64(len(t.leaves)) {
+		return t.leaves[id.Index]
+	}
+	if id.Level < uint(len(t.levels)) && id.Index < uint64(len(t.levels[id.Level])) {
+		return t.levels[id.Level][id.Index]
+	}
 	begin, end := id.Coverage()
 	// A range over a complete subtree holds exactly one hash: its root.
 	// (GetRootHash is only defined for ranges that start at 0.)
