@@ -30,5 +30,10 @@ test: deps clickhouse-deps vet
 bench: deps clickhouse-deps
 	./scripts/with-clickhouse.sh $(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
 
+# fuzz runs each fuzz target of the parsers that face the outside for a while.
 fuzz: deps
-	$(GO) test -run '^$$' -fuzz FuzzParseToken -fuzztime 30s ./domain
+	$(GO) test -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime 30s ./domain
+	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshalEnvelope$$' -fuzztime 30s ./domain
+	$(GO) test -run '^$$' -fuzz '^FuzzParseAllowedIPs$$' -fuzztime 30s ./domain
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLogQuery$$' -fuzztime 30s ./api
+	$(GO) test -run '^$$' -fuzz '^FuzzRowFromMessage$$' -fuzztime 30s ./projections/chlog

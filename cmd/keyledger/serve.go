@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -530,18 +529,20 @@ func (m *Main) startWebhooks(ctx context.Context) error {
 	}
 	var hooks []alerts.WebhookConfig
 	for _, u := range m.Webhooks {
-		pu, err := url.Parse(u)
-		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {
-			return fmt.Errorf("--webhook %q is not an http(s) URL", u)
-		}
 		hooks = append(hooks, alerts.WebhookConfig{URL: u, Secret: secret, MinSeverity: m.WebhookMinSev})
 	}
 	m.hooks = alerts.NewWebhooks(m.store.JetStream(), hooks, m.Logger)
+	// Validate names only a URL's scheme and host: the rest may carry tokens.
+	if err := m.hooks.Validate(); err != nil {
+		return fmt.Errorf("--webhook: %w", err)
+	}
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	m.stopHook, m.hookDone = cancel, make(chan struct{})
 	go func() {
 		defer close(m.hookDone)
-		_ = m.hooks.Run(hctx)
+		if err := m.hooks.Run(hctx); err != nil {
+			m.Logger.Error("webhooks stopped", "err", err)
+		}
 	}()
 	return nil
 }
