@@ -98,15 +98,21 @@ func (s *Server) execKey(ctx context.Context, id string, cmd domain.Command) (do
 }
 
 func (s *Server) commit(ctx context.Context, id string, expected uint64, envs []domain.Envelope) (domain.Key, error) {
-	seq, err := s.cfg.Store.Append(ctx, expected, envs)
-	if err != nil {
-		return domain.Key{}, err
-	}
-	if err := s.cfg.State.WaitFor(ctx, seq); err != nil {
+	if err := s.appendAndWait(ctx, expected, envs); err != nil {
 		return domain.Key{}, err
 	}
 	k, _ := s.cfg.State.Key(id)
 	return k, nil
+}
+
+// appendAndWait appends an aggregate's events with the concurrency check
+// and returns once the local projection has applied them.
+func (s *Server) appendAndWait(ctx context.Context, expected uint64, envs []domain.Envelope) error {
+	seq, err := s.cfg.Store.Append(ctx, expected, envs)
+	if err != nil {
+		return err
+	}
+	return s.cfg.State.WaitFor(ctx, seq)
 }
 
 // loadKey finds a key the caller may apply perm to. A deleted key can still

@@ -42,11 +42,7 @@ func (s *Server) execPrincipal(ctx context.Context, id string, cmd domain.Comman
 	if err != nil {
 		return domain.Principal{}, err
 	}
-	seq, err := s.cfg.Store.Append(ctx, p.Version, envs)
-	if err != nil {
-		return domain.Principal{}, err
-	}
-	if err := s.cfg.State.WaitFor(ctx, seq); err != nil {
+	if err := s.appendAndWait(ctx, p.Version, envs); err != nil {
 		return domain.Principal{}, err
 	}
 	p, _ = s.cfg.State.Principal(id)
@@ -234,11 +230,7 @@ func (s *Server) roleCommand(w http.ResponseWriter, r *http.Request, name string
 		s.problem(w, r, err)
 		return
 	}
-	seq, err := s.cfg.Store.Append(r.Context(), ro.Version, envs)
-	if err == nil {
-		err = s.cfg.State.WaitFor(r.Context(), seq)
-	}
-	if err != nil {
+	if err := s.appendAndWait(r.Context(), ro.Version, envs); err != nil {
 		s.problem(w, r, err)
 		return
 	}

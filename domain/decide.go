@@ -94,19 +94,7 @@ func Decide(k Key, cmd Command, now time.Time, newID func() uuid.UUID) ([]Envelo
 	if err != nil {
 		return nil, err
 	}
-	m := cmd.meta()
-	out := make([]Envelope, 0, len(events))
-	prev := k.LastHash
-	for _, ev := range events {
-		env, err := NewEnvelope(newID(), keyID, ev, now, m.Actor, m.Context)
-		if err != nil {
-			return nil, err
-		}
-		env.Seal(prev)
-		prev = env.Hash
-		out = append(out, env)
-	}
-	return out, nil
+	return seal(keyID, k.LastHash, events, cmd.meta(), now, newID)
 }
 
 func decide(k Key, cmd Command, now time.Time) ([]Event, string, error) {
