@@ -365,3 +365,48 @@ func TestClickHouseRowsComparedWithJetStream(t *testing.T) {
 	mutate(`ALTER TABLE audit_log DELETE WHERE event_id = ?`, deleted)
 	wantFailure(t, verify(t, l.store, pub, rows), deleted, "no row")
 }
+
+// TestLiveNotaryReportsABrokenChain publishes an event whose hash does not
+// recompute: the running notary reports it, once, through OnBroken (which
+// serve turns into the audit_chain_broken alert) and Broken (which fails
+// /readyz).
+func TestLiveNotaryReportsABrokenChain(t *testing.T) {
+	s := open(t, t.TempDir())
+	defer s.Close()
+	reported := make(chan string, 4)
+	key := ed25519.NewKeyFromSeed(make([]byte, 32))
+	n := notary.New(s.JetStream(), s, key, notary.Config{Every: 1000, Interval: time.Hour,
+		OnBroken: func(eventID, why string) { reported <- eventID }}, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = n.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	good, _ := domain.NewEnvelope(uuid.Must(uuid.NewV7()), uuid.NewString(), domain.KeyUsed{Code: domain.OutcomeValid}, time.Now(), "svc", nil)
+	good.Seal("")
+	bad, _ := domain.NewEnvelope(uuid.Must(uuid.NewV7()), uuid.NewString(), domain.KeyUsed{Code: domain.OutcomeValid}, time.Now(), "svc", nil)
+	bad.Seal("")
+	bad.Actor = "someone else" // changed after sealing: the hash no longer recomputes
+	for _, e := range []domain.Envelope{good, bad, good} {
+		data, _ := e.Marshal()
+		if _, err := s.JetStream().Publish(context.Background(), e.Subject(), data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case id := <-reported:
+		if id != bad.ID.String() {
+			t.Fatalf("reported %s, want %s", id, bad.ID)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("broken event not reported")
+	}
+	if why := n.Broken(); !strings.Contains(why, bad.ID.String()) {
+		t.Fatalf("Broken() = %q", why)
+	}
+	select {
+	case id := <-reported:
+		t.Fatalf("reported twice (%s)", id)
+	case <-time.After(100 * time.Millisecond):
+	}
+}
