@@ -224,7 +224,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		Store: m.store, State: m.state, Usage: m.usage, Logger: log, Metrics: reg,
 		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy, LastUsed: m.lastUsed, Logs: m.ch,
 		Alerts: alertFeed{m.store}, Audit: auditor,
-		Ready: []api.ReadyCheck{m.projectionReady, m.sinkReady},
+		Ready: []api.ReadyCheck{m.projectionReady, m.sinkReady, m.auditReady},
 	})
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_usage_buffer_depth", Help: "Usage events waiting to be stored."},
