@@ -34,7 +34,7 @@ type harness struct {
 	srv   *api.Server
 	ts    *httptest.Server
 	root  string
-	logs  *bytes.Buffer
+	logs  syncBuffer
 	ch    *chlog.Store
 	sink  *chlog.Sink
 	// skew is added to the wall clock the server reads, so tests can
@@ -53,6 +53,13 @@ func (b syncBuffer) Write(p []byte) (int, error) {
 	b.mu <- struct{}{}
 	defer func() { <-b.mu }()
 	return b.buf.Write(p)
+}
+
+// String reads the logs under the same lock the server writes them with.
+func (b syncBuffer) String() string {
+	b.mu <- struct{}{}
+	defer func() { <-b.mu }()
+	return b.buf.String()
 }
 
 func mustStart(tb testing.TB) *harness {
@@ -98,8 +105,8 @@ func mustStartWith(tb testing.TB, cfg eventstore.Config, ucfg eventstore.UsageCo
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	logs := &bytes.Buffer{}
-	logger := slog.New(slog.NewJSONHandler(syncBuffer{mu: make(chan struct{}, 1), buf: logs}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	logs := syncBuffer{mu: make(chan struct{}, 1), buf: &bytes.Buffer{}}
+	logger := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.DataDir, cfg.Logger = tb.TempDir(), logger
 	store, err := eventstore.Open(ctx, cfg)
 	if err != nil {

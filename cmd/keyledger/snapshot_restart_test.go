@@ -110,7 +110,7 @@ func TestRestartFromSnapshot(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	var logs bytes.Buffer
+	var logs lockedBuffer // the server logs while the test reads
 	m2 := startMain(t, dir, &logs)
 	defer m2.Close()
 	if !strings.Contains(logs.String(), "key-state snapshot restored") {
