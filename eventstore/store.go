@@ -65,6 +65,7 @@ type Store struct {
 	cfg    Config
 	log    *slog.Logger
 	ns     *server.Server // nil with an external server
+	unlock func()         // releases the data dir lock of the embedded server
 	nc     *nats.Conn
 	js     jetstream.JetStream
 	pub    publisher
@@ -96,11 +97,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 
 	url := cfg.URL
 	if url == "" {
-		ns, err := startEmbedded(ctx, cfg, log)
+		unlock, err := lockDataDir(cfg.DataDir)
 		if err != nil {
 			return nil, err
 		}
-		s.ns = ns
+		ns, err := startEmbedded(ctx, cfg, log)
+		if err != nil {
+			unlock()
+			return nil, err
+		}
+		s.ns, s.unlock = ns, unlock
 		url = ns.ClientURL()
 	}
 	nc, err := nats.Connect(url,
@@ -277,6 +283,7 @@ func (s *Store) shutdownServer() {
 	if s.ns != nil {
 		s.ns.Shutdown()
 		s.ns.WaitForShutdown()
+		s.unlock()
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -65,6 +66,11 @@ func runAuditVerify(ctx context.Context, g *globals, name string, args []string)
 		cfg.DataDir = nats
 	}
 	store, err := eventstore.Open(ctx, cfg)
+	if errors.Is(err, eventstore.ErrDataDirInUse) {
+		// Opening a second server beside the node would corrupt its files.
+		return &apiError{Code: "node_running", Detail: fmt.Sprintf(
+			"a keyledger node is running on %s: stop it first, or verify it live with --nats-url and --public-key", dataDir)}
+	}
 	if err != nil {
 		return &apiError{Code: "unreachable", Detail: err.Error()}
 	}

@@ -80,6 +80,10 @@ func TestAuditVerifyAndProofs(t *testing.T) {
 		t.Fatalf("check-proof of a modified event: %d %s", code, errs)
 	}
 
+	// A running node's data dir is refused, not opened beside the node.
+	if _, errs, code := runCLI(nil, "audit", "verify", "--data-dir", dir); code == 0 || !strings.Contains(errs, "node_running") {
+		t.Fatalf("verify of a running node's dir: exit %d %s", code, errs)
+	}
 	must(t, m.Close())
 	out, errs, code := runCLI(nil, "audit", "verify", "--data-dir", dir)
 	if code != 0 || !strings.HasPrefix(out, "OK") {
