@@ -36,10 +36,12 @@ func init() {
 	eventFactories[TypeCheckpointPublished] = func() any { return new(CheckpointPublished) }
 }
 
-// SignedBytes is what a checkpoint's signature covers.
+// SignedBytes is what a checkpoint's signature covers: every field but the
+// signature, one a line after a versioned header, so that no two
+// checkpoints share signed bytes.
 func (c CheckpointPublished) SignedBytes() []byte {
 	return []byte("keyledger-checkpoint-v1\n" + c.Stream + "\n" + strconv.FormatUint(c.Size, 10) + "\n" +
-		c.Root + "\n" + strconv.FormatInt(c.At.UnixMilli(), 10) + "\n")
+		c.Root + "\n" + strconv.FormatInt(c.At.UnixMilli(), 10) + "\n" + c.KeyID + "\n")
 }
 
 // Verify checks the checkpoint's signature.

@@ -76,11 +76,20 @@ type Notary struct {
 	cfg Config
 	log *slog.Logger
 
-	mu      sync.RWMutex
-	trees   map[string]*Tree
-	seqs    map[string]map[string]uint64 // stream -> event id -> seq
-	latest  map[string]domain.CheckpointPublished
-	signed  map[string]uint64 // stream -> size of the last checkpoint
+	// cpMu serialises signing and publishing, so that the checkpoints of
+	// a stream are stored in the order of their sizes.
+	cpMu sync.Mutex
+
+	mu     sync.RWMutex
+	trees  map[string]*Tree
+	folded map[string]uint64               // stream -> last sequence folded into its tree
+	seqs   map[string]map[uuid.UUID]uint64 // stream -> event id -> seq; about 40 bytes an event
+	latest map[string]domain.CheckpointPublished
+	signed map[string]uint64 // stream -> size of the last checkpoint published
+	// earlier holds the checkpoints stored before this start, by stream,
+	// in order of size: as the rebuilt tree reaches each size its root must
+	// match, or the log was rewritten while the notary was not looking.
+	earlier map[string][]domain.CheckpointPublished
 	chains  map[string]string // aggregate -> last hash (KEYS)
 	broken  string
 	pending map[string]int
@@ -98,11 +107,12 @@ func New(js jetstream.JetStream, pub Publisher, key ed25519.PrivateKey, cfg Conf
 		logger = slog.New(slog.DiscardHandler)
 	}
 	n := &Notary{js: js, pub: pub, key: key, cfg: cfg, log: logger.With("component", "notary"),
-		trees: map[string]*Tree{}, seqs: map[string]map[string]uint64{}, latest: map[string]domain.CheckpointPublished{},
-		signed: map[string]uint64{}, chains: map[string]string{}, pending: map[string]int{}}
+		trees: map[string]*Tree{}, folded: map[string]uint64{}, seqs: map[string]map[uuid.UUID]uint64{},
+		latest: map[string]domain.CheckpointPublished{}, signed: map[string]uint64{}, earlier: map[string][]domain.CheckpointPublished{},
+		chains: map[string]string{}, pending: map[string]int{}}
 	for _, s := range Streams {
 		n.trees[s] = NewTree()
-		n.seqs[s] = map[string]uint64{}
+		n.seqs[s] = map[uuid.UUID]uint64{}
 	}
 	return n
 }
@@ -113,6 +123,11 @@ func (n *Notary) PublicKey() ed25519.PublicKey { return n.key.Public().(ed25519.
 // Run folds every stream from its first message and publishes checkpoints
 // until ctx ends.
 func (n *Notary) Run(ctx context.Context) error {
+	if err := n.loadCheckpoints(ctx); err != nil && ctx.Err() == nil {
+		// Without them the notary still signs new checkpoints; only the
+		// comparison with the ones signed before this start is lost.
+		n.log.Warn("read earlier checkpoints", "err", err)
+	}
 	var wg sync.WaitGroup
 	for _, s := range Streams {
 		wg.Go(func() { n.follow(ctx, s) })
@@ -132,37 +147,86 @@ func (n *Notary) Run(ctx context.Context) error {
 	}
 }
 
+// loadCheckpoints reads the checkpoints stored before this start. A
+// restarted notary then neither signs again what it signed before nor
+// leaves proofs unanswered until its next checkpoint, and it checks the
+// rebuilt trees against them.
+func (n *Notary) loadCheckpoints(ctx context.Context) error {
+	pub := n.PublicKey()
+	return ReadStream(ctx, n.js, domain.StreamCheckpoints, 1, false, func(seq uint64, data []byte) error {
+		env, err := domain.UnmarshalEnvelope(data)
+		if err != nil {
+			return nil
+		}
+		ev, _ := env.Decode()
+		c, ok := ev.(domain.CheckpointPublished)
+		if !ok || n.trees[c.Stream] == nil {
+			return nil
+		}
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		if err := c.Verify(pub); err != nil {
+			n.markBroken(env.ID.String(), fmt.Sprintf("%s sequence %d: %v", domain.StreamCheckpoints, seq, err))
+			return nil
+		}
+		n.earlier[c.Stream] = append(n.earlier[c.Stream], c)
+		n.signed[c.Stream] = max(n.signed[c.Stream], c.Size)
+		return nil
+	})
+}
+
 func (n *Notary) follow(ctx context.Context, stream string) {
 	for ctx.Err() == nil {
-		err := ReadStream(ctx, n.js, stream, n.size(stream)+1, true, func(seq uint64, data []byte) error {
+		n.mu.RLock()
+		from := n.folded[stream] + 1
+		n.mu.RUnlock()
+		err := ReadStream(ctx, n.js, stream, from, true, func(seq uint64, data []byte) error {
 			n.add(ctx, stream, seq, data)
 			return nil
 		})
 		if err != nil && ctx.Err() == nil {
 			n.log.Warn("notary subscription", "stream", stream, "err", err)
-			time.Sleep(time.Second)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
 		}
 	}
-}
-
-func (n *Notary) size(stream string) uint64 {
-	n.mu.RLock()
-	defer n.mu.RUnlock()
-	return n.trees[stream].Size()
 }
 
 func (n *Notary) add(ctx context.Context, stream string, seq uint64, data []byte) {
 	n.mu.Lock()
 	t := n.trees[stream]
-	if seq != t.Size()+1 {
+	if want := n.folded[stream] + 1; seq != want {
 		// A sequence the stream no longer has: the tree cannot skip it.
-		n.markBroken(fmt.Sprintf("%s:%d", stream, t.Size()+1), fmt.Sprintf("%s sequence %d is missing", stream, t.Size()+1))
+		n.markBroken(fmt.Sprintf("%s:%d", stream, want), fmt.Sprintf("%s sequence %d is missing (next stored is %d)", stream, want, seq))
 	}
+	n.folded[stream] = seq
 	t.Append(data)
-	if env, err := domain.UnmarshalEnvelope(data); err == nil {
-		n.seqs[stream][env.ID.String()] = seq
+	env, err := domain.UnmarshalEnvelope(data)
+	switch {
+	case err != nil:
+		n.markBroken(fmt.Sprintf("%s:%d", stream, seq), fmt.Sprintf("%s sequence %d is not a valid event: %v", stream, seq, err))
+	default:
+		n.seqs[stream][env.ID] = seq
 		if why := checkEvent(env, n.chains, stream); why != "" {
 			n.markBroken(env.ID.String(), why)
+		}
+	}
+	for len(n.earlier[stream]) > 0 && n.earlier[stream][0].Size <= t.Size() {
+		c := n.earlier[stream][0]
+		n.earlier[stream] = n.earlier[stream][1:]
+		if c.Size < t.Size() {
+			continue // an older checkpoint of a size already passed (they are stored in order)
+		}
+		if hex.EncodeToString(t.Root()) != c.Root {
+			n.markBroken(fmt.Sprintf("%s:%d", stream, seq), fmt.Sprintf(
+				"the tree of the first %d events of %s does not match the checkpoint signed at %s: an event at or before sequence %d was altered, removed, inserted or reordered",
+				c.Size, stream, c.At.Format(time.RFC3339Nano), seq))
+			continue
+		}
+		if c.Size > n.latest[stream].Size {
+			n.latest[stream] = c
 		}
 	}
 	n.pending[stream]++
@@ -208,41 +272,71 @@ func (n *Notary) Broken() string {
 	return n.broken
 }
 
-// checkpoint signs and publishes the stream's tree if it grew.
+// checkpoint signs and publishes the stream's tree if it grew past the
+// last checkpoint.
 func (n *Notary) checkpoint(ctx context.Context, stream string) {
+	n.cpMu.Lock()
+	defer n.cpMu.Unlock()
 	n.mu.Lock()
 	t := n.trees[stream]
 	size := t.Size()
-	if size == 0 || size == n.signed[stream] {
+	if size == 0 || size <= n.signed[stream] {
 		n.mu.Unlock()
 		return
 	}
+	pub := n.PublicKey()
 	c := domain.CheckpointPublished{Stream: stream, Size: size, Root: hex.EncodeToString(t.Root()),
-		At: time.Now().UTC().Truncate(time.Millisecond), KeyID: KeyID(n.PublicKey())}
-	c.Sig = hex.EncodeToString(ed25519.Sign(n.key, c.SignedBytes()))
-	n.signed[stream] = size
-	n.pending[stream] = 0
+		At: time.Now().UTC().Truncate(time.Millisecond), KeyID: KeyID(pub)}
 	n.mu.Unlock()
+	c.Sig = hex.EncodeToString(ed25519.Sign(n.key, c.SignedBytes()))
 	env, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), stream, c, c.At, "keyledger-notary", nil)
 	if err == nil {
 		env.Seal("")
 		_, err = n.pub.PublishCheckpoint(ctx, env)
 	}
 	if err != nil {
+		// The next tick or the next Every events try again.
 		n.log.Warn("publish checkpoint", "stream", stream, "size", size, "err", err)
-		n.mu.Lock()
-		n.signed[stream] = 0
-		n.mu.Unlock()
 		return
 	}
 	n.mu.Lock()
-	n.latest[stream] = c
+	n.signed[stream] = size
+	n.pending[stream] = 0
+	if size > n.latest[stream].Size {
+		n.latest[stream] = c
+	}
 	n.mu.Unlock()
 }
 
-// Flush publishes a checkpoint of every stream that grew; for shutdown and
-// tests.
+// Flush waits (at most 5 seconds) until every stream is folded up to the
+// last message it held when Flush was called, then publishes a checkpoint
+// of every stream that grew: on shutdown, so that the last events of a
+// stopped node are covered by a signed checkpoint.
 func (n *Notary) Flush(ctx context.Context) {
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	for _, s := range Streams {
+		st, err := n.js.Stream(wctx, s)
+		if err != nil {
+			continue
+		}
+		info, err := st.Info(wctx)
+		if err != nil {
+			continue
+		}
+		for wctx.Err() == nil {
+			n.mu.RLock()
+			done := n.folded[s] >= info.State.LastSeq
+			n.mu.RUnlock()
+			if done {
+				break
+			}
+			select {
+			case <-wctx.Done():
+			case <-time.After(5 * time.Millisecond):
+			}
+		}
+	}
 	for _, s := range Streams {
 		n.checkpoint(ctx, s)
 	}
@@ -259,13 +353,17 @@ type Proof struct {
 }
 
 // ProofFor returns the inclusion proof of an event against the latest
-// checkpoint of its stream. Errors: ENOTFOUND when the event is unknown or
-// not yet covered by a checkpoint.
+// checkpoint of its stream. Errors: EINVALID for a malformed id, ENOTFOUND
+// when the event is unknown or not yet covered by a checkpoint.
 func (n *Notary) ProofFor(eventID string) (Proof, error) {
+	id, err := uuid.Parse(eventID)
+	if err != nil {
+		return Proof{}, domain.Errorf(domain.EINVALID, "invalid_event_id", "event_id %q is not an event id", eventID)
+	}
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	for _, s := range Streams {
-		seq, ok := n.seqs[s][eventID]
+		seq, ok := n.seqs[s][id]
 		if !ok {
 			continue
 		}
@@ -368,7 +466,10 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, stream string, from
 		if err := fn(md.Sequence.Stream, msg.Data()); err != nil {
 			return err
 		}
-		if !follow && md.Sequence.Stream >= last {
+		// NumPending reaching 0 ends a read whose last sequence is gone
+		// (dropped by the file store after a corruption), which would
+		// otherwise wait for a message that never comes.
+		if !follow && (md.Sequence.Stream >= last || md.NumPending == 0) {
 			return nil
 		}
 	}
