@@ -410,3 +410,53 @@ func TestLiveNotaryReportsABrokenChain(t *testing.T) {
 	case <-time.After(100 * time.Millisecond):
 	}
 }
+
+// TestRestartedNotaryChecksEarlierCheckpoints starts a second notary on a
+// clean log, which answers proofs without signing again, and one on a log
+// rewritten while no notary ran, which reports the rewrite through Broken.
+func TestRestartedNotaryChecksEarlierCheckpoints(t *testing.T) {
+	l := newLedger(t)
+	l.stopNotary()
+	ctx := context.Background()
+	count := func(s *eventstore.Store) uint64 {
+		n, err := s.Count(ctx, domain.StreamCheckpoints)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	run := func(s *eventstore.Store) *notary.Notary {
+		n := notary.New(s.JetStream(), s, l.key, notary.Config{Every: 5, Interval: time.Hour}, nil)
+		nctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() { defer close(done); _ = n.Run(nctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+		return n
+	}
+
+	before := count(l.store)
+	again := run(l.store)
+	checkFor(t, func() error {
+		_, err := again.ProofFor(l.usage[len(l.usage)-1])
+		return err
+	})
+	again.Flush(ctx)
+	if got := count(l.store); got != before {
+		t.Fatalf("restart signed again: %d checkpoints, had %d", got, before)
+	}
+	if why := again.Broken(); why != "" {
+		t.Fatalf("clean log broken: %s", why)
+	}
+
+	dst := copyLedger(t, l, domain.StreamUsage, func(ms []msg) []msg {
+		ms[1], ms[2] = ms[2], ms[1]
+		return ms
+	})
+	rewritten := run(dst)
+	checkFor(t, func() error {
+		if why := rewritten.Broken(); !strings.Contains(why, "does not match the checkpoint") {
+			return fmt.Errorf("Broken() = %q", why)
+		}
+		return nil
+	})
+}
