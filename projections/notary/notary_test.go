@@ -24,6 +24,9 @@ import (
 
 const marker = "tamper-marker-zz"
 
+// logColumns are the columns of the ClickHouse log but raw.
+const logColumns = "event_id, time, time_ms, stream, seq, type, kind, action, outcome, actor, key_id, owner, permissions, source_ip, user_agent, request_id, service, token_hash, name, comments, reason, schema_version, prev_hash, hash"
+
 func open(t *testing.T, dir string) *eventstore.Store {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -331,11 +334,7 @@ func TestClickHouseRowsComparedWithJetStream(t *testing.T) {
 		}
 		return nil
 	})
-	rows := func(ctx context.Context, fn func(notary.Row) error) error {
-		return ch.Walk(ctx, func(id, stream string, seq uint64, raw string) error {
-			return fn(notary.Row{EventID: id, Stream: stream, Seq: seq, Raw: raw})
-		})
-	}
+	rows := notary.LogRows(ch)
 	if f := verify(t, l.store, pub, rows); f != nil {
 		t.Fatalf("clean log and rows fail: %v", f)
 	}
@@ -361,6 +360,21 @@ func TestClickHouseRowsComparedWithJetStream(t *testing.T) {
 	mutate(`ALTER TABLE audit_log UPDATE raw = replaceOne(raw, '"done"', '"oops"') WHERE event_id = ?`, edited)
 	wantFailure(t, verify(t, l.store, pub, rows), edited, "differs")
 	mutate(`ALTER TABLE audit_log UPDATE raw = replaceOne(raw, '"oops"', '"done"') WHERE event_id = ?`, edited)
+	if f := verify(t, l.store, pub, rows); f != nil {
+		t.Fatalf("restored row fails: %v", f)
+	}
+	// A column that searches show, edited while raw is left alone.
+	renamed := l.keyEvents[8] // the created event of the marked key
+	mutate(`ALTER TABLE audit_log UPDATE name = 'innocent' WHERE event_id = ?`, renamed)
+	wantFailure(t, verify(t, l.store, pub, rows), renamed, "Name column")
+	mutate(`ALTER TABLE audit_log UPDATE name = '`+marker+`' WHERE event_id = ?`, renamed)
+	// A second, altered copy of a row: deduplication must not hide it.
+	copied := l.usage[2]
+	if err := ch.Conn().Exec(context.Background(), `INSERT INTO audit_log (`+logColumns+`, raw) SELECT `+logColumns+`, replaceOne(raw, '"svc"', '"evil"') FROM audit_log WHERE event_id = ?`, copied); err != nil {
+		t.Fatal(err)
+	}
+	wantFailure(t, verify(t, l.store, pub, rows), copied, "differs")
+	mutate(`ALTER TABLE audit_log DELETE WHERE event_id = ? AND position(raw, '"evil"') > 0`, copied)
 	deleted := l.usage[7]
 	mutate(`ALTER TABLE audit_log DELETE WHERE event_id = ?`, deleted)
 	wantFailure(t, verify(t, l.store, pub, rows), deleted, "no row")

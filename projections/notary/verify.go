@@ -1,14 +1,15 @@
 package notary
 
 import (
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"slices"
 	"sort"
 
+	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -35,13 +36,21 @@ type Row struct {
 	Stream  string
 	Seq     uint64
 	Raw     string
+	// Mismatch names a column that does not match what Raw maps to.
+	Mismatch string
 }
 
 // VerifyOptions tunes Verify.
 type VerifyOptions struct {
-	// Rows, when set, walks the ClickHouse log (each event once) so every
-	// row is compared with JetStream.
+	// Rows, when set, walks the ClickHouse log so every row is compared
+	// with JetStream. Walking every stored row, duplicates included, is
+	// stricter than one row per event: a second, altered copy of a row
+	// cannot hide behind the first.
 	Rows func(ctx context.Context, fn func(Row) error) error
+	// Live says the deployment is running: rows of events stored after
+	// Verify read a stream are skipped, and events after the last row of
+	// their stream count as the log's lag, not as missing rows.
+	Live bool
 	// Progress is called every ProgressEvery events.
 	Progress      func(stream string, events uint64)
 	ProgressEvery uint64
@@ -52,6 +61,18 @@ type Summary struct {
 	Events      map[string]uint64
 	Checkpoints int
 	Rows        uint64
+	// Lagging counts, with Live, the events the ClickHouse log has not
+	// reached yet.
+	Lagging uint64
+}
+
+// stored is what the row comparison keeps of an event: 56 bytes, so a
+// million events cost about 100 MB with the map.
+type stored struct {
+	digest [32]byte
+	stream int // index in Streams
+	seq    uint64
+	seen   bool
 }
 
 // Verify recomputes every event's hash, every key's chain and every
@@ -93,10 +114,9 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 	if cpFail != nil {
 		return sum, cpFail, nil
 	}
-	digests := map[string][32]byte{} // event id -> SHA-256 of its stored bytes, for the row comparison
-	where := map[string]Failure{}
-	var order []string
-	for _, stream := range Streams {
+	events := map[uuid.UUID]*stored{} // for the row comparison
+	order := make([][]uuid.UUID, len(Streams))
+	for si, stream := range Streams {
 		list := cps[stream]
 		sort.SliceStable(list, func(i, j int) bool { return list[i].Size < list[j].Size })
 		tree := NewTree()
@@ -123,9 +143,8 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 			}
 			tree.Append(data)
 			if opt.Rows != nil {
-				digests[id] = sha256.Sum256(data)
-				where[id] = Failure{Stream: stream, Seq: seq, EventID: id}
-				order = append(order, id)
+				events[env.ID] = &stored{digest: sha256.Sum256(data), stream: si, seq: seq}
+				order[si] = append(order[si], env.ID)
 			}
 			for next < len(list) && list[next].Size == tree.Size() {
 				c := list[next]
@@ -166,39 +185,72 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 		return sum, nil, nil
 	}
 	// Every row must be an event of JetStream, byte for byte, and every
-	// event must have its row.
-	seen := map[string]bool{}
-	var rowFail *Failure
+	// event must have its row. Rows arrive in no particular order, so the
+	// walk goes on after a bad row to name the first one in log order.
+	last := map[string]uint64{} // stream -> highest sequence with a row
+	var first *Failure
+	note := func(f *Failure) {
+		if first == nil || before(f, first) {
+			first = f
+		}
+	}
 	err = opt.Rows(ctx, func(r Row) error {
 		sum.Rows++
-		d, ok := digests[r.EventID]
-		if !ok {
-			rowFail = &Failure{Stream: r.Stream, Seq: r.Seq, EventID: r.EventID, Why: "ClickHouse has a row for an event JetStream does not have"}
-			return errStop
+		id, err := uuid.Parse(r.EventID)
+		e := events[id]
+		if err != nil || e == nil {
+			if opt.Live && slices.Contains(Streams, r.Stream) && r.Seq > sum.Events[r.Stream] {
+				return nil // stored after Verify read the stream
+			}
+			note(&Failure{Stream: r.Stream, Seq: r.Seq, EventID: r.EventID, Why: "ClickHouse has a row for an event JetStream does not have"})
+			return nil
 		}
-		if got := sha256.Sum256([]byte(r.Raw)); !bytes.Equal(got[:], d[:]) {
-			f := where[r.EventID]
-			f.Why = "the ClickHouse row differs from the event stored in JetStream"
-			rowFail = &f
-			return errStop
+		stream := Streams[e.stream]
+		e.seen = true
+		last[stream] = max(last[stream], e.seq)
+		if got := sha256.Sum256([]byte(r.Raw)); got != e.digest || r.Stream != stream || r.Seq != e.seq {
+			note(&Failure{Stream: stream, Seq: e.seq, EventID: r.EventID, Why: fmt.Sprintf(
+				"the ClickHouse row (%s sequence %d) differs from the event stored in JetStream", r.Stream, r.Seq)})
+		} else if r.Mismatch != "" {
+			note(&Failure{Stream: stream, Seq: e.seq, EventID: r.EventID, Why: fmt.Sprintf(
+				"the ClickHouse row's %s column does not match its raw event", r.Mismatch)})
 		}
-		seen[r.EventID] = true
 		return nil
 	})
-	if err != nil && err != errStop {
+	if err != nil {
 		return sum, nil, err
 	}
-	if rowFail != nil {
-		return sum, rowFail, nil
-	}
-	for _, id := range order {
-		if !seen[id] {
-			f := where[id]
-			f.Why = "the event has no row in ClickHouse"
-			return sum, &f, nil
+	for si, ids := range order {
+		stream := Streams[si]
+		for _, id := range ids {
+			e := events[id]
+			if e.seen {
+				continue
+			}
+			if opt.Live && e.seq > last[stream] {
+				sum.Lagging++
+				continue
+			}
+			note(&Failure{Stream: stream, Seq: e.seq, EventID: id.String(), Why: "the event has no row in ClickHouse"})
+			break
 		}
 	}
-	return sum, nil, nil
+	return sum, first, nil
+}
+
+// before orders failures by their place in the log: stream, then sequence.
+func before(a, b *Failure) bool {
+	ai, bi := slices.Index(Streams, a.Stream), slices.Index(Streams, b.Stream)
+	if ai < 0 {
+		ai = len(Streams)
+	}
+	if bi < 0 {
+		bi = len(Streams)
+	}
+	if ai != bi {
+		return ai < bi
+	}
+	return a.Seq < b.Seq
 }
 
 // consistent checks, with the library's consistency proof, that checkpoint
