@@ -240,7 +240,12 @@ func (n *Notary) add(ctx context.Context, stream string, seq uint64, data []byte
 // checkEvent recomputes an event's hash and, on KEYS, checks that it
 // extends its aggregate's chain; it returns why not, or "".
 func checkEvent(env domain.Envelope, chains map[string]string, stream string) string {
-	if got := env.ComputeHash(); got != env.Hash {
+	return checkEventHashed(env, env.ComputeHash(), chains, stream)
+}
+
+// checkEventHashed is checkEvent with the event's hash already recomputed.
+func checkEventHashed(env domain.Envelope, got string, chains map[string]string, stream string) string {
+	if got != env.Hash {
 		return fmt.Sprintf("event %s: stored hash %s, contents hash to %s", env.ID, env.Hash, got)
 	}
 	if stream != domain.StreamKeys {
