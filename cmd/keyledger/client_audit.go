@@ -19,6 +19,8 @@ import (
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/chlog"
 	"github.com/keyledger/keyledger/projections/notary"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 const (
@@ -57,24 +59,36 @@ func runAuditVerify(ctx context.Context, g *globals, name string, args []string)
 	if err != nil {
 		return err
 	}
-	cfg := eventstore.Config{URL: natsURL, Logger: slog.New(slog.DiscardHandler)}
-	if dataDir != "" {
+	var js jetstream.JetStream
+	if natsURL != "" {
+		// A plain connection, not eventstore.Open: verifying must not
+		// create or update the deployment's streams, and a reviewer's
+		// credentials may well be read-only.
+		nc, err := nats.Connect(natsURL, nats.Name("keyledger-audit-verify"))
+		if err != nil {
+			return &apiError{Code: "unreachable", Detail: err.Error()}
+		}
+		defer nc.Close()
+		if js, err = jetstream.New(nc); err != nil {
+			return &apiError{Code: "unreachable", Detail: err.Error()}
+		}
+	} else {
 		nats := filepath.Join(dataDir, "nats")
 		if _, err := os.Stat(nats); err != nil {
 			return &apiError{Code: "no_ledger", Detail: fmt.Sprintf("%s holds no keyledger data: %v", dataDir, err)}
 		}
-		cfg.DataDir = nats
+		store, err := eventstore.Open(ctx, eventstore.Config{DataDir: nats, Logger: slog.New(slog.DiscardHandler)})
+		if errors.Is(err, eventstore.ErrDataDirInUse) {
+			// Opening a second server beside the node would corrupt its files.
+			return &apiError{Code: "node_running", Detail: fmt.Sprintf(
+				"a keyledger node is running on %s: stop it first, or verify it live with --nats-url and --public-key", dataDir)}
+		}
+		if err != nil {
+			return &apiError{Code: "unreachable", Detail: err.Error()}
+		}
+		defer store.Close()
+		js = store.JetStream()
 	}
-	store, err := eventstore.Open(ctx, cfg)
-	if errors.Is(err, eventstore.ErrDataDirInUse) {
-		// Opening a second server beside the node would corrupt its files.
-		return &apiError{Code: "node_running", Detail: fmt.Sprintf(
-			"a keyledger node is running on %s: stop it first, or verify it live with --nats-url and --public-key", dataDir)}
-	}
-	if err != nil {
-		return &apiError{Code: "unreachable", Detail: err.Error()}
-	}
-	defer store.Close()
 	opt := notary.VerifyOptions{Progress: func(stream string, n uint64) {
 		fmt.Fprintf(g.stderr, "verified %d events of %s\n", n, stream)
 	}}
@@ -90,7 +104,7 @@ func runAuditVerify(ctx context.Context, g *globals, name string, args []string)
 		opt.Live = natsURL != ""
 	}
 	start := time.Now()
-	sum, fail, err := notary.Verify(ctx, store.JetStream(), pub, opt)
+	sum, fail, err := notary.Verify(ctx, js, pub, opt)
 	if err != nil {
 		return &apiError{Code: "verify_error", Detail: err.Error()}
 	}

@@ -84,6 +84,10 @@ func TestAuditVerifyAndProofs(t *testing.T) {
 	if _, errs, code := runCLI(nil, "audit", "verify", "--data-dir", dir); code == 0 || !strings.Contains(errs, "node_running") {
 		t.Fatalf("verify of a running node's dir: exit %d %s", code, errs)
 	}
+	// A running deployment verifies over NATS with the served public key.
+	if out, errs, code := runCLI(nil, "audit", "verify", "--nats-url", m.store.ClientURL(), "--public-key", pubFile); code != 0 || !strings.HasPrefix(out, "OK") {
+		t.Fatalf("live verify: exit %d\n%s%s", code, out, errs)
+	}
 	must(t, m.Close())
 	out, errs, code := runCLI(nil, "audit", "verify", "--data-dir", dir)
 	if code != 0 || !strings.HasPrefix(out, "OK") {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -153,6 +154,15 @@ func (n *Notary) Run(ctx context.Context) error {
 // rebuilt trees against them.
 func (n *Notary) loadCheckpoints(ctx context.Context) error {
 	pub := n.PublicKey()
+	defer func() {
+		// Checkpoints stored before they were serialised may be out of
+		// order; add walks each list by size.
+		n.mu.Lock()
+		for _, list := range n.earlier {
+			sort.SliceStable(list, func(i, j int) bool { return list[i].Size < list[j].Size })
+		}
+		n.mu.Unlock()
+	}()
 	return ReadStream(ctx, n.js, domain.StreamCheckpoints, 1, false, func(seq uint64, data []byte) error {
 		env, err := domain.UnmarshalEnvelope(data)
 		if err != nil {
