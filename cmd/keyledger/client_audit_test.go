@@ -116,6 +116,36 @@ func TestAuditVerifyAndProofs(t *testing.T) {
 	if code != 1 || !strings.Contains(errs, "audit_failed: KEYS sequence "+fmt.Sprint(created.Seq)) {
 		t.Fatalf("tampered verify: exit %d %s", code, errs)
 	}
+
+	// The node restarted on the tampered dir: its notary sees the broken
+	// log, /readyz fails and the critical alert is raised.
+	m2 := &Main{Stdout: io.Discard}
+	must(t, m2.ParseFlags([]string{"--data-dir", dir, "--http-addr", "127.0.0.1:0"}, io.Discard))
+	m2.Logger = slog.New(slog.DiscardHandler)
+	t0 := time.Now()
+	must(t, m2.Run(context.Background()))
+	t.Logf("restart took %s", time.Since(t0))
+	defer func() { t.Logf("broken log reported %s after start", time.Since(t0)) }()
+	defer m2.Close()
+	checkFor(t, 15*time.Second, 20*time.Millisecond, func() error {
+		if _, err := callStatus(m2, "/readyz", ""); err == nil || !strings.Contains(err.Error(), "audit chain broken") {
+			return fmt.Errorf("readyz: %v", err)
+		}
+		b, err := callStatus(m2, "/v1/alerts", root)
+		if err != nil {
+			return err
+		}
+		var alerts struct {
+			Alerts []api.AlertView `json:"alerts"`
+		}
+		_ = json.Unmarshal(b, &alerts)
+		for _, a := range alerts.Alerts {
+			if a.Rule == "audit_chain_broken" {
+				return nil
+			}
+		}
+		return fmt.Errorf("no audit_chain_broken alert in %s", b)
+	})
 }
 
 // callStatus GETs path and returns the body, or an error for a non-200.
