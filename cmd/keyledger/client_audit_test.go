@@ -59,17 +59,27 @@ func TestAuditVerifyAndProofs(t *testing.T) {
 	_ = json.Unmarshal(call(t, m, "GET", "/v1/keys/"+k.KeyID+"/events", p.Credential.Token, nil), &events)
 	created := events.Events[0]
 
-	// Prove the key's creation through the API, check the proof offline.
-	var proof []byte
+	// Prove the key's creation once a checkpoint covers it, check the
+	// proof offline.
 	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
-		var err error
-		proof, err = callStatus(m, "/v1/audit/proof?event_id="+created.ID.String(), root)
+		_, err := callStatus(m, "/v1/audit/proof?event_id="+created.ID.String(), root)
 		return err
 	})
 	work := t.TempDir()
 	pubFile, proofFile, eventFile := filepath.Join(work, "pub.json"), filepath.Join(work, "proof.json"), filepath.Join(work, "event.json")
 	must(t, os.WriteFile(pubFile, call(t, m, "GET", "/v1/audit/public-key", root, nil), 0o644))
-	must(t, os.WriteFile(proofFile, proof, 0o644))
+	// keyledger audit prove fetches the same proof into a file.
+	if _, errs, code := runCLI(map[string]string{"KEYLEDGER_TOKEN": root}, "audit", "prove", "--server", "http://"+m.Addr(),
+		"--event-id", created.ID.String(), "--output", proofFile); code != 0 {
+		t.Fatalf("audit prove: exit %d %s", code, errs)
+	}
+	var fetched api.ProofView
+	b, err := os.ReadFile(proofFile)
+	must(t, err)
+	must(t, json.Unmarshal(b, &fetched))
+	if fetched.EventID != created.ID.String() || fetched.Seq != created.Seq {
+		t.Fatalf("audit prove wrote %s", b)
+	}
 	raw, _ := created.Envelope.Marshal()
 	must(t, os.WriteFile(eventFile, raw, 0o644))
 	if out, errs, code := runCLI(nil, "audit", "check-proof", "--proof", proofFile, "--event", eventFile, "--public-key", pubFile); code != 0 || !strings.HasPrefix(out, "OK") {
