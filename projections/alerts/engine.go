@@ -62,24 +62,72 @@ type hit struct {
 	at    time.Time
 	id    string // event id
 	value string // what is counted distinct (key, network, address)
+	ip    string // the source address, where value is not it
 }
 
-// window is the events of one subject within a rule's window, oldest first.
-type window struct{ hits []hit }
+// window is the events of one subject within a rule's window, oldest
+// first. It counts the hits of each value as they come and go, so that the
+// rules learn how many distinct values it holds without scanning it: a
+// scan on every event made a busy key or address cost more with each event
+// it sent, until the engine fell behind for good.
+type window struct {
+	hits []hit
+	n    map[string]int // hits per value; len(n) is the number of distinct values
+}
 
 func (w *window) add(h hit, span time.Duration) {
+	if w.n == nil {
+		w.n = map[string]int{}
+	}
 	w.hits = append(w.hits, h)
+	w.n[h.value]++
 	cut := 0
 	for cut < len(w.hits) && w.hits[cut].at.Before(h.at.Add(-span)) {
+		if v := w.hits[cut].value; w.n[v] == 1 {
+			delete(w.n, v)
+		} else {
+			w.n[v]--
+		}
 		cut++
 	}
 	w.hits = w.hits[cut:]
 }
 
+// addLatest is add for a window that only counts distinct values. Such a
+// window needs no more than each value's latest hit (see latest); the
+// earlier ones are dropped in batches, so that its size follows the number
+// of values, not the traffic, at a constant cost per hit.
+func (w *window) addLatest(h hit, span time.Duration) {
+	w.add(h, span)
+	if len(w.hits) > 2*len(w.n)+16 {
+		w.hits = w.latest()
+		for v := range w.n {
+			w.n[v] = 1
+		}
+	}
+}
+
+// latest returns each value's latest hit, oldest first.
+func (w *window) latest() []hit {
+	seen := make(map[string]bool, len(w.n))
+	out := make([]hit, 0, len(w.n))
+	for i := len(w.hits) - 1; i >= 0; i-- {
+		if h := w.hits[i]; !seen[h.value] {
+			seen[h.value] = true
+			out = append(out, h)
+		}
+	}
+	slices.Reverse(out)
+	return out
+}
+
+// distinct returns the values in the order they first appear.
 func (w *window) distinct() []string {
+	seen := make(map[string]bool, len(w.n))
 	var out []string
 	for _, h := range w.hits {
-		if !slices.Contains(out, h.value) {
+		if !seen[h.value] {
+			seen[h.value] = true
 			out = append(out, h.value)
 		}
 	}
@@ -194,9 +242,10 @@ func (e *Engine) denied(env domain.Envelope, d domain.KeyDenied) []alert {
 	if ip != "" {
 		w := get(e.byIP, ip)
 		w.add(hit{at: env.Time, id: id, value: presented}, c.BruteForce.Window)
-		if len(w.hits) >= c.BruteForce.Count {
+		incident := RuleBruteForce + ":" + ip
+		if len(w.hits) >= c.BruteForce.Count && !e.quiet(incident, domain.SeverityHigh, env.Time, c.BruteForce.Suppress) {
 			out = append(out, alert{AlertRaised: domain.AlertRaised{
-				Rule: RuleBruteForce, Severity: domain.SeverityHigh, Incident: RuleBruteForce + ":" + ip,
+				Rule: RuleBruteForce, Severity: domain.SeverityHigh, Incident: incident,
 				Summary:   fmt.Sprintf("%d failed verifications from %s within %s", len(w.hits), ip, c.BruteForce.Window),
 				SourceIPs: []string{ip}, Count: len(w.hits), Evidence: w.ids(c.MaxEvidence),
 				WindowStart: w.hits[0].at, WindowEnd: env.Time,
@@ -210,9 +259,16 @@ func (e *Engine) denied(env domain.Envelope, d domain.KeyDenied) []alert {
 		case domain.OutcomeRevoked, domain.OutcomeExpired, domain.OutcomeDisabled:
 			w := get(e.deadKey, env.KeyID)
 			w.add(hit{at: env.Time, id: id, value: ip}, c.DeadKey.Window)
+			incident, severity := RuleDeadKey+":"+env.KeyID, domain.SeverityMedium
+			if len(w.n) >= c.DeadKey.Count {
+				severity = domain.SeverityHigh
+			}
+			if e.quiet(incident, severity, env.Time, c.DeadKey.Suppress) {
+				break
+			}
 			ips := w.distinct()
 			a := alert{AlertRaised: domain.AlertRaised{
-				Rule: RuleDeadKey, Severity: domain.SeverityMedium, Incident: RuleDeadKey + ":" + env.KeyID,
+				Rule: RuleDeadKey, Severity: domain.SeverityMedium, Incident: incident,
 				Summary: fmt.Sprintf("%s key %s presented", strings.ToLower(d.Code), env.KeyID),
 				KeyIDs:  []string{env.KeyID}, SourceIPs: ips, Count: len(w.hits), Evidence: w.ids(c.MaxEvidence),
 				WindowStart: w.hits[0].at, WindowEnd: env.Time,
@@ -226,9 +282,10 @@ func (e *Engine) denied(env domain.Envelope, d domain.KeyDenied) []alert {
 		case domain.OutcomeInvalidSecret, domain.OutcomeIPNotAllowed, domain.OutcomeInsufficientPermissions:
 			w := get(e.failKey, env.KeyID)
 			w.add(hit{at: env.Time, id: id, value: ip}, c.FailureBurst.Window)
-			if len(w.hits) >= c.FailureBurst.Count {
+			incident := RuleFailureBurst + ":" + env.KeyID
+			if len(w.hits) >= c.FailureBurst.Count && !e.quiet(incident, domain.SeverityMedium, env.Time, c.FailureBurst.Suppress) {
 				out = append(out, alert{AlertRaised: domain.AlertRaised{
-					Rule: RuleFailureBurst, Severity: domain.SeverityMedium, Incident: RuleFailureBurst + ":" + env.KeyID,
+					Rule: RuleFailureBurst, Severity: domain.SeverityMedium, Incident: incident,
 					Summary: fmt.Sprintf("%d failed verifications of key %s within %s", len(w.hits), env.KeyID, c.FailureBurst.Window),
 					KeyIDs:  []string{env.KeyID}, SourceIPs: w.distinct(), Count: len(w.hits), Evidence: w.ids(c.MaxEvidence),
 					WindowStart: w.hits[0].at, WindowEnd: env.Time,
@@ -246,11 +303,14 @@ func (e *Engine) denied(env domain.Envelope, d domain.KeyDenied) []alert {
 func (e *Engine) spray(env domain.Envelope, ip, presented string) []alert {
 	c := e.cfg.KeySpraying
 	w := get(e.sprayIP, ip)
-	w.add(hit{at: env.Time, id: env.ID.String(), value: presented}, c.Window)
-	keys := w.distinct()
-	if len(keys) < c.Count {
+	w.addLatest(hit{at: env.Time, id: env.ID.String(), value: presented}, c.Window)
+	incident := RuleKeySpraying + ":" + ip
+	if len(w.n) < c.Count || e.quiet(incident, domain.SeverityHigh, env.Time, c.Suppress) {
 		return nil
 	}
+	// The alert cites each key's latest presentation.
+	w = &window{hits: w.latest()}
+	keys := w.distinct()
 	var ids []string
 	for _, k := range keys {
 		if !strings.HasPrefix(k, "token:") {
@@ -258,7 +318,7 @@ func (e *Engine) spray(env domain.Envelope, ip, presented string) []alert {
 		}
 	}
 	return []alert{{AlertRaised: domain.AlertRaised{
-		Rule: RuleKeySpraying, Severity: domain.SeverityHigh, Incident: RuleKeySpraying + ":" + ip,
+		Rule: RuleKeySpraying, Severity: domain.SeverityHigh, Incident: incident,
 		Summary: fmt.Sprintf("%s presented %d distinct keys within %s", ip, len(keys), c.Window),
 		KeyIDs:  ids, SourceIPs: []string{ip}, Count: len(keys), Evidence: w.ids(e.cfg.MaxEvidence),
 		WindowStart: w.hits[0].at, WindowEnd: env.Time,
@@ -276,10 +336,14 @@ func (e *Engine) used(ctx context.Context, env domain.Envelope) []alert {
 	// A success right after a failure burst on the same key: the guessing
 	// may have worked.
 	if w := e.failKey[key]; w != nil && len(w.hits) >= c.FailureBurst.Count && env.Time.Sub(w.hits[len(w.hits)-1].at) <= c.FailureBurst.Window {
+		ips := w.distinct()
+		if ip != "" && !slices.Contains(ips, ip) {
+			ips = append(ips, ip)
+		}
 		out = append(out, alert{AlertRaised: domain.AlertRaised{
 			Rule: RuleFailureBurst, Severity: domain.SeverityCritical, Incident: RuleFailureBurst + ":" + key, Escalation: true,
 			Summary: fmt.Sprintf("key %s verified successfully right after %d failures", key, len(w.hits)),
-			KeyIDs:  []string{key}, SourceIPs: append(w.distinct(), ip), Count: len(w.hits) + 1,
+			KeyIDs:  []string{key}, SourceIPs: ips, Count: len(w.hits) + 1,
 			Evidence: append(w.ids(c.MaxEvidence-1), id), WindowStart: w.hits[0].at, WindowEnd: env.Time,
 			Query: logQuery(url.Values{"key_id": {key}}, w.hits[0].at, env.Time),
 		}, at: env.Time, supp: c.FailureBurst.Suppress})
@@ -341,12 +405,23 @@ func (e *Engine) used(ctx context.Context, env domain.Envelope) []alert {
 	}
 	e.seenNet[nk] = env.Time
 	w := get(e.netsKey, key)
-	w.add(hit{at: env.Time, id: id, value: net.String()}, c.ManyNetworks.Window)
-	if nets := w.distinct(); len(nets) >= c.ManyNetworks.Count {
+	w.addLatest(hit{at: env.Time, id: id, value: net.String(), ip: ip}, c.ManyNetworks.Window)
+	incident := RuleManyNetworks + ":" + key
+	if len(w.n) >= c.ManyNetworks.Count && !e.quiet(incident, domain.SeverityHigh, env.Time, c.ManyNetworks.Suppress) {
+		// The alert cites each network's latest use. SourceIPs holds
+		// addresses, one per network (the log files an alert under the
+		// first, and searches by address parse it); the networks go in
+		// the summary.
+		w := &window{hits: w.latest()}
+		nets := w.distinct()
+		var ips []string
+		for _, h := range w.hits {
+			ips = append(ips, h.ip)
+		}
 		out = append(out, alert{AlertRaised: domain.AlertRaised{
-			Rule: RuleManyNetworks, Severity: domain.SeverityHigh, Incident: RuleManyNetworks + ":" + key,
-			Summary: fmt.Sprintf("key %s used from %d networks within %s", key, len(nets), c.ManyNetworks.Window),
-			KeyIDs:  []string{key}, SourceIPs: nets, Count: len(nets), Evidence: w.ids(c.MaxEvidence),
+			Rule: RuleManyNetworks, Severity: domain.SeverityHigh, Incident: incident,
+			Summary: fmt.Sprintf("key %s used from %d networks within %s: %s", key, len(nets), c.ManyNetworks.Window, strings.Join(nets, ", ")),
+			KeyIDs:  []string{key}, SourceIPs: ips, Count: len(nets), Evidence: w.ids(c.MaxEvidence),
 			WindowStart: w.hits[0].at, WindowEnd: env.Time,
 			Query: logQuery(url.Values{"key_id": {key}, "action": {"used"}}, w.hits[0].at, env.Time.Add(time.Millisecond)),
 		}, at: env.Time, supp: c.ManyNetworks.Suppress})
@@ -467,17 +542,25 @@ var severityRank = map[string]int{domain.SeverityLow: 1, domain.SeverityMedium: 
 func (e *Engine) suppress(in []alert) []alert {
 	var out []alert
 	for _, a := range in {
-		prev, ok := e.incident[a.Incident]
-		if ok && a.at.Sub(prev.at) < a.supp && severityRank[a.Severity] <= severityRank[prev.severity] {
+		if e.quiet(a.Incident, a.Severity, a.at, a.supp) {
 			continue
 		}
-		if ok && a.at.Sub(prev.at) < a.supp {
+		if prev, ok := e.incident[a.Incident]; ok && a.at.Sub(prev.at) < a.supp {
 			a.Escalation = true
 		}
 		e.incident[a.Incident] = raised{at: a.at, severity: a.Severity}
 		out = append(out, a)
 	}
 	return out
+}
+
+// quiet reports whether suppress would drop an alert of incident at
+// severity raised at at. A rule asks before it builds an alert: during a
+// long incident, building every suppressed alert cost as much as the
+// incident was large, on every event.
+func (e *Engine) quiet(incident, severity string, at time.Time, supp time.Duration) bool {
+	prev, ok := e.incident[incident]
+	return ok && at.Sub(prev.at) < supp && severityRank[severity] <= severityRank[prev.severity]
 }
 
 // alertID is derived from the incident and its first evidence, so that
