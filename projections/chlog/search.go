@@ -227,40 +227,6 @@ func (s *Store) Search(ctx context.Context, q Query, fn func(Row) error) (*Curso
 	return nil, nil
 }
 
-// LastUse is when and from where a key was last used successfully.
-type LastUse struct {
-	Time     time.Time
-	SourceIP string
-}
-
-// LastUsed returns the last successful use of each of the keys.
-func (s *Store) LastUsed(ctx context.Context, keyIDs []string) (map[string]LastUse, error) {
-	out := make(map[string]LastUse, len(keyIDs))
-	if len(keyIDs) == 0 {
-		return out, nil
-	}
-	args := make([]any, 0, len(keyIDs)+1)
-	for _, id := range keyIDs {
-		args = append(args, id)
-	}
-	args = append(args, domain.TypeKeyUsed)
-	rows, err := s.conn.Query(ctx, `SELECT key_id, max(time_ms), argMax(source_ip, time_ms) FROM `+Table+
-		` WHERE key_id IN (`+strings.TrimSuffix(strings.Repeat("?, ", len(keyIDs)), ", ")+`) AND type = ? GROUP BY key_id`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("last used: %w", err)
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var id, ip string
-		var ms uint64
-		if err := rows.Scan(&id, &ms, &ip); err != nil {
-			return nil, fmt.Errorf("last used: %w", err)
-		}
-		out[id] = LastUse{Time: time.UnixMilli(int64(ms)).UTC(), SourceIP: ip}
-	}
-	return out, rows.Err()
-}
-
 // UsedFrom reports whether a key was used successfully from an address in
 // p during [since, before). The alert rules ask it about a key's habits.
 func (s *Store) UsedFrom(ctx context.Context, keyID string, p netip.Prefix, since, before time.Time) (bool, error) {
