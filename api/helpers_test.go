@@ -20,6 +20,7 @@ import (
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/chlog"
 	"github.com/keyledger/keyledger/projections/chlog/chlogtest"
+	"github.com/keyledger/keyledger/projections/command"
 	"github.com/keyledger/keyledger/projections/keystate"
 )
 
@@ -125,6 +126,9 @@ func mustStartWith(tb testing.TB, cfg eventstore.Config, ucfg eventstore.UsageCo
 		Now: func() time.Time { return time.Now().Add(time.Duration(h.skew.Load())) }}
 	for _, o := range opts {
 		o(&acfg)
+	}
+	if acfg.Commands == nil {
+		acfg.Commands = command.New(store, h.state, command.Config{Now: acfg.Now, NewID: acfg.NewID, MaxActiveKeys: acfg.MaxActiveKeys})
 	}
 	h.srv = api.New(acfg)
 	h.ts = httptest.NewServer(h.srv)

@@ -2,8 +2,6 @@ package api
 
 import (
 	"bufio"
-	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"fmt"
 	"io"
@@ -77,60 +75,15 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// newSecret draws a secret from the operating system's CSPRNG.
-func newSecret() domain.Secret {
-	var s domain.Secret
-	_, _ = rand.Read(s[:]) // crypto/rand.Read never fails.
-	return s
-}
-
-// execKey decides a command against the key's current state, appends the
-// events with the state's version as the concurrency check and waits until
-// the local projection has applied them, so the caller reads its own write
-// and a revocation is effective at this node when the call returns.
-func (s *Server) execKey(ctx context.Context, id string, cmd domain.Command) (domain.Key, error) {
-	k, _ := s.cfg.State.Key(id)
-	envs, err := domain.Decide(k, cmd, s.cfg.Now(), s.cfg.NewID)
-	if err != nil {
-		return domain.Key{}, err
-	}
-	return s.commit(ctx, id, k.Version, envs)
-}
-
-func (s *Server) commit(ctx context.Context, id string, expected uint64, envs []domain.Envelope) (domain.Key, error) {
-	if err := s.appendAndWait(ctx, expected, envs); err != nil {
-		return domain.Key{}, err
-	}
-	k, _ := s.cfg.State.Key(id)
-	return k, nil
-}
-
-// appendAndWait appends an aggregate's events with the concurrency check
-// and returns once the local projection has applied them.
-func (s *Server) appendAndWait(ctx context.Context, expected uint64, envs []domain.Envelope) error {
-	seq, err := s.cfg.Store.Append(ctx, expected, envs)
-	if err != nil {
-		return err
-	}
-	return s.cfg.State.WaitFor(ctx, seq)
-}
-
-// loadKey finds a key the caller may apply perm to. A deleted key can still
-// be viewed (its tombstone and history are part of the audit trail) but no
-// longer changed.
+// loadKey finds a key the caller may apply perm to, by domain.Authorize on
+// the local state. Commands authorize again on the state they decide on.
 func (s *Server) loadKey(c caller, id, perm string) (domain.Key, error) {
 	if _, err := uuid.Parse(id); err != nil {
-		return domain.Key{}, errKeyNotFound
+		return domain.Key{}, domain.ErrKeyNotFound
 	}
-	k, ok := s.cfg.State.Key(id)
-	if !ok || !k.Exists() {
-		return domain.Key{}, errKeyNotFound
-	}
-	if err := c.reach(k, perm); err != nil {
+	k, _ := s.cfg.State.Key(id)
+	if err := c.Authorize(k, perm); err != nil {
 		return domain.Key{}, err
-	}
-	if !k.DeletedAt.IsZero() && perm != domain.PermKeyView {
-		return domain.Key{}, domain.Errorf(domain.ECONFLICT, "key_deleted", "key %s is deleted", k.ID)
 	}
 	return k, nil
 }
@@ -162,42 +115,17 @@ func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, err)
 		return
 	}
-	key, tok, err := s.issueKey(r.Context(), c.Principal, c.perms, req, domain.Meta{Actor: c.Principal.ID, Context: s.requestContext(r)})
+	key, tok, err := s.cfg.Commands.CreateKey(r.Context(), c, domain.CreateKey{
+		Meta: domain.Meta{Actor: c.ID(), Context: s.requestContext(r)},
+		Name: req.Name, Comments: req.Comments, Role: req.Role, Permissions: req.Permissions,
+		LifetimeDays: req.LifetimeDays, AllowedIPs: req.AllowedIPs, Metadata: req.Metadata,
+	})
 	if err != nil {
 		s.problem(w, r, err)
 		return
 	}
 	w.Header().Set("Location", "/v1/keys/"+key.ID)
 	writeJSON(w, http.StatusCreated, CreatedKey{KeyView: s.view(key, s.cfg.Now()), Token: tok})
-}
-
-// issueKey creates a key owned by pr and returns it with its token.
-func (s *Server) issueKey(ctx context.Context, pr domain.Principal, ownerPerms []string, req createKeyRequest, m domain.Meta) (domain.Key, string, error) {
-	if req.LifetimeDays != 0 && (req.LifetimeDays < 1 || req.LifetimeDays > domain.MaxLifetimeDays) {
-		return domain.Key{}, "", domain.Errorf(domain.EINVALID, "lifetime_out_of_range", "lifetime_days must be between 1 and %d", domain.MaxLifetimeDays)
-	}
-	perms, err := s.keyPermissions(ownerPerms, req.Role, req.Permissions)
-	if err != nil {
-		return domain.Key{}, "", err
-	}
-	limit := pr.MaxKeys
-	if limit == 0 {
-		limit = s.cfg.MaxActiveKeys
-	}
-	if n := s.cfg.State.ActiveKeys(pr.ID); n >= limit {
-		return domain.Key{}, "", domain.Errorf(domain.ELIMIT, "key_limit_reached", "principal has %d active keys, the limit is %d", n, limit)
-	}
-	id := uuid.Must(uuid.NewV7())
-	secret := newSecret()
-	k, err := s.execKey(ctx, id.String(), domain.CreateKey{
-		Meta: m, KeyID: id.String(), Owner: pr.ID, Name: req.Name, Comments: req.Comments, Role: req.Role,
-		Permissions: perms, LifetimeDays: req.LifetimeDays, AllowedIPs: req.AllowedIPs, Metadata: req.Metadata,
-		SecretHash: domain.HashSecret(secret),
-	})
-	if err != nil {
-		return domain.Key{}, "", err
-	}
-	return k, domain.FormatToken(id, secret), nil
 }
 
 // KeyPage is one page of the key grid.
@@ -239,7 +167,7 @@ func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) {
 		}
 		f.After = after
 	}
-	if !c.can(domain.PermKeyViewAny) {
+	if !c.SeesAllKeys() {
 		f.Owner = c.Principal.ID
 	} else if o := q.Get("owner"); o != "" {
 		f.Owner = o
@@ -296,18 +224,10 @@ type updateKeyRequest struct {
 }
 
 func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyUpdate, func(c caller, k domain.Key, m domain.Meta) (domain.Command, error) {
+	s.keyCommand(w, r, domain.PermKeyUpdate, func(m domain.Meta) (domain.Command, error) {
 		var req updateKeyRequest
 		if err := decode(r, &req); err != nil {
 			return nil, err
-		}
-		if req.Permissions != nil {
-			ownerPerms := s.cfg.State.PrincipalPermissions(k.Owner)
-			perms, err := s.keyPermissions(ownerPerms, "", *req.Permissions)
-			if err != nil {
-				return nil, err
-			}
-			req.Permissions = &perms
 		}
 		return domain.UpdateKey{Meta: m, Name: req.Name, Comments: req.Comments, Permissions: req.Permissions}, nil
 	})
@@ -335,7 +255,7 @@ func decodeOptional(r *http.Request, v any) error {
 }
 
 func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyDelete, func(c caller, k domain.Key, m domain.Meta) (domain.Command, error) {
+	s.keyCommand(w, r, domain.PermKeyDelete, func(m domain.Meta) (domain.Command, error) {
 		// The reason may come as ?reason= because some proxies drop the
 		// body of a DELETE.
 		req := reasonRequest{Reason: r.URL.Query().Get("reason")}
@@ -347,7 +267,7 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyRevoke, func(c caller, k domain.Key, m domain.Meta) (domain.Command, error) {
+	s.keyCommand(w, r, domain.PermKeyRevoke, func(m domain.Meta) (domain.Command, error) {
 		var req reasonRequest
 		if err := decode(r, &req); err != nil {
 			return nil, err
@@ -357,7 +277,7 @@ func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) disableKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyDisable, func(c caller, k domain.Key, m domain.Meta) (domain.Command, error) {
+	s.keyCommand(w, r, domain.PermKeyDisable, func(m domain.Meta) (domain.Command, error) {
 		var req reasonRequest
 		if err := decodeOptional(r, &req); err != nil {
 			return nil, err
@@ -367,7 +287,7 @@ func (s *Server) disableKey(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) enableKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyEnable, func(c caller, k domain.Key, m domain.Meta) (domain.Command, error) {
+	s.keyCommand(w, r, domain.PermKeyEnable, func(m domain.Meta) (domain.Command, error) {
 		if err := decodeOptional(r, &struct{}{}); err != nil {
 			return nil, err
 		}
@@ -381,8 +301,7 @@ type regenerateRequest struct {
 }
 
 func (s *Server) regenerateKey(w http.ResponseWriter, r *http.Request) {
-	var token string
-	s.keyCommandWith(w, r, domain.PermKeyRegenerate, func(c caller, k domain.Key, m domain.Meta) (domain.Command, error) {
+	s.keyCommand(w, r, domain.PermKeyRegenerate, func(m domain.Meta) (domain.Command, error) {
 		var req regenerateRequest
 		if err := decodeOptional(r, &req); err != nil {
 			return nil, err
@@ -395,52 +314,39 @@ func (s *Server) regenerateKey(w http.ResponseWriter, r *http.Request) {
 			}
 			cmd.GracePeriod = d
 		}
-		if req.Rotate {
-			secret := newSecret()
-			cmd.SecretHash = domain.HashSecret(secret)
-			token = domain.FormatToken(uuid.MustParse(k.ID), secret)
-		}
 		return cmd, nil
-	}, func(k domain.Key) any {
-		if token == "" {
-			return s.view(k, s.cfg.Now())
-		}
-		return CreatedKey{KeyView: s.view(k, s.cfg.Now()), Token: token}
 	})
 }
 
-func (s *Server) keyCommand(w http.ResponseWriter, r *http.Request, perm string, build func(caller, domain.Key, domain.Meta) (domain.Command, error)) {
-	s.keyCommandWith(w, r, perm, build, func(k domain.Key) any { return s.view(k, s.cfg.Now()) })
-}
-
-// keyCommandWith is the shape of every key command: authenticate, find the
-// key the caller may reach, build the command from the body, execute it.
-func (s *Server) keyCommandWith(w http.ResponseWriter, r *http.Request, perm string, build func(caller, domain.Key, domain.Meta) (domain.Command, error), respond func(domain.Key) any) {
+// keyCommand is the shape of every key command: authenticate, check that
+// the caller may reach the key (so a key it may not see answers 404 before
+// its body is read), build the command from the body and execute it. A
+// rotation answers with the new token, shown only then.
+func (s *Server) keyCommand(w http.ResponseWriter, r *http.Request, perm string, build func(domain.Meta) (domain.Command, error)) {
 	c, ok := s.auth(w, r, perm)
 	if !ok {
 		return
 	}
-	k, err := s.loadKey(c, r.PathValue("id"), perm)
+	id := r.PathValue("id")
+	if _, err := s.loadKey(c, id, perm); err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	cmd, err := build(domain.Meta{Actor: c.ID(), Context: s.requestContext(r)})
 	if err != nil {
 		s.problem(w, r, err)
 		return
 	}
-	cmd, err := build(c, k, domain.Meta{Actor: c.Principal.ID, Context: s.requestContext(r)})
+	k, token, err := s.cfg.Commands.ChangeKey(r.Context(), c, id, cmd)
 	if err != nil {
 		s.problem(w, r, err)
 		return
 	}
-	envs, err := domain.Decide(k, cmd, s.cfg.Now(), s.cfg.NewID)
-	if err != nil {
-		s.problem(w, r, err)
+	if token != "" {
+		writeJSON(w, http.StatusOK, CreatedKey{KeyView: s.view(k, s.cfg.Now()), Token: token})
 		return
 	}
-	k, err = s.commit(r.Context(), k.ID, k.Version, envs)
-	if err != nil {
-		s.problem(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, respond(k))
+	writeJSON(w, http.StatusOK, s.view(k, s.cfg.Now()))
 }
 
 // EventView is one stored event as the API shows it.

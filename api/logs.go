@@ -205,7 +205,7 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, err)
 		return
 	}
-	if !c.can(domain.PermLogViewAny) {
+	if !c.Can(domain.PermLogViewAny) {
 		keys, _ := s.cfg.State.List(keystate.Filter{Owner: c.Principal.ID, Status: "all", Now: s.cfg.Now()})
 		q.Visible = make([]string, 0, len(keys))
 		for _, k := range keys {

@@ -1,11 +1,9 @@
 package api
 
 import (
-	"context"
 	"net/http"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
 )
 
@@ -33,20 +31,6 @@ func (s *Server) principalView(p domain.Principal) PrincipalView {
 		MaxKeys: max, ActiveKeys: s.cfg.State.ActiveKeys(p.ID), Disabled: p.Disabled,
 		CreatedAt: p.CreatedAt, CreatedBy: p.CreatedBy, Version: p.Version,
 	}
-}
-
-// execPrincipal decides, appends and waits, as execKey does for keys.
-func (s *Server) execPrincipal(ctx context.Context, id string, cmd domain.Command) (domain.Principal, error) {
-	p, _ := s.cfg.State.Principal(id)
-	envs, err := domain.DecidePrincipal(p, cmd, s.cfg.State.RoleExists, s.cfg.Now(), s.cfg.NewID)
-	if err != nil {
-		return domain.Principal{}, err
-	}
-	if err := s.appendAndWait(ctx, p.Version, envs); err != nil {
-		return domain.Principal{}, err
-	}
-	p, _ = s.cfg.State.Principal(id)
-	return p, nil
 }
 
 type createPrincipalRequest struct {
@@ -78,30 +62,15 @@ func (s *Server) createPrincipal(w http.ResponseWriter, r *http.Request) {
 		s.problem(w, r, domain.Errorf(domain.EINVALID, "lifetime_out_of_range", "credential_lifetime_days must be between 1 and %d (0 for the default)", domain.MaxLifetimeDays))
 		return
 	}
-	out, err := s.CreatePrincipal(r.Context(), domain.Meta{Actor: c.Principal.ID, Context: s.requestContext(r)}, req.Name, req.Roles, req.MaxKeys, req.CredentialLifetimeDays)
+	p, k, tok, err := s.cfg.Commands.CreatePrincipal(r.Context(), domain.CreatePrincipal{
+		Meta: domain.Meta{Actor: c.ID(), Context: s.requestContext(r)}, Name: req.Name, Roles: req.Roles, MaxKeys: req.MaxKeys,
+	}, req.CredentialLifetimeDays)
 	if err != nil {
 		s.problem(w, r, err)
 		return
 	}
-	w.Header().Set("Location", "/v1/principals/"+out.ID)
-	writeJSON(w, http.StatusCreated, out)
-}
-
-// CreatePrincipal creates a principal and its first credential, a key that
-// carries every permission of the principal's roles.
-func (s *Server) CreatePrincipal(ctx context.Context, m domain.Meta, name string, roles []string, maxKeys, lifetimeDays int) (CreatedPrincipal, error) {
-	id := uuid.Must(uuid.NewV7()).String()
-	p, err := s.execPrincipal(ctx, id, domain.CreatePrincipal{Meta: m, PrincipalID: id, Name: name, Roles: roles, MaxKeys: maxKeys})
-	if err != nil {
-		return CreatedPrincipal{}, err
-	}
-	k, tok, err := s.issueKey(ctx, p, s.cfg.State.PrincipalPermissions(p.ID), createKeyRequest{
-		Name: "initial credential", Comments: "issued with the principal", LifetimeDays: lifetimeDays,
-	}, m)
-	if err != nil {
-		return CreatedPrincipal{}, err
-	}
-	return CreatedPrincipal{PrincipalView: s.principalView(p), Credential: CreatedKey{KeyView: s.view(k, s.cfg.Now()), Token: tok}}, nil
+	w.Header().Set("Location", "/v1/principals/"+p.ID)
+	writeJSON(w, http.StatusCreated, CreatedPrincipal{PrincipalView: s.principalView(p), Credential: CreatedKey{KeyView: s.view(k, s.cfg.Now()), Token: tok}})
 }
 
 func (s *Server) listPrincipals(w http.ResponseWriter, r *http.Request) {
@@ -152,12 +121,12 @@ func (s *Server) principalCommand(w http.ResponseWriter, r *http.Request, build 
 		s.problem(w, r, err)
 		return
 	}
-	cmd, err := build(domain.Meta{Actor: c.Principal.ID, Context: s.requestContext(r)})
+	cmd, err := build(domain.Meta{Actor: c.ID(), Context: s.requestContext(r)})
 	if err != nil {
 		s.problem(w, r, err)
 		return
 	}
-	p, err = s.execPrincipal(r.Context(), p.ID, cmd)
+	p, err = s.cfg.Commands.ChangePrincipal(r.Context(), p.ID, cmd)
 	if err != nil {
 		s.problem(w, r, err)
 		return
@@ -224,17 +193,11 @@ func (s *Server) roleCommand(w http.ResponseWriter, r *http.Request, name string
 	if !ok {
 		return
 	}
-	ro, _ := s.cfg.State.Role(name)
-	envs, err := domain.DecideRole(ro, name, build(domain.Meta{Actor: c.Principal.ID, Context: s.requestContext(r)}), s.cfg.Now(), s.cfg.NewID)
+	ro, err := s.cfg.Commands.ChangeRole(r.Context(), name, build(domain.Meta{Actor: c.ID(), Context: s.requestContext(r)}))
 	if err != nil {
 		s.problem(w, r, err)
 		return
 	}
-	if err := s.appendAndWait(r.Context(), ro.Version, envs); err != nil {
-		s.problem(w, r, err)
-		return
-	}
-	ro, _ = s.cfg.State.Role(name)
 	if status == http.StatusNoContent {
 		w.WriteHeader(status)
 		return

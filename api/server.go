@@ -23,13 +23,40 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// EventStore appends and loads lifecycle events.
+// EventStore loads lifecycle events.
 type EventStore interface {
-	// Append stores events of one aggregate if its last stored event is
-	// still at sequence expected. Errors: ECONFLICT (version_conflict).
-	Append(ctx context.Context, expected uint64, envs []domain.Envelope) (uint64, error)
 	// Load returns an aggregate's events, oldest first.
 	Load(ctx context.Context, kind, id string) ([]domain.Envelope, error)
+}
+
+// Commands is the command path: every change to a key, a principal or a
+// role goes through it (see package command). Each method authorizes by the
+// rules of domain.Actor where an actor is given, decides, stores and
+// returns once the local projection shows the change.
+type Commands interface {
+	// CreateKey issues a key to the actor's principal and returns it with
+	// its token. Errors: EFORBIDDEN (insufficient_permissions,
+	// permission_not_held), EINVALID, ELIMIT (plan_limit_reached),
+	// ECONFLICT (version_conflict).
+	CreateKey(ctx context.Context, a domain.Actor, cmd domain.CreateKey) (domain.Key, string, error)
+	// ChangeKey applies any other key command to key id; a rotation
+	// returns the new token. Errors: ENOTFOUND (key_not_found),
+	// EFORBIDDEN, EINVALID, ECONFLICT (key_revoked, key_deleted,
+	// key_already_disabled, key_not_disabled, version_conflict).
+	ChangeKey(ctx context.Context, a domain.Actor, id string, cmd domain.Command) (domain.Key, string, error)
+	// CreatePrincipal creates a principal and its first credential
+	// atomically. Errors: EINVALID, ECONFLICT.
+	CreatePrincipal(ctx context.Context, cmd domain.CreatePrincipal, credentialDays int) (domain.Principal, domain.Key, string, error)
+	// ChangePrincipal updates, disables or enables a principal. Errors:
+	// ENOTFOUND (principal_not_found), EINVALID, ECONFLICT.
+	ChangePrincipal(ctx context.Context, id string, cmd domain.Command) (domain.Principal, error)
+	// ChangeRole creates, updates or deletes a custom role. Errors:
+	// EINVALID, ENOTFOUND (role_not_found), ECONFLICT (role_exists,
+	// role_builtin, version_conflict).
+	ChangeRole(ctx context.Context, name string, cmd domain.Command) (domain.Role, error)
+	// Bootstrap makes sure a super administrator exists and returns its
+	// root token when it created one.
+	Bootstrap(ctx context.Context, rootToken string) (token string, created bool, err error)
 }
 
 // UsageRecorder stores usage events durably (see keystate.UsageRecorder).
@@ -45,14 +72,15 @@ type ReadyCheck func(ctx context.Context) error
 
 // Config configures a Server.
 type Config struct {
-	Store   EventStore
-	State   *keystate.Projection
-	Usage   UsageRecorder
-	Logger  *slog.Logger
-	Now     func() time.Time
-	NewID   func() uuid.UUID
-	Ready   []ReadyCheck
-	Metrics *prometheus.Registry
+	Store    EventStore
+	Commands Commands
+	State    *keystate.Projection
+	Usage    UsageRecorder
+	Logger   *slog.Logger
+	Now      func() time.Time
+	NewID    func() uuid.UUID
+	Ready    []ReadyCheck
+	Metrics  *prometheus.Registry
 	// LastUsed is optional.
 	LastUsed LastUsed
 	// Logs is the audit log; /v1/logs answers 500 without it.

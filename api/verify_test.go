@@ -150,7 +150,7 @@ func TestPlanLimit(t *testing.T) {
 	tok := p.Credential.Token // the credential is active key 1 of 2
 	k := createKey(t, h, tok, map[string]any{"name": "second"})
 	r = h.do("POST", "/v1/keys", tok, map[string]any{"name": "third"})
-	if r.status != http.StatusConflict || r.problemCode(t) != "key_limit_reached" {
+	if r.status != http.StatusConflict || r.problemCode(t) != "plan_limit_reached" {
 		t.Fatalf("over the limit: %d %s", r.status, r.body)
 	}
 	h.do("POST", "/v1/keys/"+k.KeyID+"/revoke", tok, map[string]string{"reason": "make room"})

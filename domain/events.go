@@ -27,6 +27,11 @@ const (
 	TypePrincipalUpdated  = "principal.updated"
 	TypePrincipalDisabled = "principal.disabled"
 	TypePrincipalEnabled  = "principal.enabled"
+	// TypePrincipalKeyIssued is stored with every key a principal is
+	// issued, in the same atomic append as the key's creation: it moves the
+	// principal's version, so two concurrent creations cannot both pass
+	// its plan limit.
+	TypePrincipalKeyIssued = "principal.key_issued"
 
 	TypeRoleCreated = "role.created"
 	TypeRoleUpdated = "role.updated"
@@ -159,6 +164,16 @@ type PrincipalDisabled struct {
 // PrincipalEnabled records that a principal may act again.
 type PrincipalEnabled struct{}
 
+// PrincipalKeyIssued records that a key was issued to the principal.
+// ActiveKeys counts the principal's keys that are neither revoked nor
+// deleted, this one included; Limit is the plan limit it was checked
+// against.
+type PrincipalKeyIssued struct {
+	KeyID      string `json:"key_id"`
+	ActiveKeys int    `json:"active_keys"`
+	Limit      int    `json:"limit"`
+}
+
 // RoleCreated records a custom role: a named set of permission strings.
 type RoleCreated struct {
 	Permissions []string `json:"permissions"`
@@ -174,40 +189,42 @@ type RoleUpdated struct {
 // RoleDeleted records that a custom role no longer exists.
 type RoleDeleted struct{}
 
-func (KeyCreated) EventType() string        { return TypeKeyCreated }
-func (KeyRegenerated) EventType() string    { return TypeKeyRegenerated }
-func (KeyUpdated) EventType() string        { return TypeKeyUpdated }
-func (KeyDisabled) EventType() string       { return TypeKeyDisabled }
-func (KeyEnabled) EventType() string        { return TypeKeyEnabled }
-func (KeyRevoked) EventType() string        { return TypeKeyRevoked }
-func (KeyDeleted) EventType() string        { return TypeKeyDeleted }
-func (KeyUsed) EventType() string           { return TypeKeyUsed }
-func (KeyDenied) EventType() string         { return TypeKeyDenied }
-func (PrincipalCreated) EventType() string  { return TypePrincipalCreated }
-func (PrincipalUpdated) EventType() string  { return TypePrincipalUpdated }
-func (PrincipalDisabled) EventType() string { return TypePrincipalDisabled }
-func (PrincipalEnabled) EventType() string  { return TypePrincipalEnabled }
-func (RoleCreated) EventType() string       { return TypeRoleCreated }
-func (RoleUpdated) EventType() string       { return TypeRoleUpdated }
-func (RoleDeleted) EventType() string       { return TypeRoleDeleted }
+func (KeyCreated) EventType() string         { return TypeKeyCreated }
+func (KeyRegenerated) EventType() string     { return TypeKeyRegenerated }
+func (KeyUpdated) EventType() string         { return TypeKeyUpdated }
+func (KeyDisabled) EventType() string        { return TypeKeyDisabled }
+func (KeyEnabled) EventType() string         { return TypeKeyEnabled }
+func (KeyRevoked) EventType() string         { return TypeKeyRevoked }
+func (KeyDeleted) EventType() string         { return TypeKeyDeleted }
+func (KeyUsed) EventType() string            { return TypeKeyUsed }
+func (KeyDenied) EventType() string          { return TypeKeyDenied }
+func (PrincipalCreated) EventType() string   { return TypePrincipalCreated }
+func (PrincipalUpdated) EventType() string   { return TypePrincipalUpdated }
+func (PrincipalDisabled) EventType() string  { return TypePrincipalDisabled }
+func (PrincipalEnabled) EventType() string   { return TypePrincipalEnabled }
+func (PrincipalKeyIssued) EventType() string { return TypePrincipalKeyIssued }
+func (RoleCreated) EventType() string        { return TypeRoleCreated }
+func (RoleUpdated) EventType() string        { return TypeRoleUpdated }
+func (RoleDeleted) EventType() string        { return TypeRoleDeleted }
 
 var eventFactories = map[string]func() any{
-	TypeKeyCreated:        func() any { return new(KeyCreated) },
-	TypeKeyRegenerated:    func() any { return new(KeyRegenerated) },
-	TypeKeyUpdated:        func() any { return new(KeyUpdated) },
-	TypeKeyDisabled:       func() any { return new(KeyDisabled) },
-	TypeKeyEnabled:        func() any { return new(KeyEnabled) },
-	TypeKeyRevoked:        func() any { return new(KeyRevoked) },
-	TypeKeyDeleted:        func() any { return new(KeyDeleted) },
-	TypeKeyUsed:           func() any { return new(KeyUsed) },
-	TypeKeyDenied:         func() any { return new(KeyDenied) },
-	TypePrincipalCreated:  func() any { return new(PrincipalCreated) },
-	TypePrincipalUpdated:  func() any { return new(PrincipalUpdated) },
-	TypePrincipalDisabled: func() any { return new(PrincipalDisabled) },
-	TypePrincipalEnabled:  func() any { return new(PrincipalEnabled) },
-	TypeRoleCreated:       func() any { return new(RoleCreated) },
-	TypeRoleUpdated:       func() any { return new(RoleUpdated) },
-	TypeRoleDeleted:       func() any { return new(RoleDeleted) },
+	TypeKeyCreated:         func() any { return new(KeyCreated) },
+	TypeKeyRegenerated:     func() any { return new(KeyRegenerated) },
+	TypeKeyUpdated:         func() any { return new(KeyUpdated) },
+	TypeKeyDisabled:        func() any { return new(KeyDisabled) },
+	TypeKeyEnabled:         func() any { return new(KeyEnabled) },
+	TypeKeyRevoked:         func() any { return new(KeyRevoked) },
+	TypeKeyDeleted:         func() any { return new(KeyDeleted) },
+	TypeKeyUsed:            func() any { return new(KeyUsed) },
+	TypeKeyDenied:          func() any { return new(KeyDenied) },
+	TypePrincipalCreated:   func() any { return new(PrincipalCreated) },
+	TypePrincipalUpdated:   func() any { return new(PrincipalUpdated) },
+	TypePrincipalDisabled:  func() any { return new(PrincipalDisabled) },
+	TypePrincipalEnabled:   func() any { return new(PrincipalEnabled) },
+	TypePrincipalKeyIssued: func() any { return new(PrincipalKeyIssued) },
+	TypeRoleCreated:        func() any { return new(RoleCreated) },
+	TypeRoleUpdated:        func() any { return new(RoleUpdated) },
+	TypeRoleDeleted:        func() any { return new(RoleDeleted) },
 }
 
 // KnownEventType reports whether typ is an event type this code can decode.
@@ -243,6 +260,8 @@ func derefEvent(v any) Event {
 	case *PrincipalDisabled:
 		return *e
 	case *PrincipalEnabled:
+		return *e
+	case *PrincipalKeyIssued:
 		return *e
 	case *RoleCreated:
 		return *e

@@ -106,6 +106,25 @@ type DisablePrincipal struct {
 // EnablePrincipal lets a disabled principal act again.
 type EnablePrincipal struct{ Meta }
 
+// IssueKey records a new key of the principal against its plan limit.
+// ActiveKeys is how many of its keys are neither revoked nor deleted now;
+// Limit is the principal's own limit, or the server's default when the
+// principal has none.
+type IssueKey struct {
+	Meta
+	KeyID      string
+	ActiveKeys int
+	Limit      int
+}
+
+// KeyLimit returns the plan limit that applies to p: its own, or def.
+func (p Principal) KeyLimit(def int) int {
+	if p.MaxKeys > 0 {
+		return p.MaxKeys
+	}
+	return def
+}
+
 // CreateRole defines a custom role.
 type CreateRole struct {
 	Meta
@@ -126,7 +145,8 @@ type DeleteRole struct{ Meta }
 
 // DecidePrincipal is Decide for principals. knownRole reports whether a role
 // name exists. Errors: EINVALID, ENOTFOUND (principal_not_found), ECONFLICT
-// (principal_exists, principal_already_disabled, principal_not_disabled).
+// (principal_exists, principal_already_disabled, principal_not_disabled),
+// ELIMIT (plan_limit_reached).
 func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now time.Time, newID func() uuid.UUID) ([]Envelope, error) {
 	m := cmd.meta()
 	if m.Actor == "" {
@@ -209,6 +229,11 @@ func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now 
 				return nil, Errorf(ECONFLICT, "principal_not_disabled", "principal is not disabled")
 			}
 			ev = PrincipalEnabled{}
+		case IssueKey:
+			if c.ActiveKeys >= c.Limit {
+				return nil, Errorf(ELIMIT, "plan_limit_reached", "principal has %d active keys, the limit is %d", c.ActiveKeys, c.Limit)
+			}
+			ev = PrincipalKeyIssued{KeyID: c.KeyID, ActiveKeys: c.ActiveKeys + 1, Limit: c.Limit}
 		default:
 			return nil, Errorf(EINVALID, "unknown_command", "unknown command %T", cmd)
 		}
@@ -306,10 +331,15 @@ func EvolvePrincipal(p Principal, env Envelope) Principal {
 		p.Disabled = true
 	case PrincipalEnabled:
 		p.Disabled = false
+	case PrincipalKeyIssued:
+		// The key itself is folded from its own events; this one only
+		// moves the principal's version and chain.
 	default:
 		return p
 	}
-	p.UpdatedAt = env.Time
+	if env.Type != TypePrincipalKeyIssued {
+		p.UpdatedAt = env.Time
+	}
 	p.LastHash = env.Hash
 	if env.Seq != 0 {
 		p.Version = env.Seq

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -28,37 +29,53 @@ const maxAppendAttempts = 6
 // events again (same ids, same expected) after an unknown outcome is safe:
 // it returns the sequence they were stored at and stores nothing twice.
 func (s *Store) Append(ctx context.Context, expected uint64, envs []domain.Envelope) (uint64, error) {
-	kind, id, err := checkAggregate(envs)
+	return s.AppendAll(ctx, []domain.Write{{Expected: expected, Events: envs}})
+}
+
+// AppendAll stores the writes of one command, each the events of one
+// aggregate checked against the version it was decided on, all or
+// nothing: a key's creation together with its owner's record of it, a
+// principal together with its first credential. It returns the sequence of
+// the last event. Errors and retries as Append; no two writes may name the
+// same aggregate.
+func (s *Store) AppendAll(ctx context.Context, writes []domain.Write) (uint64, error) {
+	filters, err := checkWrites(writes)
 	if err != nil {
 		return 0, err
 	}
-	filter := aggregateFilter(kind, id)
-	subject := envs[0].Subject()
-	msgs := make([]*nats.Msg, len(envs))
-	for i, env := range envs {
-		b, err := env.Marshal()
-		if err != nil {
-			return 0, fmt.Errorf("append %s: %w", env.Subject(), err)
+	var msgs []*nats.Msg
+	for i, w := range writes {
+		for j, env := range w.Events {
+			b, err := env.Marshal()
+			if err != nil {
+				return 0, fmt.Errorf("append %s: %w", env.Subject(), err)
+			}
+			m := nats.NewMsg(env.Subject())
+			m.Data = b
+			m.Header.Set(hdrMsgID, env.ID.String())
+			m.Header.Set(hdrExpectedStream, domain.StreamKeys)
+			// Only the first message of each aggregate carries its check:
+			// inside an atomic batch the server rejects an expected-subject
+			// check on a subject the batch has already written, and the
+			// batch as a whole either lands right after expected or not at
+			// all.
+			if j == 0 {
+				m.Header.Set(hdrExpectedSubjSeq, strconv.FormatUint(w.Expected, 10))
+				m.Header.Set(hdrExpectedSubjSeqFor, filters[i])
+			}
+			msgs = append(msgs, m)
 		}
-		m := nats.NewMsg(env.Subject())
-		m.Data = b
-		m.Header.Set(hdrMsgID, env.ID.String())
-		m.Header.Set(hdrExpectedStream, domain.StreamKeys)
-		msgs[i] = m
 	}
-	// Only the first message carries the check: inside an atomic batch the
-	// server rejects an expected-subject check on a subject the batch has
-	// already written, and the batch as a whole either lands right after
-	// expected or not at all.
-	msgs[0].Header.Set(hdrExpectedSubjSeq, strconv.FormatUint(expected, 10))
-	msgs[0].Header.Set(hdrExpectedSubjSeqFor, filter)
-
 	if len(msgs) > 1 && !s.atomic {
-		return s.appendEach(ctx, expected, envs)
+		return s.appendEach(ctx, writes)
 	}
-
+	// A lost ack is recognised by the last write: the batch is atomic, so
+	// if its events follow its expected version, the whole batch landed.
+	last := writes[len(writes)-1]
+	lastFilter := filters[len(filters)-1]
+	subject := msgs[0].Subject
 	for attempt := 1; ; attempt++ {
-		ack, err := s.appends.submit(ctx, msgs, filter, true)
+		ack, err := s.appends.submit(ctx, msgs, filters, true)
 		if err == nil && !ack.Duplicate {
 			return ack.Seq, nil
 		}
@@ -67,11 +84,11 @@ func (s *Store) Append(ctx context.Context, expected uint64, envs []domain.Envel
 		}
 		if err == nil || isVersionRejection(err) {
 			// A duplicate ack, a wrong last sequence or a duplicate in the
-			// batch: either someone else moved the aggregate on, or these
+			// batch: either someone else moved an aggregate on, or these
 			// very events were stored by an earlier attempt whose ack was
 			// lost (on a single server the version check runs before the
 			// Msg-Id check, so a retry answers "wrong last sequence").
-			seq, ours, cerr := s.confirm(ctx, filter, expected, envs)
+			seq, ours, cerr := s.confirm(ctx, lastFilter, last.Expected, last.Events)
 			switch {
 			case cerr != nil:
 				return 0, fmt.Errorf("append %s: %w", subject, cerr)
@@ -85,9 +102,9 @@ func (s *Store) Append(ctx context.Context, expected uint64, envs []domain.Envel
 				}
 				continue
 			case err == nil:
-				return 0, fmt.Errorf("append %s: event id %s is already stored elsewhere", subject, envs[0].ID)
+				return 0, fmt.Errorf("append %s: event id %s is already stored elsewhere", subject, writes[0].Events[0].ID)
 			}
-			return 0, conflict(kind, id, expected)
+			return 0, conflict(writes)
 		}
 		if errors.Is(err, ErrClosed) || !transient(err) || attempt >= maxAppendAttempts {
 			return 0, fmt.Errorf("append %s: %w", subject, err)
@@ -101,16 +118,21 @@ func (s *Store) Append(ctx context.Context, expected uint64, envs []domain.Envel
 
 // appendEach stores a multi-event append on a server without atomic
 // batches: one append per event, each checked against the sequence of the
-// one before. A crash between two of them leaves a prefix stored; a retry
-// with the same events and expected finds that prefix and completes it.
-func (s *Store) appendEach(ctx context.Context, expected uint64, envs []domain.Envelope) (uint64, error) {
-	seq := expected
-	for i := range envs {
-		next, err := s.Append(ctx, seq, envs[i:i+1])
-		if err != nil {
-			return 0, err
+// one before, one aggregate after the other. A crash between two of them
+// leaves a prefix stored; a retry with the same events and expected finds
+// that prefix and completes it. Writes of several aggregates are then not
+// atomic, which Open warns about.
+func (s *Store) appendEach(ctx context.Context, writes []domain.Write) (uint64, error) {
+	var seq uint64
+	for _, w := range writes {
+		seq = w.Expected
+		for i := range w.Events {
+			next, err := s.AppendAll(ctx, []domain.Write{{Expected: seq, Events: w.Events[i : i+1]}})
+			if err != nil {
+				return 0, err
+			}
+			seq = next
 		}
-		seq = next
 	}
 	return seq, nil
 }
@@ -159,9 +181,39 @@ func (s *Store) confirm(ctx context.Context, filter string, expected uint64, env
 	return last, true, nil
 }
 
-func conflict(kind, id string, expected uint64) error {
+func conflict(writes []domain.Write) error {
+	var what []string
+	for _, w := range writes {
+		what = append(what, fmt.Sprintf("%s %s (version %d)", strings.TrimSuffix(w.Events[0].Kind(), "s"), w.Events[0].KeyID, w.Expected))
+	}
 	return domain.Errorf(domain.ECONFLICT, "version_conflict",
-		"%s %s has changed since version %d", strings.TrimSuffix(kind, "s"), id, expected)
+		"%s changed since the command read it", strings.Join(what, " or "))
+}
+
+// checkWrites verifies that each write holds lifecycle events of one
+// aggregate, that no aggregate appears twice and that the whole fits in one
+// atomic batch. It returns each write's subject filter.
+func checkWrites(writes []domain.Write) ([]string, error) {
+	if len(writes) == 0 {
+		return nil, domain.Errorf(domain.EINVALID, "bad_event", "append without events")
+	}
+	filters := make([]string, len(writes))
+	n := 0
+	for i, w := range writes {
+		kind, id, err := checkAggregate(w.Events)
+		if err != nil {
+			return nil, err
+		}
+		filters[i] = aggregateFilter(kind, id)
+		if slices.Contains(filters[:i], filters[i]) {
+			return nil, domain.Errorf(domain.EINVALID, "bad_event", "two writes of %s %s in one append", kind, id)
+		}
+		n += len(w.Events)
+	}
+	if n > maxAtomicBatch {
+		return nil, domain.Errorf(domain.EINVALID, "bad_event", "append of %d events exceeds %d", n, maxAtomicBatch)
+	}
+	return filters, nil
 }
 
 // checkAggregate verifies that envs are lifecycle events of one aggregate

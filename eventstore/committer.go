@@ -3,6 +3,7 @@ package eventstore
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -13,11 +14,11 @@ import (
 type commitReq struct {
 	ctx  context.Context
 	msgs []*nats.Msg
-	// agg names the aggregate the request checks its version against. Two
-	// requests on one aggregate never share a batch: the server caches a
-	// wildcard expected-subject check per batch and does not see messages
+	// aggs name the aggregates the request checks its versions against.
+	// Two requests on one aggregate never share a batch: the server caches
+	// a wildcard expected-subject check per batch and does not see messages
 	// staged earlier in the same batch, so both could pass the same check.
-	agg string
+	aggs []string
 	// atomic requests are all-or-nothing (a lifecycle append). Others
 	// (usage events) may be split into single messages when their batch
 	// is rejected.
@@ -88,8 +89,8 @@ func newCommitter(policy batchPolicy, log *slog.Logger, maxBatch int) *committer
 // batch. When ctx ends first the messages may still be stored: the caller
 // learns only that the outcome is unknown, and a retry is safe because
 // every message carries a Msg-Id.
-func (c *committer) submit(ctx context.Context, msgs []*nats.Msg, agg string, atomicReq bool) (pubAck, error) {
-	r := &commitReq{ctx: ctx, msgs: msgs, agg: agg, atomic: atomicReq, done: make(chan commitRes, 1)}
+func (c *committer) submit(ctx context.Context, msgs []*nats.Msg, aggs []string, atomicReq bool) (pubAck, error) {
+	r := &commitReq{ctx: ctx, msgs: msgs, aggs: aggs, atomic: atomicReq, done: make(chan commitRes, 1)}
 	c.pending.Add(int64(len(msgs)))
 	select {
 	case c.in <- r:
@@ -176,15 +177,15 @@ func (c *committer) pick(pending []*commitReq) (round, rest []*commitReq) {
 			c.reply(r, commitRes{err: err})
 			continue
 		}
-		if (r.agg != "" && aggs[r.agg]) || (n > 0 && n+len(r.msgs) > c.maxBatch) {
+		if slices.ContainsFunc(r.aggs, func(a string) bool { return aggs[a] }) || (n > 0 && n+len(r.msgs) > c.maxBatch) {
 			rest = append(rest, r)
 			continue
 		}
-		if r.agg != "" {
+		for _, a := range r.aggs {
 			if aggs == nil {
 				aggs = make(map[string]bool)
 			}
-			aggs[r.agg] = true
+			aggs[a] = true
 		}
 		round = append(round, r)
 		n += len(r.msgs)

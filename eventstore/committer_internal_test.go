@@ -43,7 +43,7 @@ func TestCommitRoundMapsEverySequence(t *testing.T) {
 		}
 		msgs[0].Header.Set(hdrExpectedSubjSeq, expected)
 		msgs[0].Header.Set(hdrExpectedSubjSeqFor, agg)
-		round = append(round, &commitReq{ctx: ctx, msgs: msgs, agg: agg, atomic: n > 1, done: make(chan commitRes, 1)})
+		round = append(round, &commitReq{ctx: ctx, msgs: msgs, aggs: []string{agg}, atomic: n > 1, done: make(chan commitRes, 1)})
 	}
 
 	check := func(spoiled bool) {
@@ -83,7 +83,7 @@ func TestCommitRoundMapsEverySequence(t *testing.T) {
 		}
 		if i != 7 {
 			// Their aggregates now hold the first round's events.
-			r.msgs[0].Header.Set(hdrExpectedSubjSeq, strconv.FormatUint(lastOn(t, s, r.agg), 10))
+			r.msgs[0].Header.Set(hdrExpectedSubjSeq, strconv.FormatUint(lastOn(t, s, r.aggs[0]), 10))
 		}
 	}
 	before := c.batches.Load()

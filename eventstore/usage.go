@@ -112,7 +112,7 @@ func (p *UsagePublisher) Publish(ctx context.Context, envs ...domain.Envelope) e
 		return p.enqueue(ctx, msgs)
 	}
 	for attempt := 1; ; attempt++ {
-		_, err := p.c.submit(ctx, msgs, "", false)
+		_, err := p.c.submit(ctx, msgs, nil, false)
 		if err == nil {
 			p.calls.Add(1)
 			p.events.Add(uint64(len(msgs)))

@@ -609,8 +609,8 @@ func TestEndToEnd(t *testing.T) {
 	e.seen(revokeCLITok)
 	revokeCLIID := tokenKeyIDString(t, revokeCLITok)
 	bobKey := e.createKey(bobTok, map[string]any{"name": "bob's"})
-	e.problem(bobTok, "POST", "/v1/keys", map[string]any{"name": "over the limit"}, http.StatusConflict, "key_limit_reached")
-	e.cliFail(bobTok, 1, "key_limit_reached", "keys", "create", "--name", "over the limit")
+	e.problem(bobTok, "POST", "/v1/keys", map[string]any{"name": "over the limit"}, http.StatusConflict, "plan_limit_reached")
+	e.cliFail(bobTok, 1, "plan_limit_reached", "keys", "create", "--name", "over the limit")
 
 	// VALID and every denial code but EXPIRED (see the doc comment).
 	res := e.verify(verifier, reader.Token, "orders.read", "")

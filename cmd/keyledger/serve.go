@@ -22,6 +22,7 @@ import (
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/alerts"
 	"github.com/keyledger/keyledger/projections/chlog"
+	commands "github.com/keyledger/keyledger/projections/command"
 	"github.com/keyledger/keyledger/projections/keystate"
 	"github.com/keyledger/keyledger/projections/lastused"
 	"github.com/keyledger/keyledger/projections/notary"
@@ -221,7 +222,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		auditor = m.notary
 	}
 	srv := api.New(api.Config{
-		Store: m.store, State: m.state, Usage: m.usage, Logger: log, Metrics: reg,
+		Store: m.store, State: m.state,
+		Commands: commands.New(m.store, m.state, commands.Config{MaxActiveKeys: m.MaxActiveKeys}), Usage: m.usage, Logger: log, Metrics: reg,
 		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy, LastUsed: m.lastUsed, Logs: m.ch,
 		Alerts: alertFeed{m.store}, Audit: auditor,
 		Ready: []api.ReadyCheck{m.projectionReady, m.sinkReady, m.auditReady},

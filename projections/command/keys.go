@@ -1,0 +1,139 @@
+package command
+
+import (
+	"context"
+
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/domain"
+)
+
+// CreateKey issues a key to the actor's own principal, within its plan
+// limit. The service draws the key id and the secret and resolves the
+// key's permissions (cmd.Permissions, cmd.Role's, or by default all of the
+// owner's; always a subset of the owner's); cmd's KeyID, Owner and
+// SecretHash are ignored. The key's creation and the owner's record of it
+// (principal.key_issued, which moves the owner's version) are one atomic
+// append, so concurrent creations never pass the limit together.
+//
+// It returns the key and its token, shown only here. Errors: EFORBIDDEN
+// (insufficient_permissions, permission_not_held), EINVALID (bad input),
+// ELIMIT (plan_limit_reached), ECONFLICT (version_conflict after every
+// attempt lost its race).
+func (s *Service) CreateKey(ctx context.Context, a domain.Actor, cmd domain.CreateKey) (domain.Key, string, error) {
+	if !a.Can(domain.PermKeyCreate) {
+		return domain.Key{}, "", domain.Errorf(domain.EFORBIDDEN, "insufficient_permissions", "this call needs %s", domain.PermKeyCreate)
+	}
+	id := uuid.Must(uuid.NewV7())
+	secret := newSecret()
+	cmd.KeyID, cmd.Owner, cmd.SecretHash = id.String(), a.Principal.ID, domain.HashSecret(secret)
+	_, err := s.Update(ctx, domain.KindPrincipal, a.Principal.ID, func(owner Aggregate) ([]domain.Envelope, error) {
+		return s.decideCreate(owner, cmd)
+	})
+	if err != nil {
+		return domain.Key{}, "", err
+	}
+	k, _ := s.state.Key(cmd.KeyID)
+	return k, domain.FormatToken(id, secret), nil
+}
+
+// decideCreate returns the events of a new key of owner: the key's
+// creation, then the owner's record of it. In that order the projection
+// has counted the key by the time it shows the owner's new version, so a
+// command that reads that version reads a count that includes the key.
+func (s *Service) decideCreate(owner Aggregate, cmd domain.CreateKey) ([]domain.Envelope, error) {
+	p := owner.Principal
+	if !p.Exists() {
+		return nil, domain.Errorf(domain.ENOTFOUND, "principal_not_found", "principal not found")
+	}
+	role, found := s.role(cmd.Role)
+	perms, err := domain.KeyPermissions(s.state.PrincipalPermissions(p.ID), cmd.Role, role.Permissions, found, cmd.Permissions)
+	if err != nil {
+		return nil, err
+	}
+	cmd.Permissions = perms
+	return s.decideIssue(owner, cmd)
+}
+
+// decideIssue returns the events of a new key of owner whose permissions
+// are settled.
+func (s *Service) decideIssue(owner Aggregate, cmd domain.CreateKey) ([]domain.Envelope, error) {
+	p := owner.Principal
+	if !p.Exists() {
+		return nil, domain.Errorf(domain.ENOTFOUND, "principal_not_found", "principal not found")
+	}
+	now := s.cfg.Now()
+	keyEvents, err := domain.Decide(domain.Key{}, cmd, now, s.cfg.NewID)
+	if err != nil {
+		return nil, err
+	}
+	issued, err := domain.DecidePrincipal(p, domain.IssueKey{
+		Meta: cmd.Meta, KeyID: cmd.KeyID, ActiveKeys: s.state.ActiveKeys(p.ID), Limit: p.KeyLimit(s.cfg.MaxActiveKeys),
+	}, s.state.RoleExists, now, s.cfg.NewID)
+	if err != nil {
+		return nil, err
+	}
+	return append(keyEvents, issued...), nil
+}
+
+func (s *Service) role(name string) (domain.Role, bool) {
+	if name == "" {
+		return domain.Role{}, false
+	}
+	r, ok := s.state.Role(name)
+	return r, ok && !r.Deleted
+}
+
+// ChangeKey applies a key command other than creation to key id on behalf
+// of the actor, after domain.Authorize with the command's permission. A
+// RegenerateKey with Rotate gets a fresh secret, whose token is returned
+// (and shown only then); an UpdateKey's permissions are checked against
+// the owner's. It returns the key as it is after the command.
+//
+// Errors: ENOTFOUND (key_not_found, also for another principal's key the
+// actor may not see), EFORBIDDEN (insufficient_permissions,
+// permission_not_held), ECONFLICT (key_revoked, key_deleted,
+// key_already_disabled, key_not_disabled; version_conflict after every
+// attempt lost its race), EINVALID (bad input).
+func (s *Service) ChangeKey(ctx context.Context, a domain.Actor, id string, cmd domain.Command) (domain.Key, string, error) {
+	perm := domain.PermissionFor(cmd)
+	if perm == "" || perm == domain.PermKeyCreate {
+		return domain.Key{}, "", domain.Errorf(domain.EINVALID, "unknown_command", "%T is not a change of a key", cmd)
+	}
+	if _, err := uuid.Parse(id); err != nil {
+		return domain.Key{}, "", domain.ErrKeyNotFound
+	}
+	var token string
+	_, err := s.Update(ctx, domain.KindKey, id, func(agg Aggregate) ([]domain.Envelope, error) {
+		k := agg.Key
+		if err := a.Authorize(k, perm); err != nil {
+			return nil, err
+		}
+		// Each attempt completes its own copy: a retry draws a new secret.
+		do := cmd
+		token = ""
+		switch c := cmd.(type) {
+		case domain.RegenerateKey:
+			if c.Rotate {
+				secret := newSecret()
+				c.SecretHash = domain.HashSecret(secret)
+				token = domain.FormatToken(uuid.MustParse(k.ID), secret)
+			}
+			do = c
+		case domain.UpdateKey:
+			if c.Permissions != nil {
+				perms, err := domain.KeyPermissions(s.state.PrincipalPermissions(k.Owner), "", nil, false, *c.Permissions)
+				if err != nil {
+					return nil, err
+				}
+				c.Permissions = &perms
+			}
+			do = c
+		}
+		return domain.Decide(k, do, s.cfg.Now(), s.cfg.NewID)
+	})
+	if err != nil {
+		return domain.Key{}, "", err
+	}
+	k, _ := s.state.Key(id)
+	return k, token, nil
+}
