@@ -45,6 +45,12 @@ func TestEnvelopeGolden(t *testing.T) {
 	}
 	used.Seal("")
 	all = append(all, used)
+	issued, err := domain.DecidePrincipal(domain.Principal{ID: "owner-1", Events: 1, LastHash: used.Hash},
+		domain.IssueKey{Meta: meta, KeyID: keyID, ActiveKeys: 2, Limit: 5}, func(string) bool { return true }, t0, next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all = append(all, issued...)
 
 	var buf bytes.Buffer
 	for _, e := range all {

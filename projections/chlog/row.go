@@ -143,6 +143,10 @@ func RowFromEnvelope(env domain.Envelope, raw []byte) Row {
 		}
 	case domain.PrincipalDisabled:
 		r.Reason = e.Reason
+	case domain.PrincipalKeyIssued:
+		// A search by owner finds the principal's issued keys; the free
+		// text finds the issuance of one key.
+		r.Owner, r.Comments = env.KeyID, "key "+e.KeyID
 	case domain.RoleCreated:
 		r.Permissions, r.Comments = e.Permissions, e.Description
 	case domain.RoleUpdated:

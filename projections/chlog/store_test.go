@@ -304,6 +304,7 @@ func everyEventType(t *testing.T, keyID string) []domain.Envelope {
 		domain.PrincipalUpdated{Name: &name, MaxKeys: &maxKeys},
 		domain.PrincipalDisabled{Reason: "left"},
 		domain.PrincipalEnabled{},
+		domain.PrincipalKeyIssued{KeyID: "k-issued", ActiveKeys: 2, Limit: 5},
 		domain.RoleCreated{Permissions: perms, Description: "d"},
 		domain.RoleUpdated{Permissions: perms, Description: &desc},
 		domain.RoleDeleted{},

@@ -1,0 +1,160 @@
+package domain_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/domain"
+)
+
+// actorWith is a principal holding roles, acting through a key that carries
+// every permission of those roles (or perms, when given).
+func actorWith(id string, roles map[string][]string, names ...string) domain.Actor {
+	var perms []string
+	for _, n := range names {
+		perms = append(perms, roles[n]...)
+	}
+	return domain.Actor{
+		Principal:   domain.Principal{ID: id, Roles: names, Events: 1},
+		Key:         domain.Key{ID: id + "-key", Owner: id, Permissions: perms},
+		Permissions: perms,
+	}
+}
+
+// TestAuthorize is the rule of who may touch which key, without HTTP.
+func TestAuthorize(t *testing.T) {
+	roles := map[string][]string{}
+	for n, p := range domain.BuiltinRoles {
+		roles[n] = p
+	}
+	roles["revoker"] = []string{domain.PermKeyView, domain.PermKeyRevoke}
+	roles["any-updater"] = []string{domain.PermKeyView, domain.PermKeyViewAny, domain.PermKeyUpdate, "api.key.update.any"}
+
+	super := actorWith("super", roles, domain.RoleSuperadmin)
+	admin := actorWith("admin", roles, domain.RoleKeyAdmin)
+	other := actorWith("other", roles, domain.RoleKeyAdmin)
+	auditor := actorWith("auditor", roles, domain.RoleAuditor)
+	verifier := actorWith("verifier", roles, domain.RoleVerifier)
+	revoker := actorWith("revoker", roles, "revoker")
+	updater := actorWith("updater", roles, "any-updater")
+	// A key-admin whose key was issued with view only.
+	narrow := actorWith("admin", roles, domain.RoleKeyAdmin)
+	narrow.Key.Permissions = []string{domain.PermKeyView}
+	// A key-admin whose role was taken away: the key alone is not enough.
+	stripped := actorWith("admin", roles, domain.RoleKeyAdmin)
+	stripped.Permissions = nil
+
+	own := domain.Key{ID: "k1", Owner: "admin", CreatedAt: time.Unix(1, 0), Events: 1}
+	deleted := own
+	deleted.DeletedAt = time.Unix(2, 0)
+	missing := domain.Key{ID: "k2"}
+
+	const ok, notFound, forbidden, gone = "", "key_not_found", "insufficient_permissions", "key_deleted"
+	cases := []struct {
+		name  string
+		actor domain.Actor
+		key   domain.Key
+		perm  string
+		want  string
+	}{
+		{"admin views own", admin, own, domain.PermKeyView, ok},
+		{"admin updates own", admin, own, domain.PermKeyUpdate, ok},
+		{"admin regenerates own", admin, own, domain.PermKeyRegenerate, ok},
+		{"admin revokes own", admin, own, domain.PermKeyRevoke, ok},
+		{"admin deletes own", admin, own, domain.PermKeyDelete, ok},
+		{"other admin cannot see it", other, own, domain.PermKeyView, notFound},
+		{"other admin cannot revoke it", other, own, domain.PermKeyRevoke, notFound},
+		{"super views any", super, own, domain.PermKeyView, ok},
+		{"super revokes any", super, own, domain.PermKeyRevoke, ok},
+		{"super deletes any", super, own, domain.PermKeyDelete, ok},
+		{"super never regenerates", super, own, domain.PermKeyRegenerate, forbidden},
+		{"super never updates", super, own, domain.PermKeyUpdate, forbidden},
+		{"super never disables", super, own, domain.PermKeyDisable, forbidden},
+		{"auditor views any", auditor, own, domain.PermKeyView, ok},
+		{"auditor never revokes", auditor, own, domain.PermKeyRevoke, forbidden},
+		{"verifier cannot see keys", verifier, own, domain.PermKeyView, notFound},
+		{"custom role without view.any sees only own", revoker, own, domain.PermKeyRevoke, notFound},
+		{"custom role with update.any updates any", updater, own, domain.PermKeyUpdate, ok},
+		{"custom role with update.any cannot revoke", updater, own, domain.PermKeyRevoke, forbidden},
+		{"key narrower than its owner", narrow, own, domain.PermKeyRevoke, forbidden},
+		{"key narrower than its owner still views", narrow, own, domain.PermKeyView, ok},
+		{"owner lost its role", stripped, own, domain.PermKeyView, forbidden},
+		{"deleted key can be viewed", admin, deleted, domain.PermKeyView, ok},
+		{"deleted key cannot change", admin, deleted, domain.PermKeyRevoke, gone},
+		{"super cannot change a deleted key", super, deleted, domain.PermKeyDelete, gone},
+		{"missing key", admin, missing, domain.PermKeyView, notFound},
+		{"missing key for super", super, missing, domain.PermKeyRevoke, notFound},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := domain.ErrorReason(c.actor.Authorize(c.key, c.perm)); got != c.want {
+				t.Fatalf("Authorize(%s on %s's key, %s) = %q, want %q", c.actor.ID(), c.key.Owner, c.perm, got, c.want)
+			}
+		})
+	}
+}
+
+// TestSuperadminNeverCreates: the super administrator's role holds no
+// permission to create or regenerate a key, so no key of its can either.
+func TestSuperadminNeverCreates(t *testing.T) {
+	super := domain.Actor{Key: domain.Key{Permissions: domain.BuiltinRoles[domain.RoleSuperadmin]}, Permissions: domain.BuiltinRoles[domain.RoleSuperadmin]}
+	for _, p := range []string{domain.PermKeyCreate, domain.PermKeyRegenerate, domain.PermKeyRegenerate + ".any"} {
+		if super.Can(p) {
+			t.Errorf("super administrator can %s", p)
+		}
+	}
+}
+
+func TestKeyPermissions(t *testing.T) {
+	owner := []string{"orders.*", "api.key.view"}
+	cases := []struct {
+		name      string
+		role      string
+		rolePerms []string
+		found     bool
+		requested []string
+		want      string
+		perms     int
+	}{
+		{"default is the owner's", "", nil, false, nil, "", 2},
+		{"subset", "", nil, false, []string{"orders.read", "orders.read"}, "", 1},
+		{"not held", "", nil, false, []string{"billing.read"}, "permission_not_held", 0},
+		{"role", "r", []string{"orders.write"}, true, nil, "", 1},
+		{"unknown role", "r", nil, false, nil, "unknown_role", 0},
+		{"role beyond the owner", "r", []string{"*"}, true, nil, "permission_not_held", 0},
+		{"both", "r", []string{"orders.write"}, true, []string{"orders.read"}, "invalid_permissions", 0},
+		{"malformed", "", nil, false, []string{"Orders"}, "invalid_permission", 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := domain.KeyPermissions(owner, c.role, c.rolePerms, c.found, c.requested)
+			if r := domain.ErrorReason(err); r != c.want || len(got) != c.perms {
+				t.Fatalf("got %v, %q; want %d permissions, %q", got, r, c.perms, c.want)
+			}
+		})
+	}
+}
+
+func TestIssueKeyPlanLimit(t *testing.T) {
+	p := domain.Principal{ID: "0190b3a0-0000-7000-8000-000000000001", Events: 1}
+	for _, c := range []struct {
+		active, limit int
+		want          string
+	}{{0, 1, ""}, {4, 5, ""}, {5, 5, "plan_limit_reached"}, {9, 5, "plan_limit_reached"}} {
+		envs, err := domain.DecidePrincipal(p, domain.IssueKey{Meta: domain.Meta{Actor: "a"}, KeyID: "k", ActiveKeys: c.active, Limit: c.limit},
+			func(string) bool { return true }, time.Unix(10, 0), uuid.New)
+		if got := domain.ErrorReason(err); got != c.want {
+			t.Fatalf("active %d limit %d: %q, want %q", c.active, c.limit, got, c.want)
+		}
+		if err == nil && (len(envs) != 1 || envs[0].Type != domain.TypePrincipalKeyIssued) {
+			t.Fatalf("events %v", envs)
+		}
+	}
+	if got := (domain.Principal{MaxKeys: 3}).KeyLimit(100); got != 3 {
+		t.Fatalf("own limit %d, want 3", got)
+	}
+	if got := (domain.Principal{}).KeyLimit(100); got != 100 {
+		t.Fatalf("default limit %d, want 100", got)
+	}
+}
