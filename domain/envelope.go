@@ -49,6 +49,12 @@ type Envelope struct {
 	// event is read back and are not part of the wire format.
 	Stream string `json:"-"`
 	Seq    uint64 `json:"-"`
+	// Writer is the trusted writer that signed the stored message, and
+	// Forged why it must not be applied (an unsigned message, an untrusted
+	// or retired writer, a bad signature); both are set by the store when
+	// it checks provenance, and are not part of the wire format.
+	Writer string `json:"-"`
+	Forged error  `json:"-"`
 }
 
 // RequestContext records where a command or a verification came from.

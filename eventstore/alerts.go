@@ -38,6 +38,7 @@ func (s *Store) publishOne(ctx context.Context, env domain.Envelope) (uint64, er
 	m := nats.NewMsg(subject)
 	m.Data = data
 	m.Header.Set(nats.MsgIdHdr, env.ID.String())
+	s.signer.sign(m)
 	for attempt := 1; ; attempt++ {
 		ack, err := s.pub.publishOne(ctx, m)
 		if err == nil {

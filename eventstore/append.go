@@ -63,6 +63,7 @@ func (s *Store) AppendAll(ctx context.Context, writes []domain.Write) (uint64, e
 				m.Header.Set(hdrExpectedSubjSeq, strconv.FormatUint(w.Expected, 10))
 				m.Header.Set(hdrExpectedSubjSeqFor, filters[i])
 			}
+			s.signer.sign(m)
 			msgs = append(msgs, m)
 		}
 	}

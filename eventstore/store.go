@@ -6,6 +6,7 @@ package eventstore
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,13 @@ type Config struct {
 	// Timeout bounds each request to the server (one publish, one read);
 	// 5s when zero. A publish that times out is retried.
 	Timeout time.Duration
+	// WriterKey signs every message the store writes; nil writes them
+	// unsigned.
+	WriterKey ed25519.PrivateKey
+	// Writers, when set, are the writers whose messages subscriptions
+	// deliver as trusted: every other event reaches the subscriber with
+	// Forged set. Nil checks nothing.
+	Writers *domain.Writers
 }
 
 // Stream subjects. The wildcard after the aggregate id matches every event
@@ -70,6 +78,7 @@ type Store struct {
 	js     jetstream.JetStream
 	pub    publisher
 	atomic bool // the streams accept atomic batches (nats-server ≥ 2.12)
+	signer *signer
 
 	appends   *committer
 	snapshots *SnapshotStore
@@ -93,7 +102,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	s := &Store{cfg: cfg, log: log.With("component", "eventstore")}
+	s := &Store{cfg: cfg, log: log.With("component", "eventstore"), signer: newSigner(cfg.WriterKey)}
 
 	url := cfg.URL
 	if url == "" {

@@ -105,6 +105,11 @@ func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.Orde
 				continue
 			}
 			env.Stream, env.Seq = stream, md.Sequence.Stream
+			if w := s.cfg.Writers; w != nil {
+				if env.Forged = CheckProvenance(*w, msg.Subject(), msg.Data(), msg.Headers(), md.Timestamp); env.Forged == nil {
+					env.Writer = msg.Headers().Get(HdrWriter)
+				}
+			}
 			if err := fn(env); err != nil {
 				sub.err = err
 				return

@@ -58,6 +58,8 @@ type UsagePublisher struct {
 	senders sync.WaitGroup
 
 	calls, events, rejected, abandoned atomic.Uint64
+
+	signer *signer
 }
 
 // NewUsagePublisher starts a publisher of usage events on s. Close it
@@ -70,7 +72,7 @@ func NewUsagePublisher(s *Store, cfg UsageConfig) *UsagePublisher {
 		cfg.MaxBatch = 500
 	}
 	cfg.MaxBatch = min(cfg.MaxBatch, maxAtomicBatch)
-	p := &UsagePublisher{cfg: cfg, log: s.log.With("publisher", "usage")}
+	p := &UsagePublisher{cfg: cfg, log: s.log.With("publisher", "usage"), signer: s.signer}
 	if !cfg.Async {
 		p.c = newCommitter(s.batchPolicy(), p.log, cfg.MaxBatch)
 		p.b = &p.c.batcher
@@ -95,7 +97,7 @@ func (p *UsagePublisher) Publish(ctx context.Context, envs ...domain.Envelope) e
 	if len(envs) == 0 {
 		return nil
 	}
-	msgs, err := usageMsgs(envs)
+	msgs, err := usageMsgs(envs, p.signer)
 	if err != nil {
 		return err
 	}
@@ -327,7 +329,7 @@ func waitCtx(ctx context.Context, wait func()) error {
 }
 
 // usageMsgs turns usage events into messages carrying their Msg-Id.
-func usageMsgs(envs []domain.Envelope) ([]*nats.Msg, error) {
+func usageMsgs(envs []domain.Envelope, sg *signer) ([]*nats.Msg, error) {
 	msgs := make([]*nats.Msg, len(envs))
 	for i, env := range envs {
 		if env.StreamName() != domain.StreamUsage {
@@ -347,6 +349,7 @@ func usageMsgs(envs []domain.Envelope) ([]*nats.Msg, error) {
 		m.Data = b
 		m.Header.Set(hdrMsgID, env.ID.String())
 		m.Header.Set(hdrExpectedStream, domain.StreamUsage)
+		sg.sign(m)
 		msgs[i] = m
 	}
 	return msgs, nil

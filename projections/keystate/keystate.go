@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -28,6 +29,11 @@ type Projection struct {
 	// for the plan limit.
 	applied uint64
 	changed chan struct{} // closed and replaced whenever applied advances
+
+	// forged counts events that were not applied because no trusted
+	// writer signed them; onForged hears of each.
+	forged   atomic.Uint64
+	onForged func(domain.Envelope)
 }
 
 // New returns an empty projection.
@@ -44,17 +50,33 @@ func New() *Projection {
 // order; an event at or below the applied sequence is ignored, so a
 // replay that overlaps a snapshot is harmless.
 func (p *Projection) Apply(env domain.Envelope) {
+	if p.applyLocked(env) && p.onForged != nil {
+		p.onForged(env)
+	}
+}
+
+// applyLocked folds env under the lock and reports whether it was refused
+// as forged.
+func (p *Projection) applyLocked(env domain.Envelope) (forged bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if env.Seq != 0 && env.Seq <= p.applied {
-		return
+		return false
 	}
-	p.apply(env)
+	if env.Forged != nil {
+		// Not applied, but passed over: the projection's position moves
+		// on so that nothing waits for it, and the event is reported.
+		p.forged.Add(1)
+		forged = true
+	} else {
+		p.apply(env)
+	}
 	if env.Seq > p.applied {
 		p.applied = env.Seq
 	}
 	close(p.changed)
 	p.changed = make(chan struct{})
+	return forged
 }
 
 func (p *Projection) apply(env domain.Envelope) {
@@ -86,6 +108,15 @@ func (p *Projection) apply(env domain.Envelope) {
 		p.roles[env.KeyID] = &r
 	}
 }
+
+// OnForged sets a function that hears of every event the projection
+// refuses because no trusted writer signed it (domain.Envelope.Forged). It
+// runs after the projection's lock is released, in stream order. Set it
+// before the first Apply.
+func (p *Projection) OnForged(fn func(domain.Envelope)) { p.onForged = fn }
+
+// Forged returns how many events the projection refused to apply.
+func (p *Projection) Forged() uint64 { return p.forged.Load() }
 
 // Applied returns the stream sequence of the last applied event.
 func (p *Projection) Applied() uint64 {
