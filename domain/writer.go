@@ -14,6 +14,17 @@ import (
 // apply only what a trusted writer signed; the hash chain alone uses no key,
 // so anyone able to publish could otherwise extend it.
 
+// Message headers that carry a stored message's writer and its signature
+// (standard base64, unpadded). They are not part of the event's wire
+// format: the stored bytes are what is signed.
+const (
+	HdrWriter    = "Keyledger-Writer"
+	HdrSignature = "Keyledger-Signature"
+)
+
+// EncodeSignature renders a signature for HdrSignature.
+func EncodeSignature(sig []byte) string { return base64.RawStdEncoding.EncodeToString(sig) }
+
 // signingContext separates keyledger's event signatures from any other use
 // of a writer key.
 const signingContext = "keyledger event v1\n"
@@ -115,6 +126,20 @@ func (w Writers) Check(subject string, data []byte, writer string, sig []byte, s
 		return Errorf(EFORBIDDEN, "bad_signature", "message on %s does not match its signature by %s", subject, writer)
 	}
 	return nil
+}
+
+// CheckHeaders is Check with the writer and the signature as the message
+// headers carry them.
+func (w Writers) CheckHeaders(subject string, data []byte, writer, signature string, storedAt time.Time) error {
+	var sig []byte
+	if signature != "" {
+		b, err := base64.RawStdEncoding.DecodeString(signature)
+		if err != nil {
+			return Errorf(EFORBIDDEN, "bad_signature", "message on %s has a malformed signature", subject)
+		}
+		sig = b
+	}
+	return w.Check(subject, data, writer, sig, storedAt)
 }
 
 // String names the writers for logs.

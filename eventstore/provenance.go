@@ -2,19 +2,16 @@ package eventstore
 
 import (
 	"crypto/ed25519"
-	"encoding/base64"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
 	"github.com/nats-io/nats.go"
 )
 
-// Headers that carry a message's writer and its signature (see
-// domain.SignMessage). They are not part of the event's wire format: the
-// stored bytes are what is signed.
+// Headers that carry a message's writer and its signature.
 const (
-	HdrWriter    = "Keyledger-Writer"
-	HdrSignature = "Keyledger-Signature"
+	HdrWriter    = domain.HdrWriter
+	HdrSignature = domain.HdrSignature
 )
 
 // signer signs the messages the store writes.
@@ -37,23 +34,13 @@ func (s *signer) sign(m *nats.Msg) {
 		return
 	}
 	m.Header.Set(HdrWriter, s.id)
-	m.Header.Set(HdrSignature, base64.RawStdEncoding.EncodeToString(domain.SignMessage(s.key, m.Subject, m.Data)))
+	m.Header.Set(HdrSignature, domain.EncodeSignature(domain.SignMessage(s.key, m.Subject, m.Data)))
 }
 
 // CheckProvenance reports why a stored message must not be applied under
-// the trusted writers w, or nil: the one check the store's subscriptions
-// and audit verify share.
+// the trusted writers w, or nil.
 func CheckProvenance(w domain.Writers, subject string, data []byte, header nats.Header, storedAt time.Time) error {
-	writer := header.Get(HdrWriter)
-	var sig []byte
-	if v := header.Get(HdrSignature); v != "" {
-		b, err := base64.RawStdEncoding.DecodeString(v)
-		if err != nil {
-			return domain.Errorf(domain.EFORBIDDEN, "bad_signature", "message on %s has a malformed signature", subject)
-		}
-		sig = b
-	}
-	return w.Check(subject, data, writer, sig, storedAt)
+	return w.CheckHeaders(subject, data, header.Get(HdrWriter), header.Get(HdrSignature), storedAt)
 }
 
 // WriterID is the id of the key the store signs with, "" when it signs

@@ -24,7 +24,7 @@ import (
 )
 
 const (
-	auditVerifyArgs     = "(--data-dir DIR | --nats-url URL) [--public-key FILE] [--clickhouse ADDR [--clickhouse-database DB]]"
+	auditVerifyArgs     = "(--data-dir DIR | --nats-url URL) [--public-key FILE] [--trusted-writers FILE] [--clickhouse ADDR [--clickhouse-database DB]]"
 	auditProveArgs      = "--event-id ID [--output FILE]"
 	auditCheckProofArgs = "--proof FILE --event FILE --public-key FILE"
 )
@@ -41,7 +41,7 @@ type auditFailure struct{ f *notary.Failure }
 func (e auditFailure) Error() string { return "audit_failed: " + e.f.Error() }
 
 func runAuditVerify(ctx context.Context, g *globals, name string, args []string) error {
-	var dataDir, natsURL, pubFile, chAddr, chDB string
+	var dataDir, natsURL, pubFile, chAddr, chDB, trustedWriters string
 	fs := newFlagSet("keyledger " + name)
 	g.register(fs, "token-file")
 	fs.StringVar(&dataDir, "data-dir", "", "data dir of a stopped node (offline verification)")
@@ -49,6 +49,7 @@ func runAuditVerify(ctx context.Context, g *globals, name string, args []string)
 	fs.StringVar(&pubFile, "public-key", "", "notary public key (base64, or the JSON of /v1/audit/public-key); default: derived from <data-dir>/notary.key")
 	fs.StringVar(&chAddr, "clickhouse", "", "also compare every row of this ClickHouse log")
 	fs.StringVar(&chDB, "clickhouse-database", chlog.DefaultDatabase, "database of the ClickHouse log")
+	fs.StringVar(&trustedWriters, "trusted-writers", "", "JSON file of the trusted writer keys; every event must carry a signature of one (default: <data-dir>/trusted-writers.json)")
 	if _, err := g.parseCommand(fs, args, auditVerifyArgs, 0); err != nil {
 		return err
 	}
@@ -92,6 +93,9 @@ func runAuditVerify(ctx context.Context, g *globals, name string, args []string)
 	opt := notary.VerifyOptions{Progress: func(stream string, n uint64) {
 		fmt.Fprintf(g.stderr, "verified %d events of %s\n", n, stream)
 	}}
+	if opt.Writers, err = readTrustedWriters(dataDir, trustedWriters); err != nil {
+		return &apiError{Code: "bad_trusted_writers", Detail: err.Error()}
+	}
 	if chAddr != "" {
 		ch, err := chlog.Open(ctx, chlog.Config{Addr: chAddr, Database: chDB, Password: g.getenv("KEYLEDGER_CLICKHOUSE_PASSWORD")}, nil)
 		if err != nil {

@@ -65,6 +65,13 @@ type Main struct {
 	WebhookSecretFile string
 	WebhookMinSev     string
 
+	// WriterKeyFile holds the Ed25519 key this node signs every stored
+	// message with (<data-dir>/writer.key by default); TrustedWriters is a
+	// JSON file of the writer keys whose events are applied
+	// (<data-dir>/trusted-writers.json by default).
+	WriterKeyFile  string
+	TrustedWriters string
+
 	// RootToken comes from KEYLEDGER_ROOT_TOKEN only: secrets are never flags.
 	RootToken string
 
@@ -156,6 +163,8 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.StringVar(&m.WebhookSecretFile, "webhook-secret-file", env("webhook-secret-file", ""), "file holding the webhooks' HMAC secret; else KEYLEDGER_WEBHOOK_SECRET (KEYLEDGER_WEBHOOK_SECRET_FILE)")
 	fs.StringVar(&m.WebhookMinSev, "webhook-min-severity", env("webhook-min-severity", domain.SeverityLow), "lowest severity sent to webhooks (KEYLEDGER_WEBHOOK_MIN_SEVERITY)")
 	fs.Uint64Var(&m.MaxSinkLag, "max-sink-lag", uint64(envInt("max-sink-lag", 100000)), "events the audit log may trail JetStream by before /readyz fails (KEYLEDGER_MAX_SINK_LAG)")
+	fs.StringVar(&m.WriterKeyFile, "writer-key-file", env("writer-key-file", ""), "Ed25519 key this node signs its events with; created on first start (default <data-dir>/writer.key) (KEYLEDGER_WRITER_KEY_FILE)")
+	fs.StringVar(&m.TrustedWriters, "trusted-writers", env("trusted-writers", ""), "JSON file of the writer keys whose events are applied (default <data-dir>/trusted-writers.json) (KEYLEDGER_TRUSTED_WRITERS)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -190,14 +199,22 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err := os.MkdirAll(m.DataDir, 0o700); err != nil {
 		return fmt.Errorf("data dir: %w", err)
 	}
+	writerKey, writers, err := loadWriters(m.DataDir, m.WriterKeyFile, m.TrustedWriters, time.Now())
+	if err != nil {
+		return err
+	}
 	m.store, err = eventstore.Open(ctx, eventstore.Config{
 		DataDir: filepath.Join(m.DataDir, "nats"), URL: m.NATSURL, NoSync: m.NoSync, Replicas: m.Replicas, Logger: log,
+		WriterKey: writerKey, Writers: &writers,
 	})
 	if err != nil {
 		return fmt.Errorf("open event store: %w", err)
 	}
 	m.usage = eventstore.NewUsagePublisher(m.store, eventstore.UsageConfig{Async: m.AsyncUsage, BufferSize: m.UsageBuffer})
 	m.state = keystate.New()
+	m.state.OnForged(func(env domain.Envelope) {
+		log.Error("forged event refused: no trusted writer signed it", "stream", env.Stream, "seq", env.Seq, "event_id", env.ID, "type", env.Type, "why", env.Forged)
+	})
 	if err := m.startProjection(ctx); err != nil {
 		return err
 	}
@@ -235,6 +252,8 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			func() float64 { return float64(m.state.Applied()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_keys", Help: "Keys in the key-state projection."},
 			func() float64 { return float64(m.state.Len()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_forged_events_total", Help: "KEYS events refused because no trusted writer signed them."},
+			func() float64 { return float64(m.state.Forged()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_audit_sink_lag", Help: "Events stored in JetStream but not yet in the ClickHouse log."},
 			func() float64 {
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -441,6 +441,22 @@ func CheckProof(p Proof, event []byte, pub ed25519.PublicKey) error {
 // in order, with its stored bytes. With follow it stays live until ctx
 // ends; without, it returns after the last message stored at call time.
 func ReadStream(ctx context.Context, js jetstream.JetStream, stream string, from uint64, follow bool, fn func(seq uint64, data []byte) error) error {
+	return ReadMessages(ctx, js, stream, from, follow, func(m Message) error { return fn(m.Seq, m.Data) })
+}
+
+// Message is one stored message: where it is, its bytes, the writer that
+// signed it and when the server stored it.
+type Message struct {
+	Seq               uint64
+	Subject           string
+	Data              []byte
+	Writer, Signature string
+	Stored            time.Time
+}
+
+// ReadMessages is ReadStream with each message's subject, signature and
+// store time.
+func ReadMessages(ctx context.Context, js jetstream.JetStream, stream string, from uint64, follow bool, fn func(Message) error) error {
 	st, err := js.Stream(ctx, stream)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", stream, err)
@@ -478,7 +494,9 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, stream string, from
 		if err != nil {
 			return fmt.Errorf("read %s: %w", stream, err)
 		}
-		if err := fn(md.Sequence.Stream, msg.Data()); err != nil {
+		h := msg.Headers()
+		if err := fn(Message{Seq: md.Sequence.Stream, Subject: msg.Subject(), Data: msg.Data(),
+			Writer: h.Get(domain.HdrWriter), Signature: h.Get(domain.HdrSignature), Stored: md.Timestamp}); err != nil {
 			return err
 		}
 		// NumPending reaching 0 ends a read whose last sequence is gone

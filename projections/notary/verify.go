@@ -56,6 +56,20 @@ type VerifyOptions struct {
 	// Progress is called every ProgressEvery events.
 	Progress      func(stream string, events uint64)
 	ProgressEvery uint64
+	// Writers, when set, are the trusted writers: every message of every
+	// stream must carry a valid signature of one of them.
+	Writers *domain.Writers
+}
+
+// provenance names why m must not be trusted under opt.Writers, or "".
+func (opt VerifyOptions) provenance(m Message) string {
+	if opt.Writers == nil {
+		return ""
+	}
+	if err := opt.Writers.CheckHeaders(m.Subject, m.Data, m.Writer, m.Signature, m.Stored); err != nil {
+		return "forged event (" + domain.ErrorReason(err) + "): " + domain.ErrorMessage(err)
+	}
+	return ""
 }
 
 // Summary counts what Verify checked.
@@ -90,10 +104,15 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 	// Checkpoints first: each must carry a valid signature.
 	cps := map[string][]domain.CheckpointPublished{}
 	var cpFail *Failure
-	err := ReadStream(ctx, js, domain.StreamCheckpoints, 1, false, func(seq uint64, data []byte) error {
+	err := ReadMessages(ctx, js, domain.StreamCheckpoints, 1, false, func(m Message) error {
+		seq, data := m.Seq, m.Data
 		env, err := domain.UnmarshalEnvelope(data)
 		if err != nil {
 			cpFail = &Failure{Stream: domain.StreamCheckpoints, Seq: seq, Why: "undecodable checkpoint: " + err.Error()}
+			return errStop
+		}
+		if why := opt.provenance(m); why != "" {
+			cpFail = &Failure{Stream: domain.StreamCheckpoints, Seq: seq, EventID: env.ID.String(), Why: why}
 			return errStop
 		}
 		ev, _ := env.Decode()
@@ -140,6 +159,10 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 				return errStop
 			}
 			id := env.ID.String()
+			if why := opt.provenance(m.msg); why != "" {
+				fail = &Failure{Stream: stream, Seq: seq, EventID: id, Why: why}
+				return errStop
+			}
 			if why := checkEventHashed(env, m.hash, chains, stream); why != "" {
 				fail = &Failure{Stream: stream, Seq: seq, EventID: id, Why: why}
 				return errStop
@@ -284,6 +307,7 @@ var errStop error = stopErr{}
 type decoded struct {
 	seq  uint64
 	data []byte
+	msg  Message
 	env  domain.Envelope
 	err  error
 	hash string
@@ -312,8 +336,8 @@ func readDecoded(ctx context.Context, js jetstream.JetStream, stream string, fn 
 				return false
 			}
 		}
-		readErr = ReadStream(ctx, js, stream, 1, false, func(seq uint64, data []byte) error {
-			cur = append(cur, decoded{seq: seq, data: data})
+		readErr = ReadMessages(ctx, js, stream, 1, false, func(m Message) error {
+			cur = append(cur, decoded{seq: m.Seq, data: m.Data, msg: m})
 			if len(cur) == batch && !send() {
 				return ctx.Err()
 			}
