@@ -98,17 +98,25 @@ func newHistoryRig(t *testing.T, addr string) *rig {
 	return r
 }
 
-// countingPublisher is the store's PublishAlert, counted: settle compares
-// the count with what ALERTS holds, so that a repeated alert the engine
-// failed to suppress cannot hide behind JetStream's de-duplication.
+// countingPublisher is the store's PublishAlert, its successes counted:
+// settle compares the count with what ALERTS holds, so that a repeated
+// alert the engine failed to suppress cannot hide behind JetStream's
+// de-duplication (a duplicate is a success). Refused attempts are counted
+// apart.
 type countingPublisher struct {
-	store *eventstore.Store
-	n     atomic.Int64
+	store   *eventstore.Store
+	n       atomic.Int64
+	refused atomic.Int64
 }
 
 func (p *countingPublisher) PublishAlert(ctx context.Context, env domain.Envelope) (uint64, error) {
+	seq, err := p.store.PublishAlert(ctx, env)
+	if err != nil {
+		p.refused.Add(1)
+		return 0, err
+	}
 	p.n.Add(1)
-	return p.store.PublishAlert(ctx, env)
+	return seq, nil
 }
 
 // start runs the engine on every USAGE event published from now on; what
