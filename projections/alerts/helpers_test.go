@@ -59,6 +59,12 @@ type rig struct {
 	engine *alerts.Engine
 	tail   *alertTail
 
+	// Set before start: hist replaces the rig's history (ch), and
+	// observeErr takes the engine's errors, which otherwise fail the test.
+	hist       alerts.History
+	observeErr func(error)
+	observed   atomic.Int64 // USAGE events the engine has taken
+
 	mu       sync.Mutex
 	events   map[string]bool // ids of every event published to USAGE
 	nUsage   uint64
@@ -127,8 +133,8 @@ func (r *rig) start(cfg alerts.Config) { r.startDropping(cfg, nil) }
 // stream sequence drop reports.
 func (r *rig) startDropping(cfg alerts.Config, drop func(seq uint64) bool) {
 	r.t.Helper()
-	var hist alerts.History // a nil *chlog.Store would be a non-nil History
-	if r.ch != nil {
+	hist := r.hist // a nil *chlog.Store would be a non-nil History
+	if hist == nil && r.ch != nil {
 		hist = r.ch
 	}
 	r.engine = alerts.New(cfg, hist, r.pub, nil)
@@ -141,7 +147,12 @@ func (r *rig) startDropping(cfg alerts.Config, drop func(seq uint64) bool) {
 		if drop != nil && drop(env.Seq) {
 			return nil
 		}
-		if err := r.engine.Observe(context.Background(), env); err != nil {
+		err := r.engine.Observe(context.Background(), env)
+		r.observed.Add(1)
+		switch {
+		case err != nil && r.observeErr != nil:
+			r.observeErr(err)
+		case err != nil:
 			t.Errorf("observe %s #%d: %v", env.Stream, env.Seq, err)
 		}
 		return nil
@@ -150,6 +161,19 @@ func (r *rig) startDropping(cfg alerts.Config, drop func(seq uint64) bool) {
 		r.t.Fatal(err)
 	}
 	r.t.Cleanup(sub.Stop)
+}
+
+// run runs the engine's retry loop until the test ends.
+func (r *rig) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.engine.Run(ctx) }()
+	r.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			r.t.Errorf("engine run: %v", err)
+		}
+	})
 }
 
 // use publishes one verification of key from ip at a chosen time and
