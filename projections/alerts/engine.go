@@ -27,7 +27,9 @@ type History interface {
 	LastUsedBefore(ctx context.Context, keyID string, before time.Time) (time.Time, bool, error)
 }
 
-// Publisher stores an alert event on the ALERTS stream.
+// Publisher stores an alert event on the ALERTS stream. An EINVALID
+// error says the event can never be stored, and the engine drops it; any
+// other error is retried.
 type Publisher interface {
 	PublishAlert(ctx context.Context, env domain.Envelope) (uint64, error)
 }
@@ -768,7 +770,17 @@ func (e *Engine) drain(ctx context.Context) error {
 		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
 		_, err := e.pub.PublishAlert(pctx, p.env)
 		cancel()
+		if err == nil {
+			e.log.Info("alert raised", "rule", p.Rule, "severity", p.Severity, "incident", p.Incident, "escalation", p.Escalation)
+		}
 		e.mu.Lock()
+		if domain.ErrorCode(err) == domain.EINVALID {
+			// No retry would change the answer, and the queue behind
+			// it must not wait for one. It counts as raised, so that
+			// the incident does not rebuild it on every event.
+			e.log.Error("ALERT DROPPED: ALERTS can never store it", "rule", p.Rule, "incident", p.Incident, "err", err)
+			err = nil
+		}
 		if err != nil {
 			e.pubFails++
 			d := domain.Backoff(e.pubFails, e.cfg.RetryMin, e.cfg.RetryMax)
@@ -791,7 +803,6 @@ func (e *Engine) drain(ctx context.Context) error {
 		if e.inflight[p.Incident] == p {
 			delete(e.inflight, p.Incident)
 		}
-		e.log.Info("alert raised", "rule", p.Rule, "severity", p.Severity, "incident", p.Incident, "escalation", p.Escalation)
 	}
 }
 

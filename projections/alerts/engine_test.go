@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/keyledger/keyledger/domain"
@@ -239,23 +238,6 @@ func slowHistoryRig(t *testing.T, addr string) (*rig, *stallProxy) {
 	return r, p
 }
 
-// denial is a denial envelope handed to the engine directly, without a
-// stream, as from a second stream's goroutine.
-func (r *rig) denial(key, ip string, when time.Time) domain.Envelope {
-	r.t.Helper()
-	env, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), key,
-		domain.KeyDenied{Code: badSecret, Service: "svc", TokenHash: domain.HashToken(key)}, when, "svc",
-		&domain.RequestContext{SourceIP: ip})
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	env.Seal("")
-	r.mu.Lock()
-	r.events[env.ID.String()] = true
-	r.mu.Unlock()
-	return env
-}
-
 func TestSlowHistory(t *testing.T) {
 	t.Parallel()
 	addr := chlogtest.MustConnect(t)
@@ -281,7 +263,7 @@ func TestSlowHistory(t *testing.T) {
 		ip, k := "203.0.113.80", newKey()
 		var ids []string
 		for i := range 10 {
-			env := r.denial(k, ip, at(time.Duration(i)*time.Second))
+			env := r.verification(k, badSecret, ip, at(time.Duration(i)*time.Second))
 			ids = append(ids, env.ID.String())
 			if err := r.engine.Observe(ctx, env); err != nil {
 				t.Fatal(err)
@@ -313,6 +295,34 @@ func TestSlowHistory(t *testing.T) {
 			rule: alerts.RuleChainBroken, severity: domain.SeverityCritical, incident: "audit_chain_broken:" + chainAt,
 			evidence: []string{chainAt}, at: at(time.Minute),
 		})
+	})
+	t.Run("concurrent uses of a dormant key raise one alert", func(t *testing.T) {
+		t.Parallel()
+		r := newHistoryRig(t, addr)
+		k := newKey()
+		r.use(k, valid, "198.51.100.82", at(-45*day))
+		r.waitHistory()
+		r.start(alerts.Config{})
+		// Eight uses at once, each asking the log while the others do:
+		// the first to take the lock after its answer raises the alert,
+		// and the rest find the key in use in memory.
+		envs := make([]domain.Envelope, 8)
+		for i := range envs {
+			envs[i] = r.verification(k, valid, "198.51.100.82", at(time.Duration(i)*time.Second))
+		}
+		var wg sync.WaitGroup
+		for _, env := range envs {
+			wg.Go(func() {
+				if err := r.engine.Observe(context.Background(), env); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		got := r.settle()
+		if len(got) != 1 || got[0].alert.Rule != alerts.RuleDormantKey || !got[0].alert.WindowStart.Equal(at(-45*day)) {
+			t.Fatalf("want one dormant-key alert over the 45 idle days, got:\n%s", render(got))
+		}
 	})
 	t.Run("a history that never answers does not stop the stream", func(t *testing.T) {
 		t.Parallel()
@@ -390,7 +400,7 @@ func TestTwoEnginesStoreEachAlertOnce(t *testing.T) {
 	// a week later a second rotation reminder and the sink still stuck.
 	const alertsRaised = 7
 	checkFor(t, 30*time.Second, 5*time.Millisecond, func() error {
-		if a, b := r.pub.n.Load(), other.n.Load(); a != alertsRaised || b != alertsRaised {
+		if a, b := r.pub.acked.Load(), other.acked.Load(); a != alertsRaised || b != alertsRaised {
 			return fmt.Errorf("the engines stored %d and %d alerts, want %d each", a, b, alertsRaised)
 		}
 		return nil
