@@ -19,6 +19,24 @@ const (
 // Severities lists the severities, lowest first.
 var Severities = []string{SeverityLow, SeverityMedium, SeverityHigh, SeverityCritical}
 
+// SeverityRank orders severities: 1 for low up to 4 for critical, and 0
+// for a severity this version does not know. The rank says nothing about
+// what to do with an unknown severity; each caller decides that (the
+// engine lets any known severity escalate over it, webhooks deliver it).
+func SeverityRank(s string) int {
+	switch s {
+	case SeverityLow:
+		return 1
+	case SeverityMedium:
+		return 2
+	case SeverityHigh:
+		return 3
+	case SeverityCritical:
+		return 4
+	}
+	return 0
+}
+
 // AlertRaised records an anomaly found in the event log. Incident names the
 // thing the alert is about (a rule and its subject, such as a source
 // address or a key) so that one incident raises one alert, and a later

@@ -70,6 +70,15 @@ type Config struct {
 	SinkStuckFor time.Duration
 	// MaxEvidence caps the event ids carried by one alert.
 	MaxEvidence int
+	// HistoryTimeout bounds the history questions of one event (3s). A
+	// question unanswered in time counts as no evidence: the rule stays
+	// quiet.
+	HistoryTimeout time.Duration
+	// RetryMin and RetryMax bound the back-off (doubling from RetryMin)
+	// before an alert ALERTS refused is tried again (1s, 1m), and before
+	// the history is asked again after it failed, so that a ClickHouse
+	// that times out delays one event per back-off, not every event.
+	RetryMin, RetryMax time.Duration
 }
 
 func (t Threshold) or(def Threshold) Threshold {
@@ -112,5 +121,8 @@ func (c Config) WithDefaults() Config {
 	if c.MaxEvidence <= 0 {
 		c.MaxEvidence = 50
 	}
+	c.HistoryTimeout = orDur(c.HistoryTimeout, 3*time.Second)
+	c.RetryMin = orDur(c.RetryMin, time.Second)
+	c.RetryMax = max(orDur(c.RetryMax, time.Minute), c.RetryMin)
 	return c
 }

@@ -3,6 +3,7 @@ package alerts
 import (
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -26,18 +27,39 @@ type History interface {
 	LastUsedBefore(ctx context.Context, keyID string, before time.Time) (time.Time, bool, error)
 }
 
-// Publisher stores an alert event on the ALERTS stream.
+// Publisher stores an alert event on the ALERTS stream. An EINVALID
+// error says the event can never be stored, and the engine drops it; any
+// other error is retried.
 type Publisher interface {
 	PublishAlert(ctx context.Context, env domain.Envelope) (uint64, error)
 }
 
 // Engine evaluates the rules. Observe must be called with each stream's
 // events in stream order; it is safe to call from one goroutine per stream.
+//
+// An alert counts for suppression once ALERTS has stored it. One that
+// ALERTS refuses stays queued, in order, and is retried with back-off (see
+// Config.RetryMin) by Run, or else by the next Observe, Tick or
+// ChainBroken; while it waits, its incident raises no second alert at the
+// same severity. The queue lives in memory: alerts still in it when the
+// process stops are lost.
+//
+// The history is asked outside the engine's lock, within
+// Config.HistoryTimeout, so a slow ClickHouse delays only the event that
+// asked (never the other stream, Tick or ChainBroken).
 type Engine struct {
 	cfg     Config
 	history History
 	pub     Publisher
 	log     *slog.Logger
+	now     func() time.Time // the wall clock, for back-off; the rules run on event time
+
+	// flushing is held by the one goroutine storing the queue. It is taken
+	// before mu, and given up only while mu is held and the queue is
+	// empty or backing off, so that an alert queued by a caller who found
+	// it taken is always seen by its holder.
+	flushing sync.Mutex
+	wake     chan struct{} // tells Run a store failed
 
 	mu       sync.Mutex
 	byIP     map[string]*window // denials per source address (brute force)
@@ -48,9 +70,24 @@ type Engine struct {
 	seenNet  map[string]time.Time
 	lastUse  map[string]time.Time
 	firstUse map[string]time.Time
-	incident map[string]raised // suppression, by incident
-	lastSeq  map[string]uint64
-	stuck    time.Time // when the sink was first seen stuck
+	incident map[string]raised   // stored alerts, by incident: what suppression counts
+	inflight map[string]*pending // the latest queued alert of each incident
+	queue    []*pending          // alerts not yet stored, oldest first
+	pubFails int                 // failed attempts to store the queue's head in a row
+	retryAt  time.Time           // no attempt to store before this (zero: none failed)
+	// histFails counts failed history queries in a row; the history rules
+	// leave the history alone until histRetry, so that a ClickHouse that
+	// times out costs one event a timeout per back-off, not every event.
+	histFails int
+	histRetry time.Time
+	lastSeq   map[string]uint64
+	stuck     time.Time // when the sink was first seen stuck
+}
+
+// pending is an alert queued to be stored, with its envelope.
+type pending struct {
+	alert
+	env domain.Envelope
 }
 
 type raised struct {
@@ -153,9 +190,11 @@ func New(cfg Config, history History, pub Publisher, logger *slog.Logger) *Engin
 	}
 	return &Engine{
 		cfg: cfg.WithDefaults(), history: history, pub: pub, log: logger.With("component", "alerts"),
+		now: time.Now, wake: make(chan struct{}, 1),
 		byIP: map[string]*window{}, sprayIP: map[string]*window{}, failKey: map[string]*window{},
 		deadKey: map[string]*window{}, netsKey: map[string]*window{}, seenNet: map[string]time.Time{},
-		lastUse: map[string]time.Time{}, firstUse: map[string]time.Time{}, incident: map[string]raised{}, lastSeq: map[string]uint64{},
+		lastUse: map[string]time.Time{}, firstUse: map[string]time.Time{},
+		incident: map[string]raised{}, inflight: map[string]*pending{}, lastSeq: map[string]uint64{},
 	}
 }
 
@@ -186,16 +225,33 @@ func network(ip string) (netip.Prefix, bool) {
 // alert is one alert about to be raised.
 type alert struct {
 	domain.AlertRaised
-	at     time.Time
-	window time.Duration
-	supp   time.Duration
+	at   time.Time
+	supp time.Duration
+	// idKey, when set, is what the alert's event id is derived from, in
+	// place of its incident, severity, evidence and window: for alerts
+	// whose window or evidence come from each node's clock.
+	idKey string
 }
 
 // Observe evaluates the rules on one event of USAGE or KEYS and raises
-// the alerts it triggers. It returns the first error publishing an alert.
+// the alerts it triggers. It returns once they are stored, queued behind
+// earlier alerts that wait for a retry, or handed to a concurrent call
+// that is storing; it returns an error when ALERTS refused one in this
+// call (the alert stays queued and is retried).
 func (e *Engine) Observe(ctx context.Context, env domain.Envelope) error {
+	ev, decodeErr := env.Decode()
+	_, isUse := ev.(domain.KeyUsed)
+	var p probe
+	var ans answers
+	if decodeErr == nil && isUse && e.history != nil {
+		e.mu.Lock()
+		p = e.probe(env)
+		e.mu.Unlock()
+		ans = e.ask(ctx, env, p)
+	}
 	var out []alert
 	e.mu.Lock()
+	e.historyAnswered(ans)
 	if env.Stream != "" && env.Seq != 0 {
 		if last, ok := e.lastSeq[env.Stream]; ok && env.Seq > last+1 {
 			out = append(out, alert{AlertRaised: domain.AlertRaised{
@@ -209,18 +265,15 @@ func (e *Engine) Observe(ctx context.Context, env domain.Envelope) error {
 			e.lastSeq[env.Stream] = env.Seq
 		}
 	}
-	ev, err := env.Decode()
-	if err == nil {
-		switch d := ev.(type) {
-		case domain.KeyDenied:
-			out = append(out, e.denied(env, d)...)
-		case domain.KeyUsed:
-			out = append(out, e.used(ctx, env)...)
-		}
+	if d, ok := ev.(domain.KeyDenied); decodeErr == nil && ok {
+		out = append(out, e.denied(env, d)...)
 	}
-	out = e.suppress(out)
+	if decodeErr == nil && isUse {
+		out = append(out, e.used(env, p, ans)...)
+	}
+	err := e.enqueue(out)
 	e.mu.Unlock()
-	return e.raise(ctx, out)
+	return errors.Join(err, e.flush(ctx))
 }
 
 func sourceIP(env domain.Envelope) string {
@@ -326,7 +379,94 @@ func (e *Engine) spray(env domain.Envelope, ip, presented string) []alert {
 	}, at: env.Time, supp: c.Suppress}}
 }
 
-func (e *Engine) used(ctx context.Context, env domain.Envelope) []alert {
+// probe is what the history rules need to ask about one use, read from
+// memory under the lock before the history is asked without it.
+type probe struct {
+	last   time.Time // the key's last use in memory, if lastOK
+	lastOK bool
+	newNet bool         // the new-source rule runs: the network is not known within the lookback
+	net    netip.Prefix // its network
+	estMem bool         // memory alone shows the key established
+	skip   bool         // the history is backing off after a failure
+}
+
+// answers is what the history said, outside the lock.
+type answers struct {
+	asked            bool
+	err              error
+	last             time.Time // the key's last use before the event (dormant)
+	lastOK, haveLast bool
+	est              bool // the key was established (new source)
+	known, haveKnown bool // the key used the network within the lookback
+}
+
+func (e *Engine) probe(env domain.Envelope) probe {
+	var p probe
+	p.last, p.lastOK = e.lastUse[env.KeyID]
+	if net, ok := network(sourceIP(env)); ok {
+		if seen, ok := e.seenNet[env.KeyID+"|"+net.String()]; !ok || env.Time.Sub(seen) >= e.cfg.NewSourceLookback {
+			p.newNet, p.net = true, net
+			p.estMem = e.establishedMem(env.KeyID, env.Time)
+		}
+	}
+	p.skip = e.now().Before(e.histRetry)
+	return p
+}
+
+// ask puts the probe's questions to the history, within HistoryTimeout
+// for all of them. It runs without the lock. After a failure it asks
+// nothing more: the rules treat what it did not learn as no evidence.
+func (e *Engine) ask(ctx context.Context, env domain.Envelope, p probe) answers {
+	var a answers
+	if p.skip || (p.lastOK && !p.newNet) {
+		return a
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.HistoryTimeout)
+	defer cancel()
+	key, t := env.KeyID, env.Time
+	a.asked = true
+	if !p.lastOK {
+		a.last, a.lastOK, a.err = e.history.LastUsedBefore(ctx, key, t)
+		a.haveLast = a.err == nil
+	}
+	if !p.newNet || a.err != nil {
+		return a
+	}
+	a.est = p.estMem
+	if !a.est {
+		var last time.Time
+		var ok bool
+		last, ok, a.err = e.history.LastUsedBefore(ctx, key, t.Add(-establishedAfter))
+		a.est = a.err == nil && ok && t.Sub(last) < e.cfg.NewSourceLookback
+	}
+	if a.est && a.err == nil {
+		a.known, a.err = e.history.UsedFrom(ctx, key, p.net, t.Add(-e.cfg.NewSourceLookback), t)
+		a.haveKnown = a.err == nil
+	}
+	return a
+}
+
+// historyAnswered backs the history off after a failed question and
+// restores it after an answered one.
+func (e *Engine) historyAnswered(a answers) {
+	if !a.asked {
+		return
+	}
+	if a.err == nil {
+		e.histFails, e.histRetry = 0, time.Time{}
+		return
+	}
+	e.histFails++
+	d := domain.Backoff(e.histFails, e.cfg.RetryMin, e.cfg.RetryMax)
+	e.histRetry = e.now().Add(d)
+	e.log.Warn("history unavailable: the new-source and dormant-key rules go without it until it answers",
+		"failures", e.histFails, "retry_in", d, "err", a.err)
+}
+
+// used runs the rules on a use. The probe p and its answers a were taken
+// before the lock was, so memory is read again here: an event observed in
+// between may have taught it more than the history said.
+func (e *Engine) used(env domain.Envelope, p probe, a answers) []alert {
 	var out []alert
 	c := e.cfg
 	key, ip, id := env.KeyID, sourceIP(env), env.ID.String()
@@ -349,14 +489,14 @@ func (e *Engine) used(ctx context.Context, env domain.Envelope) []alert {
 		}, at: env.Time, supp: c.FailureBurst.Suppress})
 		delete(e.failKey, key)
 	}
-	// Dormant: the last use before this one, from memory or the log.
+	// Dormant: the last use before this one, from memory (now, or when
+	// the probe read it, in case it was forgotten since) or the log.
 	last, ok := e.lastUse[key]
-	if !ok && e.history != nil {
-		var err error
-		last, ok, err = e.history.LastUsedBefore(ctx, key, env.Time)
-		if err != nil {
-			e.log.Warn("dormant-key rule: history unavailable", "key", key, "err", err)
-		}
+	if !ok {
+		last, ok = p.last, p.lastOK
+	}
+	if !ok && a.haveLast {
+		last, ok = a.last, a.lastOK
 	}
 	if ok && env.Time.Sub(last) >= c.DormantAfter {
 		out = append(out, alert{AlertRaised: domain.AlertRaised{
@@ -385,14 +525,11 @@ func (e *Engine) used(ctx context.Context, env domain.Envelope) []alert {
 	// habits to deviate from.
 	if seen, ok := e.seenNet[nk]; !ok || env.Time.Sub(seen) >= c.NewSourceLookback {
 		known := false
-		hadUse := e.established(ctx, key, env.Time)
+		hadUse := e.establishedMem(key, env.Time) || p.estMem || a.est
 		if e.history != nil && hadUse {
-			var err error
-			known, err = e.history.UsedFrom(ctx, key, net, env.Time.Add(-c.NewSourceLookback), env.Time)
-			if err != nil {
-				e.log.Warn("new-source rule: history unavailable", "key", key, "err", err)
-				known = true // no evidence either way: stay quiet
-			}
+			// Unasked (the history failed, or memory changed since the
+			// probe): no evidence either way, so stay quiet.
+			known = a.known || !a.haveKnown
 		}
 		if hadUse && !known {
 			out = append(out, alert{AlertRaised: domain.AlertRaised{
@@ -429,23 +566,14 @@ func (e *Engine) used(ctx context.Context, env domain.Envelope) []alert {
 	return out
 }
 
-// established reports whether a key has habits to deviate from: it was
-// already in use a day before t, within the new-source lookback. A new key
-// finding its first few networks is not an anomaly.
-func (e *Engine) established(ctx context.Context, key string, t time.Time) bool {
-	lookback := e.cfg.NewSourceLookback
-	if first, ok := e.firstUse[key]; ok && t.Sub(first) >= establishedAfter && t.Sub(first) < lookback {
-		return true
-	}
-	if e.history == nil {
-		return false
-	}
-	last, ok, err := e.history.LastUsedBefore(ctx, key, t.Add(-establishedAfter))
-	if err != nil {
-		e.log.Warn("new-source rule: history unavailable", "key", key, "err", err)
-		return false
-	}
-	return ok && t.Sub(last) < lookback
+// establishedMem reports whether memory shows that a key has habits to
+// deviate from: it was already in use a day before t, within the
+// new-source lookback. A new key finding its first few networks is not an
+// anomaly. The history answers the same question for uses before the
+// engine started (see ask).
+func (e *Engine) establishedMem(key string, t time.Time) bool {
+	first, ok := e.firstUse[key]
+	return ok && t.Sub(first) >= establishedAfter && t.Sub(first) < e.cfg.NewSourceLookback
 }
 
 // establishedAfter is how long a key must have been in use before a new
@@ -453,7 +581,12 @@ func (e *Engine) established(ctx context.Context, key string, t time.Time) bool 
 const establishedAfter = 24 * time.Hour
 
 // Tick raises the reminders (rotation age, expiry) over the current keys
-// and the pipeline rule for a stuck sink; call it periodically.
+// and the pipeline rule for a stuck sink; call it periodically. Like
+// Observe, it returns an error when ALERTS refused an alert in this call.
+//
+// These alerts come from each node's clock, so their ids are derived from
+// the incident and a bucket of time, never from now itself: nodes ticking
+// a little apart raise the same ids, and ALERTS stores each alert once.
 func (e *Engine) Tick(ctx context.Context, now time.Time, keys []domain.Key, sinkLag uint64) error {
 	var out []alert
 	c := e.cfg
@@ -467,14 +600,19 @@ func (e *Engine) Tick(ctx context.Context, now time.Time, keys []domain.Key, sin
 				Rule: RuleRotationDue, Severity: domain.SeverityLow, Incident: RuleRotationDue + ":" + k.ID,
 				Summary: fmt.Sprintf("key %s (%s) has had the same secret for %d days", k.ID, k.Name, int(age.Hours()/24)),
 				KeyIDs:  []string{k.ID}, WindowStart: k.SecretSetAt, WindowEnd: now,
-			}, at: now, supp: c.ReminderSuppress})
+			}, at: now, supp: c.ReminderSuppress,
+				// The how-manyth reminder this is: one per ReminderSuppress
+				// from the day the secret became due.
+				idKey: fmt.Sprintf("%s:%s|%d", RuleRotationDue, k.ID, (age-c.RotationAge)/c.ReminderSuppress)})
 		}
 		if left := k.ExpiresAt.Sub(now); left <= c.ExpiringWithin {
 			out = append(out, alert{AlertRaised: domain.AlertRaised{
 				Rule: RuleExpiringSoon, Severity: domain.SeverityLow, Incident: RuleExpiringSoon + ":" + k.ID + ":" + k.ExpiresAt.Format(time.RFC3339),
 				Summary: fmt.Sprintf("key %s (%s) expires in %d hours", k.ID, k.Name, int(left.Hours())),
 				KeyIDs:  []string{k.ID}, WindowStart: now, WindowEnd: k.ExpiresAt,
-			}, at: now, supp: c.ExpiringWithin + time.Hour})
+			}, at: now, supp: c.ExpiringWithin + time.Hour,
+				// One reminder per expiry date, which the incident names.
+				idKey: RuleExpiringSoon + ":" + k.ID + ":" + k.ExpiresAt.Format(time.RFC3339)})
 		}
 	}
 	if sinkLag > c.SinkStuckLag {
@@ -487,27 +625,33 @@ func (e *Engine) Tick(ctx context.Context, now time.Time, keys []domain.Key, sin
 				Summary:     fmt.Sprintf("the audit log has trailed JetStream by more than %d events for %s (now %d)", c.SinkStuckLag, now.Sub(e.stuck).Round(time.Second), sinkLag),
 				Count:       int(sinkLag),
 				WindowStart: e.stuck, WindowEnd: now,
-			}, at: now, supp: time.Hour})
+			}, at: now, supp: sinkStuckSuppress,
+				// The hour it is raised in: each node sees the sink stuck from
+				// its own first tick, but all of them within a tick or two.
+				idKey: fmt.Sprintf("%s|%d", RuleSinkStuck, now.Truncate(sinkStuckSuppress).Unix())})
 		}
 	} else {
 		e.stuck = time.Time{}
 	}
 	e.gc(now)
-	out = e.suppress(out)
+	err := e.enqueue(out)
 	e.mu.Unlock()
-	return e.raise(ctx, out)
+	return errors.Join(err, e.flush(ctx))
 }
+
+// sinkStuckSuppress is how often a stuck sink is raised again.
+const sinkStuckSuppress = time.Hour
 
 // ChainBroken raises the pipeline alert for a hash chain that does not
 // verify; the audit verifier calls it.
 func (e *Engine) ChainBroken(ctx context.Context, now time.Time, eventID, why string) error {
 	e.mu.Lock()
-	out := e.suppress([]alert{{AlertRaised: domain.AlertRaised{
+	err := e.enqueue([]alert{{AlertRaised: domain.AlertRaised{
 		Rule: RuleChainBroken, Severity: domain.SeverityCritical, Incident: RuleChainBroken + ":" + eventID,
 		Summary: "audit chain broken at event " + eventID + ": " + why, Evidence: []string{eventID},
 	}, at: now, supp: 24 * time.Hour}})
 	e.mu.Unlock()
-	return e.raise(ctx, out)
+	return errors.Join(err, e.flush(ctx))
 }
 
 // gc drops windows with nothing left in them, so memory follows current
@@ -534,66 +678,183 @@ func (e *Engine) gc(now time.Time) {
 	}
 }
 
-var severityRank = map[string]int{domain.SeverityLow: 1, domain.SeverityMedium: 2, domain.SeverityHigh: 3, domain.SeverityCritical: 4}
-
-// suppress keeps an alert only when its incident has not been raised
+// enqueue keeps an alert only when its incident has not been raised
 // within the suppression window, or has been raised at a lower severity
-// (an escalation, which then resets the window).
-func (e *Engine) suppress(in []alert) []alert {
-	var out []alert
+// (an escalation, which then resets the window), and queues it to be
+// stored. "Raised" is stored or queued: an alert waiting for ALERTS to take
+// it is not raised twice.
+func (e *Engine) enqueue(in []alert) error {
+	var errs []error
 	for _, a := range in {
 		if e.quiet(a.Incident, a.Severity, a.at, a.supp) {
 			continue
 		}
-		if prev, ok := e.incident[a.Incident]; ok && a.at.Sub(prev.at) < a.supp {
+		if prev, ok := e.last(a.Incident); ok && a.at.Sub(prev.at) < a.supp {
 			a.Escalation = true
 		}
-		e.incident[a.Incident] = raised{at: a.at, severity: a.Severity}
-		out = append(out, a)
-	}
-	return out
-}
-
-// quiet reports whether suppress would drop an alert of incident at
-// severity raised at at. A rule asks before it builds an alert: during a
-// long incident, building every suppressed alert cost as much as the
-// incident was large, on every event.
-func (e *Engine) quiet(incident, severity string, at time.Time, supp time.Duration) bool {
-	prev, ok := e.incident[incident]
-	return ok && at.Sub(prev.at) < supp && severityRank[severity] <= severityRank[prev.severity]
-}
-
-// alertID is derived from the incident and its first evidence, so that
-// nodes evaluating the same events raise the same id and JetStream stores
-// the alert once.
-func alertID(a alert) uuid.UUID {
-	h := sha256.New()
-	fmt.Fprintf(h, "%s|%s|%s|%d", a.Incident, a.Severity, strings.Join(a.Evidence, ","), a.WindowStart.UnixMilli())
-	return uuid.NewHash(sha256.New(), uuid.NameSpaceOID, h.Sum(nil), 8)
-}
-
-func (e *Engine) raise(ctx context.Context, as []alert) error {
-	var first error
-	for _, a := range as {
 		key := domain.UnknownKeyID
 		if len(a.KeyIDs) > 0 {
 			key = a.KeyIDs[0]
 		}
 		env, err := domain.NewEnvelope(alertID(a), key, a.AlertRaised, a.at, "keyledger-alerts", nil)
+		if err != nil {
+			// Nothing a retry would change: the alert cannot be encoded.
+			e.log.Error("raise alert: cannot encode it", "rule", a.Rule, "incident", a.Incident, "err", err)
+			errs = append(errs, fmt.Errorf("alert %s: %w", a.Incident, err))
+			continue
+		}
+		env.Seal("")
+		p := &pending{alert: a, env: env}
+		e.inflight[a.Incident] = p
+		e.queue = append(e.queue, p)
+	}
+	return errors.Join(errs...)
+}
+
+// last returns the latest raising of an incident: its queued alert if it
+// has one, else its stored one.
+func (e *Engine) last(incident string) (raised, bool) {
+	if p, ok := e.inflight[incident]; ok {
+		return raised{at: p.at, severity: p.Severity}, true
+	}
+	r, ok := e.incident[incident]
+	return r, ok
+}
+
+// quiet reports whether enqueue would drop an alert of incident at
+// severity raised at at. A rule asks before it builds an alert: during a
+// long incident, building every suppressed alert cost as much as the
+// incident was large, on every event.
+func (e *Engine) quiet(incident, severity string, at time.Time, supp time.Duration) bool {
+	prev, ok := e.last(incident)
+	return ok && at.Sub(prev.at) < supp && domain.SeverityRank(severity) <= domain.SeverityRank(prev.severity)
+}
+
+// alertID is derived from the incident and its first evidence (or the
+// alert's idKey), so that nodes evaluating the same events raise the same
+// id and JetStream stores the alert once.
+func alertID(a alert) uuid.UUID {
+	h := sha256.New()
+	if a.idKey != "" {
+		fmt.Fprintf(h, "%s|%s", a.idKey, a.Severity)
+	} else {
+		fmt.Fprintf(h, "%s|%s|%s|%d", a.Incident, a.Severity, strings.Join(a.Evidence, ","), a.WindowStart.UnixMilli())
+	}
+	return uuid.NewHash(sha256.New(), uuid.NameSpaceOID, h.Sum(nil), 8)
+}
+
+// publishTimeout bounds one attempt to store an alert.
+const publishTimeout = 10 * time.Second
+
+// flush stores the queued alerts, oldest first, until the queue is empty
+// or one is refused. A caller that finds another one storing leaves its
+// alerts to it (see flushing).
+func (e *Engine) flush(ctx context.Context) error {
+	if !e.flushing.TryLock() {
+		return nil
+	}
+	return e.drain(ctx)
+}
+
+// drain is flush with flushing held; it releases it.
+func (e *Engine) drain(ctx context.Context) error {
+	e.mu.Lock()
+	for {
+		if len(e.queue) == 0 || e.now().Before(e.retryAt) {
+			e.flushing.Unlock()
+			e.mu.Unlock()
+			return nil
+		}
+		p := e.queue[0]
+		e.mu.Unlock()
+		pctx, cancel := context.WithTimeout(ctx, publishTimeout)
+		_, err := e.pub.PublishAlert(pctx, p.env)
+		cancel()
 		if err == nil {
-			env.Seal("")
-			_, err = e.pub.PublishAlert(ctx, env)
+			e.log.Info("alert raised", "rule", p.Rule, "severity", p.Severity, "incident", p.Incident, "escalation", p.Escalation)
+		}
+		e.mu.Lock()
+		if domain.ErrorCode(err) == domain.EINVALID {
+			// No retry would change the answer, and the queue behind
+			// it must not wait for one. It counts as raised, so that
+			// the incident does not rebuild it on every event.
+			e.log.Error("ALERT DROPPED: ALERTS can never store it", "rule", p.Rule, "incident", p.Incident, "err", err)
+			err = nil
 		}
 		if err != nil {
-			e.log.Error("raise alert", "rule", a.Rule, "incident", a.Incident, "err", err)
-			if first == nil {
-				first = err
+			e.pubFails++
+			d := domain.Backoff(e.pubFails, e.cfg.RetryMin, e.cfg.RetryMax)
+			e.retryAt = e.now().Add(d)
+			fails, queued := e.pubFails, len(e.queue)
+			e.flushing.Unlock()
+			e.mu.Unlock()
+			select {
+			case e.wake <- struct{}{}:
+			default:
+			}
+			e.log.Error("alert not stored; it stays queued and is retried", "rule", p.Rule, "incident", p.Incident,
+				"attempts", fails, "retry_in", d, "queued", queued, "err", err)
+			return fmt.Errorf("store alert %s: %w", p.Incident, err)
+		}
+		e.queue[0] = nil
+		e.queue = e.queue[1:]
+		e.pubFails, e.retryAt = 0, time.Time{}
+		e.incident[p.Incident] = raised{at: p.at, severity: p.Severity}
+		if e.inflight[p.Incident] == p {
+			delete(e.inflight, p.Incident)
+		}
+	}
+}
+
+// Run retries the alerts ALERTS refused, after their back-off, until ctx
+// ends; then it returns nil. Without it they are retried only by the next
+// Observe, Tick or ChainBroken that comes after their back-off.
+func (e *Engine) Run(ctx context.Context) error {
+	for {
+		e.mu.Lock()
+		// Without a failure there is nothing to retry: whoever queued an
+		// alert is storing it.
+		wait := time.Duration(-1)
+		if len(e.queue) > 0 && !e.retryAt.IsZero() {
+			wait = max(0, e.retryAt.Sub(e.now()))
+		}
+		e.mu.Unlock()
+		if !e.sleep(ctx, wait) {
+			if ctx.Err() != nil {
+				return nil
 			}
 			continue
 		}
-		e.log.Info("alert raised", "rule", a.Rule, "severity", a.Severity, "incident", a.Incident, "escalation", a.Escalation)
+		e.flushing.Lock()
+		_ = e.drain(ctx) // drain logs its failures
 	}
-	return first
+}
+
+// sleep waits for d (forever when negative) and reports true, or returns
+// false early when a store fails or ctx ends.
+func (e *Engine) sleep(ctx context.Context, d time.Duration) bool {
+	var due <-chan time.Time
+	if d >= 0 {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		due = t.C
+	}
+	select {
+	case <-ctx.Done():
+		return false
+	case <-e.wake:
+		return false
+	case <-due:
+		return true
+	}
+}
+
+// Pending returns how many alerts wait to be stored on ALERTS; for
+// metrics (alert on a value that stays above zero).
+func (e *Engine) Pending() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.queue)
 }
 
 func logQuery(v url.Values, from, to time.Time) string {

@@ -59,6 +59,12 @@ type rig struct {
 	engine *alerts.Engine
 	tail   *alertTail
 
+	// Set before start: hist replaces the rig's history (ch), and
+	// observeErr takes the engine's errors, which otherwise fail the test.
+	hist       alerts.History
+	observeErr func(error)
+	observed   atomic.Int64 // USAGE events the engine has taken
+
 	mu       sync.Mutex
 	events   map[string]bool // ids of every event published to USAGE
 	nUsage   uint64
@@ -98,17 +104,30 @@ func newHistoryRig(t *testing.T, addr string) *rig {
 	return r
 }
 
-// countingPublisher is the store's PublishAlert, counted: settle compares
-// the count with what ALERTS holds, so that a repeated alert the engine
-// failed to suppress cannot hide behind JetStream's de-duplication.
+// countingPublisher is the store's PublishAlert, its successes counted:
+// settle compares the count with what ALERTS holds, so that a repeated
+// alert the engine failed to suppress cannot hide behind JetStream's
+// de-duplication (a duplicate is a success). Refused attempts are counted
+// apart.
 type countingPublisher struct {
-	store *eventstore.Store
-	n     atomic.Int64
+	store   *eventstore.Store
+	n       atomic.Int64 // sent and not refused (counted before the answer)
+	acked   atomic.Int64 // acknowledged as stored (or as a duplicate)
+	refused atomic.Int64
 }
 
 func (p *countingPublisher) PublishAlert(ctx context.Context, env domain.Envelope) (uint64, error) {
+	// Counted before it is sent: an alert may reach a reader of ALERTS
+	// before its publisher has the acknowledgement.
 	p.n.Add(1)
-	return p.store.PublishAlert(ctx, env)
+	seq, err := p.store.PublishAlert(ctx, env)
+	if err != nil {
+		p.n.Add(-1)
+		p.refused.Add(1)
+	} else {
+		p.acked.Add(1)
+	}
+	return seq, err
 }
 
 // start runs the engine on every USAGE event published from now on; what
@@ -119,8 +138,8 @@ func (r *rig) start(cfg alerts.Config) { r.startDropping(cfg, nil) }
 // stream sequence drop reports.
 func (r *rig) startDropping(cfg alerts.Config, drop func(seq uint64) bool) {
 	r.t.Helper()
-	var hist alerts.History // a nil *chlog.Store would be a non-nil History
-	if r.ch != nil {
+	hist := r.hist // a nil *chlog.Store would be a non-nil History
+	if hist == nil && r.ch != nil {
 		hist = r.ch
 	}
 	r.engine = alerts.New(cfg, hist, r.pub, nil)
@@ -133,7 +152,12 @@ func (r *rig) startDropping(cfg alerts.Config, drop func(seq uint64) bool) {
 		if drop != nil && drop(env.Seq) {
 			return nil
 		}
-		if err := r.engine.Observe(context.Background(), env); err != nil {
+		err := r.engine.Observe(context.Background(), env)
+		r.observed.Add(1)
+		switch {
+		case err != nil && r.observeErr != nil:
+			r.observeErr(err)
+		case err != nil:
 			t.Errorf("observe %s #%d: %v", env.Stream, env.Seq, err)
 		}
 		return nil
@@ -144,9 +168,37 @@ func (r *rig) startDropping(cfg alerts.Config, drop func(seq uint64) bool) {
 	r.t.Cleanup(sub.Stop)
 }
 
+// run runs the engine's retry loop until the test ends.
+func (r *rig) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.engine.Run(ctx) }()
+	r.t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			r.t.Errorf("engine run: %v", err)
+		}
+	})
+}
+
 // use publishes one verification of key from ip at a chosen time and
 // returns the event's id: VALID is a use, any other code a denial.
 func (r *rig) use(key, code, ip string, when time.Time) string {
+	r.t.Helper()
+	env := r.verification(key, code, ip, when)
+	if err := r.usage.Publish(context.Background(), env); err != nil {
+		r.t.Fatal(err)
+	}
+	r.mu.Lock()
+	r.nUsage++
+	r.mu.Unlock()
+	return env.ID.String()
+}
+
+// verification is the event of one verification, as use publishes it;
+// tests that hand it to the engine directly (as from another stream's
+// goroutine) call it alone.
+func (r *rig) verification(key, code, ip string, when time.Time) domain.Envelope {
 	r.t.Helper()
 	var ev domain.Event = domain.KeyUsed{Code: code, Service: "svc"}
 	if code != valid {
@@ -161,14 +213,10 @@ func (r *rig) use(key, code, ip string, when time.Time) string {
 		r.t.Fatal(err)
 	}
 	env.Seal("")
-	if err := r.usage.Publish(context.Background(), env); err != nil {
-		r.t.Fatal(err)
-	}
 	r.mu.Lock()
 	r.events[env.ID.String()] = true
-	r.nUsage++
 	r.mu.Unlock()
-	return env.ID.String()
+	return env
 }
 
 // waitHistory waits until the ClickHouse log holds every event published

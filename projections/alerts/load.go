@@ -31,6 +31,7 @@ type fileConfig struct {
 	SinkStuckLag      uint64         `json:"sink_stuck_lag"`
 	SinkStuckFor      string         `json:"sink_stuck_for"`
 	MaxEvidence       int            `json:"max_evidence"`
+	HistoryTimeout    string         `json:"history_timeout"`
 }
 
 // LoadConfig reads rule thresholds from JSON, for example
@@ -80,6 +81,7 @@ func LoadConfig(r io.Reader) (Config, error) {
 	c.SinkStuckLag = f.SinkStuckLag
 	c.SinkStuckFor = dur("sink_stuck_for", f.SinkStuckFor)
 	c.MaxEvidence = f.MaxEvidence
+	c.HistoryTimeout = dur("history_timeout", f.HistoryTimeout)
 	if err != nil {
 		return Config{}, err
 	}

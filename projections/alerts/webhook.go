@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -150,11 +151,7 @@ func (h WebhookConfig) validate() error {
 
 // backoff returns the wait after failed attempt n (1 is the first).
 func (h WebhookConfig) backoff(n uint64) time.Duration {
-	d := h.MinBackoff
-	for i := uint64(1); i < n && d < h.MaxBackoff; i++ {
-		d *= 2
-	}
-	return min(d, h.MaxBackoff)
+	return domain.Backoff(int(min(n, math.MaxInt32)), h.MinBackoff, h.MaxBackoff)
 }
 
 // exhausted reports whether, after failed attempt n, the next attempt would
@@ -464,16 +461,12 @@ func (w *Webhooks) handle(ctx context.Context, h WebhookConfig, msg jetstream.Ms
 	}
 }
 
-// severityBelow reports whether severity ranks under floor. Unknown
-// severities rank above every known one, so they are delivered.
+// severityBelow reports whether severity ranks under floor. An unknown
+// severity (rank 0) is delivered: a receiver filtering by severity must not
+// lose alerts of a newer version it cannot rank.
 func severityBelow(severity, floor string) bool {
-	rank := func(s string) int {
-		if i := slices.Index(domain.Severities, s); i >= 0 {
-			return i
-		}
-		return len(domain.Severities)
-	}
-	return rank(severity) < rank(floor)
+	r := domain.SeverityRank(severity)
+	return r != 0 && r < domain.SeverityRank(floor)
 }
 
 // post makes one attempt. Its error never contains the URL, which may
