@@ -22,12 +22,13 @@ const (
 	RuleSequenceGap   = "audit_sequence_gap"
 	RuleSinkStuck     = "audit_sink_stuck"
 	RuleChainBroken   = "audit_chain_broken"
+	RuleForgedEvent   = "forged_event"
 	defaultSuppressed = time.Hour
 )
 
 // Rules lists every rule name.
 var Rules = []string{RuleBruteForce, RuleKeySpraying, RuleFailureBurst, RuleDeadKey, RuleNewSource,
-	RuleManyNetworks, RuleDormantKey, RuleRotationDue, RuleExpiringSoon, RuleSequenceGap, RuleSinkStuck, RuleChainBroken}
+	RuleManyNetworks, RuleDormantKey, RuleRotationDue, RuleExpiringSoon, RuleSequenceGap, RuleSinkStuck, RuleChainBroken, RuleForgedEvent}
 
 // Threshold is a count within a window, and how long an incident stays
 // suppressed after its alert.

@@ -654,6 +654,33 @@ func (e *Engine) ChainBroken(ctx context.Context, now time.Time, eventID, why st
 	return errors.Join(err, e.flush(ctx))
 }
 
+// ForgedEvent raises the critical alert for an event stored on a ledger
+// stream that no trusted writer signed: someone with access to NATS wrote
+// it, and keyledger did not apply it.
+func (e *Engine) ForgedEvent(ctx context.Context, now time.Time, env domain.Envelope) error {
+	why := "unsigned"
+	if env.Forged != nil {
+		why = domain.ErrorMessage(env.Forged)
+	}
+	e.mu.Lock()
+	err := e.enqueue([]alert{{AlertRaised: domain.AlertRaised{
+		Rule: RuleForgedEvent, Severity: domain.SeverityCritical, Incident: RuleForgedEvent + ":" + env.ID.String(),
+		Summary:  fmt.Sprintf("forged %s event %s at %s sequence %d was refused: %s", env.Type, env.ID, env.Stream, env.Seq, why),
+		Evidence: []string{env.ID.String()}, KeyIDs: nonEmptyKey(env),
+	}, at: now, supp: 24 * time.Hour}})
+	e.mu.Unlock()
+	return errors.Join(err, e.flush(ctx))
+}
+
+// nonEmptyKey names the key a forged event claims to be about, when it is
+// a key's event.
+func nonEmptyKey(env domain.Envelope) []string {
+	if env.Kind() == domain.KindKey && env.KeyID != "" {
+		return []string{env.KeyID}
+	}
+	return nil
+}
+
 // gc drops windows with nothing left in them, so memory follows current
 // traffic rather than all traffic ever seen.
 func (e *Engine) gc(now time.Time) {
