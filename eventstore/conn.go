@@ -27,35 +27,36 @@ func ConnectOptions(cfg Config) ([]nats.Option, error) {
 	if _, ok := IdentityPermissions(identity); !ok {
 		return nil, domain.Errorf(domain.EINVALID, "bad_nats_config", "unknown nats identity %q", identity)
 	}
-	opts := []nats.Option{nats.CustomInboxPrefix(InboxPrefix(identity))}
 	given := 0
-	if cfg.CredsFile != "" {
-		given++
-		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	for _, set := range []bool{cfg.CredsFile != "", cfg.NkeySeedFile != "", cfg.User != "" || cfg.Password != ""} {
+		if set {
+			given++
+		}
 	}
-	if cfg.NkeySeedFile != "" {
-		given++
+	if given > 1 {
+		return nil, domain.Errorf(domain.EINVALID, "bad_nats_config", "give at most one of a nats creds file, an nkey seed file and a user")
+	}
+	if cfg.Password != "" && cfg.User == "" {
+		return nil, domain.Errorf(domain.EINVALID, "bad_nats_config", "a nats password needs a user")
+	}
+	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
+		return nil, domain.Errorf(domain.EINVALID, "bad_nats_config", "a nats client certificate needs both its certificate and its key file")
+	}
+	opts := []nats.Option{nats.CustomInboxPrefix(InboxPrefix(identity))}
+	switch {
+	case cfg.CredsFile != "":
+		opts = append(opts, nats.UserCredentials(cfg.CredsFile))
+	case cfg.NkeySeedFile != "":
 		o, err := nats.NkeyOptionFromSeed(cfg.NkeySeedFile)
 		if err != nil {
 			return nil, domain.Errorf(domain.EINVALID, "bad_nats_config", "nats nkey seed %s: %v", cfg.NkeySeedFile, err)
 		}
 		opts = append(opts, o)
-	}
-	if cfg.User != "" || cfg.Password != "" {
-		given++
-		if cfg.User == "" {
-			return nil, domain.Errorf(domain.EINVALID, "bad_nats_config", "a nats password needs a user")
-		}
+	case cfg.User != "":
 		opts = append(opts, nats.UserInfo(cfg.User, cfg.Password))
-	}
-	if given > 1 {
-		return nil, domain.Errorf(domain.EINVALID, "bad_nats_config", "give at most one of a nats creds file, an nkey seed file and a user")
 	}
 	if cfg.TLSCAFile != "" {
 		opts = append(opts, nats.RootCAs(cfg.TLSCAFile))
-	}
-	if (cfg.TLSCertFile == "") != (cfg.TLSKeyFile == "") {
-		return nil, domain.Errorf(domain.EINVALID, "bad_nats_config", "a nats client certificate needs both its certificate and its key file")
 	}
 	if cfg.TLSCertFile != "" {
 		opts = append(opts, nats.ClientCert(cfg.TLSCertFile, cfg.TLSKeyFile))
