@@ -97,6 +97,12 @@ func TestDeployNATSConfMatchesCode(t *testing.T) {
 
 	// What the server makes of the file, too.
 	seeds := deployIdentities(t)
+	// Without one of the public keys the file is refused, not opened up.
+	os.Unsetenv(nkeyEnv(eventstore.IdentityAuditor))
+	if _, err := server.ProcessConfigFile(natsConf); err == nil {
+		t.Errorf("the file loads without $%s", nkeyEnv(eventstore.IdentityAuditor))
+	}
+	t.Setenv(nkeyEnv(eventstore.IdentityAuditor), seeds[eventstore.IdentityAuditor].pub)
 	opts, err := server.ProcessConfigFile(natsConf)
 	if err != nil {
 		t.Fatal(err)

@@ -159,7 +159,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			s.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+			url := nc.ConnectedUrlRedacted()
+			if s.ns != nil {
+				url = "in-process"
+			}
+			s.log.Info("nats reconnected", "url", url)
 		}),
 		// Asynchronous errors (a slow consumer, a write on a dropped
 		// connection) go to the log instead of nats.go's stderr printer.
@@ -331,7 +335,7 @@ func (s *Store) shutdownServer() {
 // ClientURL is the URL other processes use to reach the server: the
 // external server's, or the embedded server's listener. It is empty for an
 // embedded server without a listener, which only this process can reach
-// (through Connect).
+// (through Connect). A password in the URL is masked, so it may be logged.
 func (s *Store) ClientURL() string {
 	if s.ns != nil {
 		if s.ns.Addr() == nil {
@@ -339,7 +343,7 @@ func (s *Store) ClientURL() string {
 		}
 		return s.ns.ClientURL()
 	}
-	return s.nc.ConnectedUrl()
+	return s.nc.ConnectedUrlRedacted()
 }
 
 // CredentialsDir is the directory of the embedded server's nkey seed files,
