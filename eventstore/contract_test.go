@@ -29,11 +29,12 @@ func TestContractCluster(t *testing.T) {
 
 // TestContractExternalURL runs the contract through a second store that
 // reaches an embedded server by its client URL, as a production node
-// reaches an external cluster.
+// reaches an external cluster: through TCP, authenticated as the node
+// identity, so the node's permissions must be enough for all of it.
 func TestContractExternalURL(t *testing.T) {
-	embedded := MustOpenStore(t)
+	_, asNode := MustOpenListening(t)
 	runContract(t, func(t *testing.T) *eventstore.Store {
-		return MustOpenStore(t, func(c *eventstore.Config) { c.URL = embedded.ClientURL() })
+		return MustOpenStore(t, asNode)
 	})
 }
 

@@ -46,6 +46,19 @@ func MustOpenStore(tb testing.TB, opts ...func(*eventstore.Config)) *eventstore.
 	return s
 }
 
+// MustOpenListening opens a store whose embedded server listens on a free
+// port of 127.0.0.1, and returns it with the settings by which another
+// store reaches it over TCP as a keyledger node, the way a node reaches an
+// external cluster.
+func MustOpenListening(tb testing.TB, opts ...func(*eventstore.Config)) (*eventstore.Store, func(*eventstore.Config)) {
+	tb.Helper()
+	s := MustOpenStore(tb, append([]func(*eventstore.Config){func(c *eventstore.Config) { c.Listen = "127.0.0.1:0" }}, opts...)...)
+	return s, func(c *eventstore.Config) {
+		c.URL = s.ClientURL()
+		c.NkeySeedFile = eventstore.SeedFile(s.CredentialsDir(), eventstore.IdentityNode)
+	}
+}
+
 // checkFor polls f every interval until it returns nil, failing the test
 // with f's last error after total.
 func checkFor(tb testing.TB, total, every time.Duration, f func() error) {

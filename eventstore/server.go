@@ -4,24 +4,28 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
+	"strconv"
 	"time"
 
+	"github.com/keyledger/keyledger/domain"
 	"github.com/nats-io/nats-server/v2/server"
 )
 
 // startEmbedded starts an in-process NATS server with JetStream whose data
-// lives under dataDir. It listens on 127.0.0.1 with a random port so that
-// other processes (and tests of the external-URL mode) can reach it, and so
-// that two instances on one machine never fight over a fixed port.
-func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*server.Server, error) {
+// lives under cfg.DataDir. By default it opens no listener: the only way in
+// is an in-process connection of this process, so nothing else on the
+// machine can publish to the ledger. With cfg.Listen it listens there and
+// every connection, in-process ones included, must authenticate as one of
+// the identities in creds (generated under the data dir on first start).
+func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*server.Server, credentials, error) {
 	if cfg.DataDir == "" {
-		return nil, fmt.Errorf("start nats: embedded mode needs a data dir")
+		return nil, nil, fmt.Errorf("start nats: embedded mode needs a data dir")
 	}
 	opts := &server.Options{
 		ServerName: "keyledger",
-		Host:       "127.0.0.1",
-		Port:       server.RANDOM_PORT,
+		DontListen: true,
 		JetStream:  true,
 		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
 		// An acknowledged event must survive a power cut, so every write
@@ -30,9 +34,23 @@ func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*server.S
 		// The embedding process owns signal handling.
 		NoSigs: true,
 	}
+	var creds credentials
+	if cfg.Listen != "" {
+		host, port, err := listenAddr(cfg.Listen)
+		if err != nil {
+			return nil, nil, err
+		}
+		if creds, err = loadOrCreateCredentials(credentialsDir(cfg.DataDir)); err != nil {
+			return nil, nil, fmt.Errorf("start nats: %w", err)
+		}
+		if opts.Nkeys, err = creds.nkeyUsers(); err != nil {
+			return nil, nil, fmt.Errorf("start nats: %w", err)
+		}
+		opts.DontListen, opts.Host, opts.Port = false, host, port
+	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
-		return nil, fmt.Errorf("start nats: %w", err)
+		return nil, nil, fmt.Errorf("start nats: %w", err)
 	}
 	ns.SetLoggerV2(serverLogger{log}, false, false, false)
 	go ns.Start()
@@ -46,9 +64,29 @@ func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*server.S
 	if !ns.ReadyForConnections(wait) {
 		ns.Shutdown()
 		ns.WaitForShutdown()
-		return nil, fmt.Errorf("start nats: server not ready after %s", wait)
+		return nil, nil, fmt.Errorf("start nats: server not ready after %s", wait)
 	}
-	return ns, nil
+	return ns, creds, nil
+}
+
+// listenAddr splits a "host:port" listen address; port 0 picks a free
+// port.
+func listenAddr(addr string) (string, int, error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, domain.Errorf(domain.EINVALID, "bad_nats_listen", "nats listen address %q: %v", addr, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, domain.Errorf(domain.EINVALID, "bad_nats_listen", "nats listen address %q: bad port", addr)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	if host == "" {
+		host = "0.0.0.0"
+	}
+	return host, port, nil
 }
 
 // serverLogger forwards the embedded server's log lines to slog. The

@@ -46,6 +46,34 @@ type Config struct {
 	// deliver as trusted: every other event reaches the subscriber with
 	// Forged set. Nil checks nothing.
 	Writers *domain.Writers
+
+	// Listen, in embedded mode, opens a TCP listener at "host:port" (port
+	// 0 picks a free one) for other processes: services, alert
+	// pipelines, auditors, more nodes. Every connection must then
+	// authenticate as one of the identities whose nkey seeds Open
+	// generates under DataDir/credentials (see CredentialsDir). Empty, the
+	// default, opens no listener at all: only this process can reach the
+	// server. Not allowed with URL.
+	Listen string
+
+	// Credentials for the external server at URL: at most one of a .creds
+	// file, an nkey seed file, or a user and password.
+	CredsFile    string
+	NkeySeedFile string
+	User         string
+	// Password goes with User. Read it from the environment or a file,
+	// never from a command-line flag.
+	Password string
+	// Identity is the deployment identity the credentials belong to
+	// (IdentityNode when empty). Connections use its inbox prefix, the only
+	// one its permissions let it subscribe to.
+	Identity string
+
+	// TLS to the external server: a CA file to verify it by, and a client
+	// certificate and key when it asks for one. Any of them turns TLS on.
+	TLSCAFile   string
+	TLSCertFile string
+	TLSKeyFile  string
 }
 
 // Stream subjects. The wildcard after the aggregate id matches every event
@@ -73,6 +101,7 @@ type Store struct {
 	cfg    Config
 	log    *slog.Logger
 	ns     *server.Server // nil with an external server
+	creds  credentials    // the embedded server's identities; nil without a listener
 	unlock func()         // releases the data dir lock of the embedded server
 	nc     *nats.Conn
 	js     jetstream.JetStream
@@ -104,21 +133,33 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, log: log.With("component", "eventstore"), signer: newSigner(cfg.WriterKey)}
 
-	url := cfg.URL
-	if url == "" {
+	var opts []nats.Option
+	if cfg.URL == "" {
 		unlock, err := lockDataDir(cfg.DataDir)
 		if err != nil {
 			return nil, err
 		}
-		ns, err := startEmbedded(ctx, cfg, log)
+		ns, creds, err := startEmbedded(ctx, cfg, log)
 		if err != nil {
 			unlock()
 			return nil, err
 		}
-		s.ns, s.unlock = ns, unlock
-		url = ns.ClientURL()
+		s.ns, s.creds, s.unlock = ns, creds, unlock
+		opts = s.inProcessOptions()
+		if cfg.Listen != "" {
+			s.log.Info("nats listening; every connection must authenticate",
+				"url", s.ClientURL(), "credentials", s.CredentialsDir())
+		}
+	} else {
+		if cfg.Listen != "" {
+			return nil, domain.Errorf(domain.EINVALID, "bad_nats_config", "a nats listen address is for the embedded server, not with an external url")
+		}
+		var err error
+		if opts, err = ConnectOptions(cfg); err != nil {
+			return nil, err
+		}
 	}
-	nc, err := nats.Connect(url,
+	nc, err := nats.Connect(cfg.URL, append(opts,
 		nats.Name("keyledger"),
 		nats.MaxReconnects(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
@@ -127,7 +168,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
-			s.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted())
+			url := nc.ConnectedUrlRedacted()
+			if s.ns != nil {
+				url = "in-process"
+			}
+			s.log.Info("nats reconnected", "url", url)
 		}),
 		// Asynchronous errors (a slow consumer, a write on a dropped
 		// connection) go to the log instead of nats.go's stderr printer.
@@ -138,7 +183,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			}
 			s.log.Warn("nats async error", "err", err)
 		}),
-	)
+	)...)
 	if err != nil {
 		s.shutdownServer()
 		return nil, fmt.Errorf("connect nats: %w", err)
@@ -296,12 +341,28 @@ func (s *Store) shutdownServer() {
 	}
 }
 
-// ClientURL is the URL other processes use to reach the server.
+// ClientURL is the URL other processes use to reach the server: the
+// external server's, or the embedded server's listener. It is empty for an
+// embedded server without a listener, which only this process can reach
+// (through Connect). A password in the URL is masked, so it may be logged.
 func (s *Store) ClientURL() string {
 	if s.ns != nil {
+		if s.ns.Addr() == nil {
+			return ""
+		}
 		return s.ns.ClientURL()
 	}
-	return s.nc.ConnectedUrl()
+	return s.nc.ConnectedUrlRedacted()
+}
+
+// CredentialsDir is the directory of the embedded server's nkey seed files,
+// one per identity (SeedFile names them), when it listens; empty
+// otherwise. Hand each seed file only to what acts as its identity.
+func (s *Store) CredentialsDir() string {
+	if s.creds == nil {
+		return ""
+	}
+	return credentialsDir(s.cfg.DataDir)
 }
 
 // Conn is the store's NATS connection.

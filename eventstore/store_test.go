@@ -193,6 +193,8 @@ func TestRestart(t *testing.T) {
 // TestStreamSettings pins the ledger settings: nothing may ever discard,
 // delete or purge an event.
 func TestStreamSettings(t *testing.T) {
+	// No listener, hence no credentials: the purge below reaches the
+	// stream's own DenyPurge instead of the node's permissions.
 	s := MustOpenStore(t)
 	for _, name := range []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts} {
 		st, err := s.JetStream().Stream(testCtx(t), name)
@@ -214,7 +216,10 @@ func TestStreamSettings(t *testing.T) {
 		}
 	}
 	// Open is idempotent on an existing server.
-	again, err := eventstore.Open(testCtx(t), eventstore.Config{URL: s.ClientURL(), Logger: testLogger()})
+	_, asNode := MustOpenListening(t)
+	cfg := eventstore.Config{Logger: testLogger()}
+	asNode(&cfg)
+	again, err := eventstore.Open(testCtx(t), cfg)
 	if err != nil {
 		t.Fatalf("second open: %v", err)
 	}

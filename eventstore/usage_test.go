@@ -131,11 +131,11 @@ func TestUsageAsyncCloseFlushes(t *testing.T) {
 // fills, then Publish blocks instead of dropping; when the connection is
 // back everything buffered is stored and the blocked caller gets through.
 func TestUsageAsyncBackPressure(t *testing.T) {
-	embedded := MustOpenStore(t)
+	embedded, asNode := MustOpenListening(t)
 	// The outage is a proxy refusing connections, so the server and its
 	// port stay ours for the whole test.
 	px := newProxy(t, strings.TrimPrefix(embedded.ClientURL(), "nats://"))
-	s := MustOpenStore(t, func(c *eventstore.Config) {
+	s := MustOpenStore(t, asNode, func(c *eventstore.Config) {
 		c.URL = "nats://" + px.addr()
 		c.Timeout = 200 * time.Millisecond
 	})
