@@ -105,7 +105,11 @@ func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.Orde
 				continue
 			}
 			env.Stream, env.Seq = stream, md.Sequence.Stream
-			if w := s.cfg.Writers; w != nil {
+			// Provenance decides what the ledger applies: key state and
+			// checkpoints. Usage messages are signed too, and audit verify
+			// checks them, but a forged one grants nothing, so the hot
+			// path's followers do not pay for the check.
+			if w := s.cfg.Writers; w != nil && (stream == domain.StreamKeys || stream == domain.StreamCheckpoints) {
 				if env.Forged = CheckProvenance(*w, msg.Subject(), msg.Data(), msg.Headers(), md.Timestamp); env.Forged == nil {
 					env.Writer = msg.Headers().Get(HdrWriter)
 				}
