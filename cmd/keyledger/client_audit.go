@@ -42,7 +42,9 @@ func (e auditFailure) Error() string { return "audit_failed: " + e.f.Error() }
 
 func runAuditVerify(ctx context.Context, g *globals, name string, args []string) error {
 	var dataDir, natsURL, pubFile, chAddr, chDB, trustedWriters string
+	var nf natsFlags
 	fs := newFlagSet("keyledger " + name)
+	nf.register(fs, false)
 	g.register(fs, "token-file")
 	fs.StringVar(&dataDir, "data-dir", "", "data dir of a stopped node (offline verification)")
 	fs.StringVar(&natsURL, "nats-url", "", "NATS of a running deployment")
@@ -65,7 +67,11 @@ func runAuditVerify(ctx context.Context, g *globals, name string, args []string)
 		// A plain connection, not eventstore.Open: verifying must not
 		// create or update the deployment's streams, and a reviewer's
 		// credentials may well be read-only.
-		nc, err := nats.Connect(natsURL, nats.Name("keyledger-audit-verify"))
+		ncfg := eventstore.Config{URL: natsURL, Identity: eventstore.IdentityAuditor}
+		if err := nf.apply(&ncfg); err != nil {
+			return usageError{err.Error()}
+		}
+		nc, err := eventstore.Dial(ctx, ncfg, nats.Name("keyledger-audit-verify"))
 		if err != nil {
 			return &apiError{Code: "unreachable", Detail: err.Error()}
 		}

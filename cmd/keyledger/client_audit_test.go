@@ -18,6 +18,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/api"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
 )
 
 // runCLI runs the client in-process and returns stdout, stderr, exit code.
@@ -40,7 +41,7 @@ func TestAuditVerifyAndProofs(t *testing.T) {
 	root := domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{7, 7, 7})
 	t.Setenv("KEYLEDGER_ROOT_TOKEN", root)
 	m := &Main{Stdout: io.Discard}
-	if err := m.ParseFlags([]string{"--data-dir", dir, "--http-addr", "127.0.0.1:0", "--checkpoint-every", "3", "--checkpoint-interval", "200ms"}, io.Discard); err != nil {
+	if err := m.ParseFlags([]string{"--data-dir", dir, "--http-addr", "127.0.0.1:0", "--checkpoint-every", "3", "--checkpoint-interval", "200ms", "--nats-listen", "127.0.0.1:0"}, io.Discard); err != nil {
 		t.Fatal(err)
 	}
 	m.Logger = slog.New(slog.DiscardHandler)
@@ -95,7 +96,11 @@ func TestAuditVerifyAndProofs(t *testing.T) {
 		t.Fatalf("verify of a running node's dir: exit %d %s", code, errs)
 	}
 	// A running deployment verifies over NATS with the served public key.
-	if out, errs, code := runCLI(nil, "audit", "verify", "--nats-url", m.store.ClientURL(), "--public-key", pubFile); code != 0 || !strings.HasPrefix(out, "OK") {
+	// It reads as the auditor, with the auditor's generated nkey and the
+	// node's trusted writers.
+	auditorSeed := eventstore.SeedFile(m.store.CredentialsDir(), eventstore.IdentityAuditor)
+	if out, errs, code := runCLI(nil, "audit", "verify", "--nats-url", m.store.ClientURL(), "--nats-nkey", auditorSeed,
+		"--trusted-writers", filepath.Join(dir, "trusted-writers.json"), "--public-key", pubFile); code != 0 || !strings.HasPrefix(out, "OK") {
 		t.Fatalf("live verify: exit %d\n%s%s", code, out, errs)
 	}
 	must(t, m.Close())

@@ -32,6 +32,8 @@ import (
 // Main is the server program: ParseFlags, Run, Close. The end-to-end tests
 // drive the same type the binary runs.
 type Main struct {
+	natsFlags
+	forged        forgedAlerts
 	DataDir       string
 	NATSURL       string
 	HTTPAddr      string
@@ -163,6 +165,7 @@ func (m *Main) ParseFlags(args []string, stderr io.Writer) error {
 	fs.StringVar(&m.WebhookSecretFile, "webhook-secret-file", env("webhook-secret-file", ""), "file holding the webhooks' HMAC secret; else KEYLEDGER_WEBHOOK_SECRET (KEYLEDGER_WEBHOOK_SECRET_FILE)")
 	fs.StringVar(&m.WebhookMinSev, "webhook-min-severity", env("webhook-min-severity", domain.SeverityLow), "lowest severity sent to webhooks (KEYLEDGER_WEBHOOK_MIN_SEVERITY)")
 	fs.Uint64Var(&m.MaxSinkLag, "max-sink-lag", uint64(envInt("max-sink-lag", 100000)), "events the audit log may trail JetStream by before /readyz fails (KEYLEDGER_MAX_SINK_LAG)")
+	m.natsFlags.register(fs, true)
 	fs.StringVar(&m.WriterKeyFile, "writer-key-file", env("writer-key-file", ""), "Ed25519 key this node signs its events with; created on first start (default <data-dir>/writer.key) (KEYLEDGER_WRITER_KEY_FILE)")
 	fs.StringVar(&m.TrustedWriters, "trusted-writers", env("trusted-writers", ""), "JSON file of the writer keys whose events are applied (default <data-dir>/trusted-writers.json) (KEYLEDGER_TRUSTED_WRITERS)")
 	if err := fs.Parse(args); err != nil {
@@ -203,18 +206,21 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	m.store, err = eventstore.Open(ctx, eventstore.Config{
+	scfg := eventstore.Config{
 		DataDir: filepath.Join(m.DataDir, "nats"), URL: m.NATSURL, NoSync: m.NoSync, Replicas: m.Replicas, Logger: log,
 		WriterKey: writerKey, Writers: &writers,
-	})
+	}
+	if err := m.natsFlags.apply(&scfg); err != nil {
+		return err
+	}
+	m.store, err = eventstore.Open(ctx, scfg)
 	if err != nil {
 		return fmt.Errorf("open event store: %w", err)
 	}
 	m.usage = eventstore.NewUsagePublisher(m.store, eventstore.UsageConfig{Async: m.AsyncUsage, BufferSize: m.UsageBuffer})
 	m.state = keystate.New()
-	m.state.OnForged(func(env domain.Envelope) {
-		log.Error("forged event refused: no trusted writer signed it", "stream", env.Stream, "seq", env.Seq, "event_id", env.ID, "type", env.Type, "why", env.Forged)
-	})
+	m.forged.log = log
+	m.state.OnForged(m.forged.refused)
 	if err := m.startProjection(ctx); err != nil {
 		return err
 	}
@@ -228,6 +234,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err := m.startAlerts(ctx); err != nil {
 		return err
 	}
+	m.forged.start(m.engine)
 
 	if err := m.startNotary(ctx); err != nil {
 		return err
@@ -297,7 +304,11 @@ func (m *Main) Run(ctx context.Context) (err error) {
 			log.Error("http server stopped", "err", err)
 		}
 	}()
-	log.Info("keyledger serving", "addr", m.Addr(), "nats", m.store.ClientURL(), "data_dir", m.DataDir,
+	natsAt := m.store.ClientURL()
+	if natsAt == "" {
+		natsAt = "in-process only"
+	}
+	log.Info("keyledger serving", "addr", m.Addr(), "nats", natsAt, "nats_credentials", m.store.CredentialsDir(), "writer", m.store.WriterID(), "data_dir", m.DataDir,
 		"keys", m.state.Len(), "applied_seq", m.state.Applied(), "async_usage", m.AsyncUsage)
 	return nil
 }
@@ -332,6 +343,7 @@ func (m *Main) startProjection(ctx context.Context) error {
 		if err := m.state.Restore(data); err != nil {
 			log.Warn("unusable key-state snapshot; replaying from the start", "err", err)
 			m.state = keystate.New()
+			m.state.OnForged(m.forged.refused)
 		} else {
 			log.Info("key-state snapshot restored", "seq", seq, "keys", m.state.Len())
 		}

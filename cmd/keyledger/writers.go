@@ -1,15 +1,19 @@
 package main
 
 import (
+	"context"
 	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections/alerts"
 	"github.com/keyledger/keyledger/projections/notary"
 )
 
@@ -91,4 +95,46 @@ func readTrustedWriters(dataDir, trustFile string) (*domain.Writers, error) {
 		return nil, fmt.Errorf("trusted writers %s: %w", path, err)
 	}
 	return &w, nil
+}
+
+// forgedAlerts raises forged_event for every KEYS event the key-state
+// projection refuses. Events refused while the projection replays at start,
+// before the alert engine runs, wait for it.
+type forgedAlerts struct {
+	mu      sync.Mutex
+	engine  *alerts.Engine
+	waiting []domain.Envelope
+	log     *slog.Logger
+}
+
+func (f *forgedAlerts) refused(env domain.Envelope) {
+	f.log.Error("forged event refused: no trusted writer signed it", "stream", env.Stream, "seq", env.Seq,
+		"event_id", env.ID, "type", env.Type, "why", env.Forged)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.engine == nil {
+		f.waiting = append(f.waiting, env)
+		return
+	}
+	f.raise(env)
+}
+
+// start hands the waiting events and every later one to engine.
+func (f *forgedAlerts) start(engine *alerts.Engine) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.engine = engine
+	for _, env := range f.waiting {
+		f.raise(env)
+	}
+	f.waiting = nil
+}
+
+func (f *forgedAlerts) raise(env domain.Envelope) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// A refused publish stays queued in the engine and is retried.
+	if err := f.engine.ForgedEvent(ctx, time.Now(), env); err != nil {
+		f.log.Error("raise forged-event alert", "event_id", env.ID, "err", err)
+	}
 }
