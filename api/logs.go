@@ -5,7 +5,6 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"net/http"
-	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -132,20 +131,11 @@ func parseLogQuery(v map[string][]string, now time.Time) (chlog.Query, string, e
 		q.Outcomes = append(q.Outcomes, c)
 	}
 	if s := one("ip"); s != "" {
-		if strings.Contains(s, "/") {
-			p, err := netip.ParsePrefix(s)
-			if err != nil {
-				return q, "", domain.Errorf(domain.EINVALID, "invalid_cidr", "ip %q is not an address or CIDR", s)
-			}
-			q.Source = p.Masked()
-		} else {
-			a, err := netip.ParseAddr(s)
-			if err != nil || a.Zone() != "" {
-				return q, "", domain.Errorf(domain.EINVALID, "invalid_cidr", "ip %q is not an address or CIDR", s)
-			}
-			a = a.Unmap()
-			q.Source = netip.PrefixFrom(a, a.BitLen())
+		p, err := domain.ParsePrefix(s)
+		if err != nil {
+			return q, "", domain.Errorf(domain.EINVALID, "invalid_cidr", "ip: %s", domain.ErrorMessage(err))
 		}
+		q.Source = p
 		q.HasSource = true
 	}
 	for name, dst := range map[string]*time.Time{"from": &q.From, "to": &q.To} {

@@ -82,39 +82,51 @@ func NormalizePermissions(ps []string) ([]string, error) {
 	return slices.Compact(out), nil
 }
 
-// ParseAllowedIPs parses addresses and CIDR prefixes ("10.0.0.1",
-// "10.0.0.0/8", "2001:db8::/32") into canonical prefixes. A bare address
-// becomes a single-address prefix; host bits of a prefix must be zero so
-// that what is stored is what was meant.
+// ParsePrefix parses an address or a CIDR prefix ("10.0.0.1",
+// "10.0.0.0/8", "2001:db8::/32") into its canonical prefix: the one rule for
+// every IP keyledger is given, in a key's allowed IPs, a log search or the
+// CLI. A bare address becomes a single-address prefix, an IPv4-mapped IPv6
+// one becomes IPv4, and host bits of a prefix must be zero so that what is
+// stored or searched is what was meant. Errors: EINVALID (invalid_cidr).
+func ParsePrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	var p netip.Prefix
+	if strings.Contains(s, "/") {
+		var err error
+		p, err = netip.ParsePrefix(s)
+		if err != nil {
+			return netip.Prefix{}, Errorf(EINVALID, "invalid_cidr", "invalid CIDR %q", s)
+		}
+		if p.Masked() != p {
+			return netip.Prefix{}, Errorf(EINVALID, "invalid_cidr", "CIDR %q has host bits set (did you mean %s?)", s, p.Masked())
+		}
+	} else {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			return netip.Prefix{}, Errorf(EINVALID, "invalid_cidr", "invalid IP address %q", s)
+		}
+		p = netip.PrefixFrom(a, a.BitLen())
+	}
+	if p.Addr().Is4In6() {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+		if p.Bits() < 0 {
+			return netip.Prefix{}, Errorf(EINVALID, "invalid_cidr", "invalid CIDR %q", s)
+		}
+	}
+	return p, nil
+}
+
+// ParseAllowedIPs parses a key's allowed addresses and CIDR prefixes with
+// ParsePrefix, sorted and without duplicates.
 func ParseAllowedIPs(in []string) ([]netip.Prefix, error) {
 	if len(in) > MaxAllowedIPs {
 		return nil, Errorf(EINVALID, "too_many_ips", "at most %d allowed IPs", MaxAllowedIPs)
 	}
 	out := make([]netip.Prefix, 0, len(in))
 	for _, s := range in {
-		s = strings.TrimSpace(s)
-		var p netip.Prefix
-		if strings.Contains(s, "/") {
-			var err error
-			p, err = netip.ParsePrefix(s)
-			if err != nil {
-				return nil, Errorf(EINVALID, "invalid_cidr", "invalid CIDR %q", s)
-			}
-			if p.Masked() != p {
-				return nil, Errorf(EINVALID, "invalid_cidr", "CIDR %q has host bits set (did you mean %s?)", s, p.Masked())
-			}
-		} else {
-			a, err := netip.ParseAddr(s)
-			if err != nil || a.Zone() != "" {
-				return nil, Errorf(EINVALID, "invalid_cidr", "invalid IP address %q", s)
-			}
-			p = netip.PrefixFrom(a, a.BitLen())
-		}
-		if p.Addr().Is4In6() {
-			p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
-			if p.Bits() < 0 {
-				return nil, Errorf(EINVALID, "invalid_cidr", "invalid CIDR %q", s)
-			}
+		p, err := ParsePrefix(s)
+		if err != nil {
+			return nil, err
 		}
 		out = append(out, p)
 	}

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/keyledger/keyledger/domain"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
@@ -114,8 +115,7 @@ func transient(err error) bool {
 
 // backoff returns how long to wait before retry number attempt (1-based).
 func backoff(attempt int) time.Duration {
-	d := time.Duration(attempt) * 50 * time.Millisecond
-	return min(d, time.Second)
+	return domain.Backoff(attempt, 50*time.Millisecond, time.Second)
 }
 
 // sleepCtx waits for d or until ctx is done.

@@ -6,10 +6,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/keyledger/keyledger/domain"
 	"io"
 	"mime"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -162,15 +162,10 @@ func (g *globals) parseLogsSearch(name string, args []string, now time.Time) (lo
 	return req, nil
 }
 
-// validSource is the server's rule for the ip parameter: an address without
-// a zone, or a CIDR prefix.
+// validSource is the server's rule for the ip parameter.
 func validSource(s string) bool {
-	if strings.Contains(s, "/") {
-		_, err := netip.ParsePrefix(s)
-		return err == nil
-	}
-	a, err := netip.ParseAddr(s)
-	return err == nil && a.Zone() == ""
+	_, err := domain.ParsePrefix(s)
+	return err == nil
 }
 
 func runLogsSearch(ctx context.Context, g *globals, name string, args []string) error {
