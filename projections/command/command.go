@@ -156,8 +156,10 @@ func (s *Service) Update(ctx context.Context, kind, id string, decide func(Aggre
 		}
 		// A little jitter keeps the losers of one round from colliding
 		// again in lockstep.
-		if err := sleep(ctx, time.Duration(rand.Int64N(int64(time.Millisecond)*int64(min(attempt, 10))))); err != nil {
-			return 0, err
+		select {
+		case <-time.After(rand.N(time.Duration(min(attempt, 10)) * time.Millisecond)):
+		case <-ctx.Done():
+			return 0, ctx.Err()
 		}
 	}
 }
@@ -191,16 +193,6 @@ func group(envs []domain.Envelope, kind, id string, version uint64) ([]domain.Wr
 	return writes, nil
 }
 
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
 
 // newSecret draws a secret from the operating system's CSPRNG.
 func newSecret() domain.Secret {
