@@ -193,7 +193,6 @@ func group(envs []domain.Envelope, kind, id string, version uint64) ([]domain.Wr
 	return writes, nil
 }
 
-
 // newSecret draws a secret from the operating system's CSPRNG.
 func newSecret() domain.Secret {
 	var s domain.Secret
