@@ -72,10 +72,14 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "keyledger serve: %v\n", err)
 		return 1
 	}
-	<-ctx.Done()
-	m.Logger.Info("shutting down")
+	select {
+	case <-ctx.Done():
+		m.Logger.Info("shutting down")
+	case <-m.Done():
+		// A component failed; the rest have stopped already.
+	}
 	if err := m.Close(); err != nil {
-		fmt.Fprintf(stderr, "keyledger serve: shutdown: %v\n", err)
+		fmt.Fprintf(stderr, "keyledger serve: %v\n", err)
 		return 1
 	}
 	return 0
