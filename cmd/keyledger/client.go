@@ -23,9 +23,8 @@ const defaultServer = "http://127.0.0.1:8080"
 // clientFlagsHelp follows the help of every client command.
 const clientFlagsHelp = `Client flags (accepted before or after the command):
   --server URL        keyledger server (KEYLEDGER_SERVER, default ` + defaultServer + `)
-  --token-file FILE   file holding the caller's token (else KEYLEDGER_TOKEN, then KEYLEDGER_TOKEN_FILE);
-                      "keyledger verify" reads the token to verify from its own --token-file,
-                      so there give the caller's file as --auth-token-file or before "verify"
+  --token-file FILE   file holding the caller's own token, in every command
+                      (else KEYLEDGER_TOKEN, then KEYLEDGER_TOKEN_FILE)
   --json              print the server's JSON instead of a table
 `
 
@@ -46,18 +45,19 @@ type globals struct {
 	shared map[*flag.FlagSet]map[string]bool
 }
 
-// register adds the global flags to fs. tokenFileName is the name the
-// caller's token file goes by on this command.
-func (g *globals) register(fs *flag.FlagSet, tokenFileName string) {
+// register adds the global flags to fs. --token-file is the caller's own
+// credential in every command; --auth-token-file, its old name on verify,
+// is refused with the new one.
+func (g *globals) register(fs *flag.FlagSet) {
 	if g.shared == nil {
 		g.shared = map[*flag.FlagSet]map[string]bool{}
 	}
-	g.shared[fs] = map[string]bool{"server": true, tokenFileName: true, "auth-token-file": true, "json": true}
+	g.shared[fs] = map[string]bool{"server": true, "token-file": true, "auth-token-file": true, "json": true}
 	fs.StringVar(&g.server, "server", g.server, "keyledger server URL (KEYLEDGER_SERVER)")
-	fs.StringVar(&g.tokenFile, tokenFileName, g.tokenFile, "file holding the caller's token (else KEYLEDGER_TOKEN)")
-	if tokenFileName != "auth-token-file" {
-		fs.StringVar(&g.tokenFile, "auth-token-file", g.tokenFile, "same as --"+tokenFileName)
-	}
+	fs.StringVar(&g.tokenFile, "token-file", g.tokenFile, "file holding the caller's token (else KEYLEDGER_TOKEN)")
+	fs.Func("auth-token-file", "renamed --token-file", func(string) error {
+		return errors.New("--auth-token-file is now --token-file (the caller's own token, in every command)")
+	})
 	fs.BoolVar(&g.json, "json", g.json, "print the server's JSON")
 }
 
@@ -70,7 +70,7 @@ func runClient(ctx context.Context, args []string, stdin io.Reader, stdout, stde
 func (g *globals) run(ctx context.Context, args []string) error {
 	// Global flags may come before the command: keyledger --json keys list.
 	fs := newFlagSet("keyledger")
-	g.register(fs, "token-file")
+	g.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return g.flagError(fs, err, "keyledger [client flags] <command> ...")
 	}
@@ -115,7 +115,7 @@ type command struct {
 }
 
 var topCommands = map[string]command{
-	"verify": {"--token T | --token-file F | --token -", "verify a token", runVerify},
+	"verify": {"--verify-token-file F | --token -", "verify a token", runVerify},
 	"whoami": {"", "show the calling principal and key", runWhoami},
 }
 
@@ -127,6 +127,63 @@ func commandList(group string, cmds map[string]command) string {
 	}
 	tw.Flush()
 	return b.String()
+}
+
+// flags returns the flag set of the client command name, with the client
+// flags registered.
+func (g *globals) flags(name string) *flag.FlagSet {
+	fs := newFlagSet("keyledger " + name)
+	g.register(fs)
+	return fs
+}
+
+// request sends one request with the caller's token and decodes the answer
+// into out; it returns the raw body for --json.
+func (g *globals) request(ctx context.Context, method, path string, query url.Values, body, out any) ([]byte, error) {
+	c, err := g.newClient(true)
+	if err != nil {
+		return nil, err
+	}
+	return c.do(ctx, method, path, query, body, out)
+}
+
+// show prints a request's answer: the server's JSON under --json, else the
+// header line (when not empty) and what render prints.
+func show[T any](ctx context.Context, g *globals, method, path string, body any, header string, render func(io.Writer, T) error) error {
+	var v T
+	raw, err := g.request(ctx, method, path, nil, body, &v)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		return g.printJSON(raw)
+	}
+	if header != "" {
+		fmt.Fprintln(g.stdout, header)
+	}
+	return render(g.stdout, v)
+}
+
+// idPath parses the flags of a command on one key or principal, whose one
+// argument is its id, and returns base + the id.
+func (g *globals) idPath(fs *flag.FlagSet, args []string, argNames, base string) (string, error) {
+	pos, err := g.parseCommand(fs, args, argNames, 1)
+	if err != nil {
+		return "", err
+	}
+	return base + url.PathEscape(pos[0]), nil
+}
+
+// idCommand is a command with no flags of its own on one key or principal:
+// method base/ID+suffix, printed with render.
+func idCommand[T any](method, base, suffix, header string, render func(io.Writer, T) error) func(context.Context, *globals, string, []string) error {
+	return func(ctx context.Context, g *globals, name string, args []string) error {
+		path, err := g.idPath(g.flags(name), args, "ID", base)
+		if err != nil {
+			return err
+		}
+		return show(ctx, g, method, path+suffix, nil, header, render)
+	}
 }
 
 // newFlagSet returns a flag set whose errors come back to the caller
@@ -203,15 +260,6 @@ func (g *globals) parseCommand(fs *flag.FlagSet, args []string, argNames string,
 		}
 	}
 	return pos, nil
-}
-
-// stringList is a repeatable string flag.
-type stringList []string
-
-func (l *stringList) String() string { return strings.Join(*l, ",") }
-func (l *stringList) Set(v string) error {
-	*l = append(*l, v)
-	return nil
 }
 
 // kvMap is a repeatable key=value flag.

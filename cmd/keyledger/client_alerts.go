@@ -25,16 +25,15 @@ var alertCommands = map[string]command{
 }
 
 func runAlertsList(ctx context.Context, g *globals, name string, args []string) error {
-	var rules, sevs, keys stringList
+	var rules, sevs, keys []string
 	var minSev, cursor string
 	var since time.Duration
 	limit := 0
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	fs.Var(&rules, "rule", "only this rule (repeatable)")
-	fs.Var(&sevs, "severity", "only this severity: low, medium, high, critical (repeatable)")
+	fs := g.flags(name)
+	fs.Var(listFlag{&rules}, "rule", "only this rule (repeatable, or comma-separated)")
+	fs.Var(listFlag{&sevs}, "severity", "only this severity: low, medium, high, critical (repeatable, or comma-separated)")
 	fs.StringVar(&minSev, "min-severity", "", "only this severity and above")
-	fs.Var(&keys, "key", "only alerts about this key id (repeatable)")
+	fs.Var(listFlag{&keys}, "key", "only alerts about this key id (repeatable, or comma-separated)")
 	fs.DurationVar(&since, "since", 0, "only alerts raised within this long (e.g. 24h)")
 	fs.IntVar(&limit, "limit", 0, "alerts per page (1-1000)")
 	fs.StringVar(&cursor, "cursor", "", "continue after a previous page")
@@ -96,11 +95,10 @@ func runAlertsList(ctx context.Context, g *globals, name string, args []string) 
 // runAlertsTail reads the server's alert stream (server-sent events) and
 // prints each alert as it arrives: a line for people, or its JSON with --json.
 func runAlertsTail(ctx context.Context, g *globals, name string, args []string) error {
-	var rules stringList
+	var rules []string
 	var minSev string
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	fs.Var(&rules, "rule", "only this rule (repeatable)")
+	fs := g.flags(name)
+	fs.Var(listFlag{&rules}, "rule", "only this rule (repeatable, or comma-separated)")
 	fs.StringVar(&minSev, "min-severity", "", "only this severity and above")
 	if _, err := g.parseCommand(fs, args, alertsTailArgs, 0); err != nil {
 		return err

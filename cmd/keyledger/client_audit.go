@@ -43,9 +43,8 @@ func (e auditFailure) Error() string { return "audit_failed: " + e.f.Error() }
 func runAuditVerify(ctx context.Context, g *globals, name string, args []string) error {
 	var dataDir, natsURL, pubFile, chAddr, chDB, trustedWriters string
 	var nf natsFlags
-	fs := newFlagSet("keyledger " + name)
+	fs := g.flags(name)
 	nf.register(fs, false)
-	g.register(fs, "token-file")
 	fs.StringVar(&dataDir, "data-dir", "", "data dir of a stopped node (offline verification)")
 	fs.StringVar(&natsURL, "nats-url", "", "NATS of a running deployment")
 	fs.StringVar(&pubFile, "public-key", "", "notary public key (base64, or the JSON of /v1/audit/public-key); default: derived from <data-dir>/notary.key")
@@ -170,8 +169,7 @@ func loadPublicKey(file, dataDir string) (ed25519.PublicKey, error) {
 
 func runAuditProve(ctx context.Context, g *globals, name string, args []string) error {
 	var id, output string
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
+	fs := g.flags(name)
 	fs.StringVar(&id, "event-id", "", "the event to prove")
 	fs.StringVar(&output, "output", "", "write the proof to this file")
 	if _, err := g.parseCommand(fs, args, auditProveArgs, 0); err != nil {
@@ -196,8 +194,7 @@ func runAuditProve(ctx context.Context, g *globals, name string, args []string) 
 
 func runAuditCheckProof(ctx context.Context, g *globals, name string, args []string) error {
 	var proofFile, eventFile, pubFile string
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
+	fs := g.flags(name)
 	fs.StringVar(&proofFile, "proof", "", "proof JSON from keyledger audit prove")
 	fs.StringVar(&eventFile, "event", "", "the event's stored bytes (its JSON exactly as stored)")
 	fs.StringVar(&pubFile, "public-key", "", "notary public key (base64, or the JSON of /v1/audit/public-key)")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/url"
 	"strconv"
 	"strings"
@@ -26,26 +27,6 @@ var keyCommands = map[string]command{
 	"events":     {"ID", "show a key's history, oldest first", runKeysEvents},
 }
 
-// listFlag is a repeatable flag that also splits comma-separated values:
-// --permission a --permission b or --permission a,b.
-type listFlag struct{ l *[]string }
-
-func (f listFlag) String() string {
-	if f.l == nil {
-		return ""
-	}
-	return strings.Join(*f.l, ",")
-}
-
-func (f listFlag) Set(v string) error {
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*f.l = append(*f.l, p)
-		}
-	}
-	return nil
-}
-
 // keyRequest is the body of POST /v1/keys. The server rejects unknown
 // fields, so the names here must be exactly the server's.
 type keyRequest struct {
@@ -62,8 +43,7 @@ type keyRequest struct {
 func (g *globals) parseKeysCreate(name string, args []string) (keyRequest, error) {
 	var req keyRequest
 	md := kvMap{}
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
+	fs := g.flags(name)
 	fs.StringVar(&req.Name, "name", "", "name of the key (required)")
 	fs.StringVar(&req.Comments, "comments", "", "free-text comments")
 	fs.Var(listFlag{&req.Permissions}, "permission", "permission the key carries (repeatable, or comma-separated; default: all of yours)")
@@ -93,12 +73,8 @@ func runKeysCreate(ctx context.Context, g *globals, name string, args []string) 
 	if err != nil {
 		return err
 	}
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
 	var k api.CreatedKey
-	raw, err := c.do(ctx, "POST", "/v1/keys", nil, req, &k)
+	raw, err := g.request(ctx, "POST", "/v1/keys", nil, req, &k)
 	if err != nil {
 		return err
 	}
@@ -123,8 +99,7 @@ func (g *globals) parseKeysList(name string, args []string) (listRequest, error)
 		limit                    int
 		all                      bool
 	)
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
+	fs := g.flags(name)
 	fs.StringVar(&status, "status", "", "only keys with this status: "+strings.Join(listStatuses, ", ")+" (default: all but deleted)")
 	fs.StringVar(&q, "q", "", "only keys whose name, comments or id contain this text")
 	fs.IntVar(&limit, "limit", 0, "keys per page, 1 to 500 (default: the server's, 100)")
@@ -170,15 +145,11 @@ func runKeysList(ctx context.Context, g *globals, name string, args []string) er
 	if err != nil {
 		return err
 	}
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
 	var all api.KeyPage
 	all.Keys = []api.KeyView{}
 	for {
 		var page api.KeyPage
-		raw, err := c.do(ctx, "GET", "/v1/keys", req.query, nil, &page)
+		raw, err := g.request(ctx, "GET", "/v1/keys", req.query, nil, &page)
 		if err != nil {
 			return err
 		}
@@ -213,44 +184,12 @@ func runKeysList(ctx context.Context, g *globals, name string, args []string) er
 	return renderKeyGrid(g.stdout, all.Keys)
 }
 
+const keysPath = "/v1/keys/"
+
 // keyIDCommand parses the flags of a command on one key and returns the
 // key's path.
 func (g *globals) keyIDCommand(fs *flag.FlagSet, args []string, argNames string) (string, error) {
-	pos, err := g.parseCommand(fs, args, argNames, 1)
-	if err != nil {
-		return "", err
-	}
-	return "/v1/keys/" + url.PathEscape(pos[0]), nil
-}
-
-// showKey prints a key view the server returned.
-func (g *globals) showKey(raw []byte, k api.KeyView, header string) error {
-	if g.json {
-		return g.printJSON(raw)
-	}
-	if header != "" {
-		fmt.Fprintln(g.stdout, header)
-	}
-	return renderKey(g.stdout, k)
-}
-
-func runKeysShow(ctx context.Context, g *globals, name string, args []string) error {
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	path, err := g.keyIDCommand(fs, args, "ID")
-	if err != nil {
-		return err
-	}
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
-	var k api.KeyView
-	raw, err := c.do(ctx, "GET", path, nil, nil, &k)
-	if err != nil {
-		return err
-	}
-	return g.showKey(raw, k, "")
+	return g.idPath(fs, args, argNames, keysPath)
 }
 
 // keyUpdateRequest is the body of PATCH /v1/keys/{id}: only the fields
@@ -266,8 +205,7 @@ func runKeysUpdate(ctx context.Context, g *globals, name string, args []string) 
 		newName, comments string
 		perms             []string
 	)
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
+	fs := g.flags(name)
 	fs.StringVar(&newName, "name", "", "new name")
 	fs.StringVar(&comments, "comments", "", "new comments")
 	fs.Var(listFlag{&perms}, "permission", "the key's new permissions (repeatable, or comma-separated; replaces them all)")
@@ -294,16 +232,7 @@ func runKeysUpdate(ctx context.Context, g *globals, name string, args []string) 
 
 // keyCommand sends a command on one key and prints the key it returns.
 func (g *globals) keyCommand(ctx context.Context, method, path string, body any, header string) error {
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
-	var k api.KeyView
-	raw, err := c.do(ctx, method, path, nil, body, &k)
-	if err != nil {
-		return err
-	}
-	return g.showKey(raw, k, header)
+	return show(ctx, g, method, path, body, header, renderKey)
 }
 
 type regenerateRequest struct {
@@ -313,8 +242,7 @@ type regenerateRequest struct {
 
 func (g *globals) parseKeysRegenerate(name string, args []string) (string, regenerateRequest, error) {
 	var req regenerateRequest
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
+	fs := g.flags(name)
 	fs.BoolVar(&req.Rotate, "rotate", false, "also replace the key's secret: a new token is shown once")
 	fs.StringVar(&req.GracePeriod, "grace-period", "", "with --rotate, how long the old token keeps working, like 1h or 30m (default: not at all)")
 	path, err := g.keyIDCommand(fs, args, "ID [--rotate [--grace-period D]]")
@@ -337,17 +265,17 @@ func runKeysRegenerate(ctx context.Context, g *globals, name string, args []stri
 	if err != nil {
 		return err
 	}
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
 	var k api.CreatedKey
-	raw, err := c.do(ctx, "POST", path, nil, req, &k)
+	raw, err := g.request(ctx, "POST", path, nil, req, &k)
 	if err != nil {
 		return err
 	}
 	if k.Token == "" {
-		return g.showKey(raw, k.KeyView, "Key regenerated: it now expires "+fmtTime(k.ExpiresAt, detailTime)+"; its token is unchanged.")
+		if g.json {
+			return g.printJSON(raw)
+		}
+		fmt.Fprintln(g.stdout, "Key regenerated: it now expires "+fmtTime(k.ExpiresAt, detailTime)+"; its token is unchanged.")
+		return renderKey(g.stdout, k.KeyView)
 	}
 	if g.json {
 		g.warnShownOnce()
@@ -364,12 +292,19 @@ type reasonRequest struct {
 	Reason string `json:"reason"`
 }
 
+// reasonBody is the body of a command whose reason is optional.
+func reasonBody(reason string) any {
+	if reason == "" {
+		return nil
+	}
+	return reasonRequest{Reason: reason}
+}
+
 // reasonCommand is revoke, disable and delete: a key id and a reason.
 func reasonCommand(method, suffix string, required bool, header string) func(context.Context, *globals, string, []string) error {
 	return func(ctx context.Context, g *globals, name string, args []string) error {
 		var reason string
-		fs := newFlagSet("keyledger " + name)
-		g.register(fs, "token-file")
+		fs := g.flags(name)
 		argNames := "ID [--reason R]"
 		help := "why (recorded in the key's history)"
 		if required {
@@ -384,11 +319,7 @@ func reasonCommand(method, suffix string, required bool, header string) func(con
 		if required && strings.TrimSpace(reason) == "" {
 			return usageError{"usage: " + fs.Name() + ": --reason is required"}
 		}
-		var body any
-		if reason != "" {
-			body = reasonRequest{Reason: reason}
-		}
-		return g.keyCommand(ctx, method, path+suffix, body, header)
+		return g.keyCommand(ctx, method, path+suffix, reasonBody(reason), header)
 	}
 }
 
@@ -398,40 +329,16 @@ var (
 	runKeysDelete  = reasonCommand("DELETE", "", false, "Key deleted.")
 )
 
-func runKeysEnable(ctx context.Context, g *globals, name string, args []string) error {
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	path, err := g.keyIDCommand(fs, args, "ID")
-	if err != nil {
-		return err
-	}
-	return g.keyCommand(ctx, "POST", path+"/enable", nil, "Key enabled.")
-}
-
 // KeyEvents is the body of GET /v1/keys/{id}/events.
 type keyEvents struct {
 	KeyID  string          `json:"key_id"`
 	Events []api.EventView `json:"events"`
 }
 
-func runKeysEvents(ctx context.Context, g *globals, name string, args []string) error {
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	path, err := g.keyIDCommand(fs, args, "ID")
-	if err != nil {
-		return err
-	}
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
-	var ev keyEvents
-	raw, err := c.do(ctx, "GET", path+"/events", nil, nil, &ev)
-	if err != nil {
-		return err
-	}
-	if g.json {
-		return g.printJSON(raw)
-	}
-	return renderEvents(g.stdout, ev.Events)
-}
+var (
+	runKeysShow   = idCommand("GET", keysPath, "", "", renderKey)
+	runKeysEnable = idCommand("POST", keysPath, "/enable", "Key enabled.", renderKey)
+	runKeysEvents = idCommand("GET", keysPath, "/events", "", func(w io.Writer, ev keyEvents) error {
+		return renderEvents(w, ev.Events)
+	})
+)

@@ -60,8 +60,7 @@ func (g *globals) parseLogsSearch(name string, args []string, now time.Time) (lo
 		limit                                            int
 		all                                              bool
 	)
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
+	fs := g.flags(name)
 	fs.Var(listFlag{&keys}, "key", "only events of this key id (repeatable, or comma-separated)")
 	fs.StringVar(&owner, "owner", "", "only events of keys owned by this principal id")
 	fs.StringVar(&actor, "actor", "", "only events done by this principal id (or verifying service)")

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"net/url"
 	"strings"
 
@@ -22,8 +23,8 @@ var principalCommands = map[string]command{
 
 var roleCommands = map[string]command{
 	"list":   {"", "list built-in and custom roles", runRolesList},
-	"create": {"NAME --permission P ...", "define a custom role", roleWrite(true)},
-	"update": {"NAME --permission P ...", "replace a custom role's permissions", roleWrite(false)},
+	"create": {"--name N --permission P ...", "define a custom role", runRolesCreate},
+	"update": {"NAME --permission P ...", "replace a custom role's permissions", runRolesUpdate},
 	"delete": {"NAME", "delete a custom role", runRolesDelete},
 }
 
@@ -36,8 +37,7 @@ type principalRequest struct {
 
 func (g *globals) parsePrincipalsCreate(name string, args []string) (principalRequest, error) {
 	var req principalRequest
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
+	fs := g.flags(name)
 	fs.StringVar(&req.Name, "name", "", "name of the principal (required)")
 	fs.Var(listFlag{&req.Roles}, "role", "role of the principal (required; repeatable, or comma-separated)")
 	fs.IntVar(&req.MaxKeys, "max-keys", 0, "most active keys it may hold (default: the server's plan limit)")
@@ -61,12 +61,8 @@ func runPrincipalsCreate(ctx context.Context, g *globals, name string, args []st
 	if err != nil {
 		return err
 	}
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
 	var p api.CreatedPrincipal
-	raw, err := c.do(ctx, "POST", "/v1/principals", nil, req, &p)
+	raw, err := g.request(ctx, "POST", "/v1/principals", nil, req, &p)
 	if err != nil {
 		return err
 	}
@@ -80,66 +76,39 @@ func runPrincipalsCreate(ctx context.Context, g *globals, name string, args []st
 	return g.renderToken("Principal created.", fields, p.Credential.Token)
 }
 
-func runPrincipalsList(ctx context.Context, g *globals, name string, args []string) error {
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	if _, err := g.parseCommand(fs, args, "", 0); err != nil {
-		return err
+// listCommand is a command without arguments that prints a list.
+func listCommand[T any](path string, render func(io.Writer, T) error) func(context.Context, *globals, string, []string) error {
+	return func(ctx context.Context, g *globals, name string, args []string) error {
+		if _, err := g.parseCommand(g.flags(name), args, "", 0); err != nil {
+			return err
+		}
+		return show(ctx, g, "GET", path, nil, "", render)
 	}
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
-	var out struct {
+}
+
+var (
+	runPrincipalsList = listCommand("/v1/principals", func(w io.Writer, out struct {
 		Principals []api.PrincipalView `json:"principals"`
-	}
-	raw, err := c.do(ctx, "GET", "/v1/principals", nil, nil, &out)
-	if err != nil {
-		return err
-	}
-	if g.json {
-		return g.printJSON(raw)
-	}
-	return renderPrincipals(g.stdout, out.Principals)
+	}) error {
+		return renderPrincipals(w, out.Principals)
+	})
+	runRolesList = listCommand("/v1/roles", func(w io.Writer, out struct {
+		Roles []api.RoleView `json:"roles"`
+	}) error {
+		return renderRoles(w, out.Roles)
+	})
+)
+
+func renderPrincipal(w io.Writer, p api.PrincipalView) error {
+	return renderFields(w, principalFields(p))
 }
 
-// principalCommand sends a command on one principal and prints it.
-func (g *globals) principalCommand(ctx context.Context, method, path string, body any, header string) error {
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
-	var p api.PrincipalView
-	raw, err := c.do(ctx, method, path, nil, body, &p)
-	if err != nil {
-		return err
-	}
-	if g.json {
-		return g.printJSON(raw)
-	}
-	if header != "" {
-		fmt.Fprintln(g.stdout, header)
-	}
-	return renderFields(g.stdout, principalFields(p))
-}
+const principalsPath = "/v1/principals/"
 
-func (g *globals) principalPath(fs *flag.FlagSet, args []string, argNames string) (string, error) {
-	pos, err := g.parseCommand(fs, args, argNames, 1)
-	if err != nil {
-		return "", err
-	}
-	return "/v1/principals/" + url.PathEscape(pos[0]), nil
-}
-
-func runPrincipalsShow(ctx context.Context, g *globals, name string, args []string) error {
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	path, err := g.principalPath(fs, args, "ID")
-	if err != nil {
-		return err
-	}
-	return g.principalCommand(ctx, "GET", path, nil, "")
-}
+var (
+	runPrincipalsShow   = idCommand("GET", principalsPath, "", "", renderPrincipal)
+	runPrincipalsEnable = idCommand("POST", principalsPath, "/enable", "Principal enabled.", renderPrincipal)
+)
 
 type principalUpdateRequest struct {
 	Name    *string   `json:"name,omitempty"`
@@ -154,12 +123,11 @@ func (g *globals) parsePrincipalsUpdate(name string, args []string) (string, pri
 		roles   []string
 		maxKeys int
 	)
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
+	fs := g.flags(name)
 	fs.StringVar(&newName, "name", "", "new name")
 	fs.Var(listFlag{&roles}, "role", "the principal's new roles (repeatable, or comma-separated; replaces them all)")
 	fs.IntVar(&maxKeys, "max-keys", 0, "new limit of active keys (0: the server's plan limit)")
-	path, err := g.principalPath(fs, args, "ID [--name N] [--role R ...] [--max-keys N]")
+	path, err := g.idPath(fs, args, "ID [--name N] [--role R ...] [--max-keys N]", principalsPath)
 	if err != nil {
 		return "", req, err
 	}
@@ -187,56 +155,18 @@ func runPrincipalsUpdate(ctx context.Context, g *globals, name string, args []st
 	if err != nil {
 		return err
 	}
-	return g.principalCommand(ctx, "PATCH", path, req, "Principal updated.")
+	return show(ctx, g, "PATCH", path, req, "Principal updated.", renderPrincipal)
 }
 
 func runPrincipalsDisable(ctx context.Context, g *globals, name string, args []string) error {
 	var reason string
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
+	fs := g.flags(name)
 	fs.StringVar(&reason, "reason", "", "why (recorded in the principal's history)")
-	path, err := g.principalPath(fs, args, "ID [--reason R]")
+	path, err := g.idPath(fs, args, "ID [--reason R]", principalsPath)
 	if err != nil {
 		return err
 	}
-	var body any
-	if reason != "" {
-		body = reasonRequest{Reason: reason}
-	}
-	return g.principalCommand(ctx, "POST", path+"/disable", body, "Principal disabled.")
-}
-
-func runPrincipalsEnable(ctx context.Context, g *globals, name string, args []string) error {
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	path, err := g.principalPath(fs, args, "ID")
-	if err != nil {
-		return err
-	}
-	return g.principalCommand(ctx, "POST", path+"/enable", nil, "Principal enabled.")
-}
-
-func runRolesList(ctx context.Context, g *globals, name string, args []string) error {
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	if _, err := g.parseCommand(fs, args, "", 0); err != nil {
-		return err
-	}
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
-	var out struct {
-		Roles []api.RoleView `json:"roles"`
-	}
-	raw, err := c.do(ctx, "GET", "/v1/roles", nil, nil, &out)
-	if err != nil {
-		return err
-	}
-	if g.json {
-		return g.printJSON(raw)
-	}
-	return renderRoles(g.stdout, out.Roles)
+	return show(ctx, g, "POST", path+"/disable", reasonBody(reason), "Principal disabled.", renderPrincipal)
 }
 
 type roleRequest struct {
@@ -245,64 +175,68 @@ type roleRequest struct {
 	Description *string  `json:"description,omitempty"`
 }
 
-// roleWrite is "roles create" (POST /v1/roles) and "roles update"
-// (PUT /v1/roles/{name}).
-func roleWrite(create bool) func(context.Context, *globals, string, []string) error {
-	return func(ctx context.Context, g *globals, name string, args []string) error {
-		var (
-			req  roleRequest
-			desc string
-		)
-		fs := newFlagSet("keyledger " + name)
-		g.register(fs, "token-file")
-		fs.Var(listFlag{&req.Permissions}, "permission", "permission of the role (required; repeatable, or comma-separated)")
-		fs.StringVar(&desc, "description", "", "what the role is for")
-		pos, err := g.parseCommand(fs, args, "NAME --permission P ... [--description D]", 1)
-		if err != nil {
-			return err
-		}
-		if len(req.Permissions) == 0 {
-			return usageError{"usage: " + fs.Name() + ": at least one --permission is required"}
-		}
-		fs.Visit(func(f *flag.Flag) {
-			if f.Name == "description" {
-				req.Description = &desc
-			}
-		})
-		c, err := g.newClient(true)
-		if err != nil {
-			return err
-		}
-		method, path, header := "PUT", "/v1/roles/"+url.PathEscape(pos[0]), "Role updated."
-		if create {
-			method, path, header = "POST", "/v1/roles", "Role created."
-			req.Name = pos[0]
-		}
-		var r api.RoleView
-		raw, err := c.do(ctx, method, path, nil, req, &r)
-		if err != nil {
-			return err
-		}
-		if g.json {
-			return g.printJSON(raw)
-		}
-		fmt.Fprintln(g.stdout, header)
-		return renderRoles(g.stdout, []api.RoleView{r})
+// parseRole reads the flags of "roles create" (--name N, like "principals
+// create") and "roles update" (NAME, like every command on an existing
+// thing) and returns the role's name.
+func (g *globals) parseRole(name string, args []string, create bool) (string, roleRequest, error) {
+	var (
+		req  roleRequest
+		desc string
+	)
+	fs := g.flags(name)
+	fs.Var(listFlag{&req.Permissions}, "permission", "permission of the role (required; repeatable, or comma-separated)")
+	fs.StringVar(&desc, "description", "", "what the role is for")
+	argNames, nargs := "NAME --permission P ... [--description D]", 1
+	if create {
+		fs.StringVar(&req.Name, "name", "", "name of the role (required)")
+		argNames, nargs = "--name N --permission P ... [--description D]", -1
 	}
+	pos, err := g.parseCommand(fs, args, argNames, nargs)
+	switch {
+	case err != nil:
+		return "", req, err
+	case create && len(pos) > 0:
+		return "", req, usageError{fmt.Sprintf("usage: %s: the name is a flag: --name %s", fs.Name(), pos[0])}
+	case create && strings.TrimSpace(req.Name) == "":
+		return "", req, usageError{"usage: " + fs.Name() + ": --name is required"}
+	case len(req.Permissions) == 0:
+		return "", req, usageError{"usage: " + fs.Name() + ": at least one --permission is required"}
+	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "description" {
+			req.Description = &desc
+		}
+	})
+	if create {
+		return req.Name, req, nil
+	}
+	return pos[0], req, nil
+}
+
+func renderRole(w io.Writer, r api.RoleView) error { return renderRoles(w, []api.RoleView{r}) }
+
+func runRolesCreate(ctx context.Context, g *globals, name string, args []string) error {
+	_, req, err := g.parseRole(name, args, true)
+	if err != nil {
+		return err
+	}
+	return show(ctx, g, "POST", "/v1/roles", req, "Role created.", renderRole)
+}
+
+func runRolesUpdate(ctx context.Context, g *globals, name string, args []string) error {
+	role, req, err := g.parseRole(name, args, false)
+	if err != nil {
+		return err
+	}
+	return show(ctx, g, "PUT", "/v1/roles/"+url.PathEscape(role), req, "Role updated.", renderRole)
 }
 
 func runRolesDelete(ctx context.Context, g *globals, name string, args []string) error {
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	pos, err := g.parseCommand(fs, args, "NAME", 1)
+	pos, err := g.parseCommand(g.flags(name), args, "NAME", 1)
 	if err != nil {
 		return err
 	}
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
-	if _, err := c.do(ctx, "DELETE", "/v1/roles/"+url.PathEscape(pos[0]), nil, nil, nil); err != nil {
+	if _, err := g.request(ctx, "DELETE", "/v1/roles/"+url.PathEscape(pos[0]), nil, nil, nil); err != nil {
 		return err
 	}
 	if g.json {
@@ -314,27 +248,15 @@ func runRolesDelete(ctx context.Context, g *globals, name string, args []string)
 }
 
 func runWhoami(ctx context.Context, g *globals, name string, args []string) error {
-	fs := newFlagSet("keyledger " + name)
-	g.register(fs, "token-file")
-	if _, err := g.parseCommand(fs, args, "", 0); err != nil {
+	if _, err := g.parseCommand(g.flags(name), args, "", 0); err != nil {
 		return err
 	}
-	c, err := g.newClient(true)
-	if err != nil {
-		return err
-	}
-	var me api.MeView
-	raw, err := c.do(ctx, "GET", "/v1/me", nil, nil, &me)
-	if err != nil {
-		return err
-	}
-	if g.json {
-		return g.printJSON(raw)
-	}
-	fields := principalFields(me.Principal)
-	fields = append(fields,
-		field{"Key", me.Key.KeyID + " (" + cell(me.Key.Name, 0) + ")"},
-		field{"Key permissions", fmtList(me.Key.Permissions, "none")},
-		field{"Key expires", fmtTime(me.Key.ExpiresAt, detailTime)})
-	return renderFields(g.stdout, fields)
+	return show(ctx, g, "GET", "/v1/me", nil, "", func(w io.Writer, me api.MeView) error {
+		fields := principalFields(me.Principal)
+		fields = append(fields,
+			field{"Key", me.Key.KeyID + " (" + cell(me.Key.Name, 0) + ")"},
+			field{"Key permissions", fmtList(me.Key.Permissions, "none")},
+			field{"Key expires", fmtTime(me.Key.ExpiresAt, detailTime)})
+		return renderFields(w, fields)
+	})
 }

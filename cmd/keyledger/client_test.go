@@ -49,7 +49,7 @@ func TestParseCommandInterleavesFlags(t *testing.T) {
 	for _, tt := range tests {
 		g, _, _ := testGlobals(nil, "")
 		fs := newFlagSet("keyledger keys show")
-		g.register(fs, "token-file")
+		g.register(fs)
 		pos, err := g.parseCommand(fs, tt.args, "ID", 1)
 		if err != nil {
 			t.Fatalf("%q: %v", tt.args, err)
@@ -61,7 +61,7 @@ func TestParseCommandInterleavesFlags(t *testing.T) {
 	for _, args := range [][]string{{}, {"a", "b"}, {"--nope", "ID"}, {"ID", "--json=maybe"}} {
 		g, _, _ := testGlobals(nil, "")
 		fs := newFlagSet("keyledger keys show")
-		g.register(fs, "token-file")
+		g.register(fs)
 		if _, err := g.parseCommand(fs, args, "ID", 1); !isUsage(err) {
 			t.Errorf("%q: got %v, want a usage error", args, err)
 		}
@@ -195,8 +195,8 @@ func TestParseVerify(t *testing.T) {
 	}{
 		{[]string{"--token", "klk_x", "--permission", "orders.read", "--ip", "10.0.0.1"}, "", verifyRequest{Token: "klk_x", Permission: "orders.read", IP: "10.0.0.1"}},
 		{[]string{"--token", "-"}, "klk_stdin\n", verifyRequest{Token: "klk_stdin"}},
-		{[]string{"--token-file", "-"}, "klk_stdin\n", verifyRequest{Token: "klk_stdin"}},
-		{[]string{"--token-file", file}, "", verifyRequest{Token: "klk_fromfile"}},
+		{[]string{"--verify-token-file", "-"}, "klk_stdin\n", verifyRequest{Token: "klk_stdin"}},
+		{[]string{"--verify-token-file", file}, "", verifyRequest{Token: "klk_fromfile"}},
 	}
 	for _, tt := range tests {
 		g, _, _ := testGlobals(nil, tt.stdin)
@@ -208,23 +208,36 @@ func TestParseVerify(t *testing.T) {
 			t.Errorf("%q: got %+v, want %+v", tt.args, got, tt.want)
 		}
 	}
-	for _, args := range [][]string{{}, {"--token", "a", "--token-file", file}, {"--token", ""}} {
+	for _, args := range [][]string{{}, {"--token", "a", "--verify-token-file", file}, {"--token", ""}} {
 		g, _, _ := testGlobals(nil, "")
 		if _, err := g.parseVerify(args); !isUsage(err) {
 			t.Errorf("%q: got %v, want a usage error", args, err)
 		}
 	}
 	g, _, _ := testGlobals(nil, "")
-	if _, err := g.parseVerify([]string{"--token-file", filepath.Join(dir, "missing")}); err == nil || !strings.HasPrefix(err.Error(), "token_file: ") {
+	if _, err := g.parseVerify([]string{"--verify-token-file", filepath.Join(dir, "missing")}); err == nil || !strings.HasPrefix(err.Error(), "token_file: ") {
 		t.Errorf("missing file: got %v", err)
 	}
-	// On verify, the caller's own file is --auth-token-file.
+	// --token-file is the caller's own token on verify too.
 	g, _, _ = testGlobals(nil, "")
-	if _, err := g.parseVerify([]string{"--token", "x", "--auth-token-file", file}); err != nil {
+	if _, err := g.parseVerify([]string{"--token", "x", "--token-file", file}); err != nil {
 		t.Fatal(err)
 	}
 	if g.tokenFile != file {
-		t.Errorf("--auth-token-file = %q", g.tokenFile)
+		t.Errorf("--token-file = %q", g.tokenFile)
+	}
+	// The old spellings fail and say what to write instead.
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--token-file", file}, "--verify-token-file"},
+		{[]string{"--token", "x", "--auth-token-file", file}, "--auth-token-file is now --token-file"},
+	} {
+		g, _, _ := testGlobals(nil, "")
+		if _, err := g.parseVerify(tt.args); !isUsage(err) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: got %v, want a usage error naming %s", tt.args, err, tt.want)
+		}
 	}
 }
 

@@ -15,9 +15,9 @@ type verifyRequest struct {
 	IP         string `json:"ip,omitempty"`
 }
 
-// parseVerify reads the flags of "verify". Here --token-file names the
-// token to verify; the caller's own credential comes from KEYLEDGER_TOKEN,
-// --auth-token-file, or a --token-file given before "verify".
+// parseVerify reads the flags of "verify". The token to verify comes from
+// --token (or "-", standard input) or --verify-token-file; --token-file is
+// the caller's own credential, as in every command.
 func (g *globals) parseVerify(args []string) (verifyRequest, error) {
 	var (
 		req                verifyRequest
@@ -26,21 +26,24 @@ func (g *globals) parseVerify(args []string) (verifyRequest, error) {
 		permission, ipAddr string
 	)
 	fs := newFlagSet("keyledger verify")
-	g.register(fs, "auth-token-file")
+	g.register(fs)
 	fs.StringVar(&token, "token", "", `token to verify; "-" reads it from standard input (a token on the command line is visible to other local users: prefer a file or "-")`)
-	fs.StringVar(&tokenFile, "token-file", "", `file holding the token to verify; "-" is standard input`)
+	fs.StringVar(&tokenFile, "verify-token-file", "", `file holding the token to verify; "-" is standard input`)
 	fs.StringVar(&permission, "permission", "", "permission the token must carry")
 	fs.StringVar(&ipAddr, "ip", "", "address the token is presented from, checked against its allowed IPs")
-	if _, err := g.parseCommand(fs, args, "--token T | --token-file F | --token - [--permission P] [--ip IP]", 0); err != nil {
+	if _, err := g.parseCommand(fs, args, "--verify-token-file F | --token - | --token T [--permission P] [--ip IP]", 0); err != nil {
 		return req, err
 	}
 	fs.Visit(func(f *flag.Flag) {
 		tokenSet = tokenSet || f.Name == "token"
-		fileSet = fileSet || f.Name == "token-file"
+		fileSet = fileSet || f.Name == "verify-token-file"
 	})
 	switch {
+	case !tokenSet && !fileSet && g.tokenFile != "":
+		return req, usageError{"usage: keyledger verify: give the token to verify with --verify-token-file F or --token -; " +
+			"--token-file is the caller's own token here too (it no longer names the token to verify)"}
 	case tokenSet == fileSet:
-		return req, usageError{"usage: keyledger verify: give exactly one of --token and --token-file"}
+		return req, usageError{"usage: keyledger verify: give exactly one of --token and --verify-token-file"}
 	case tokenSet && token != "-":
 		req.Token = strings.TrimSpace(token)
 	default:

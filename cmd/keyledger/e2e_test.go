@@ -507,7 +507,7 @@ func TestEndToEnd(t *testing.T) {
 	e.cliFail("", 2, "no_token", "whoami") // no credential at all
 
 	// A custom role, through the CLI.
-	e.cliOK(rootToken, "roles", "create", "orders", "--permission", "orders.read", "--permission", "orders.write", "--description", "shop orders")
+	e.cliOK(rootToken, "roles", "create", "--name", "orders", "--permission", "orders.read", "--permission", "orders.write", "--description", "shop orders")
 	var roles struct{ Roles []api.RoleView }
 	e.cliJSON(rootToken, &roles, "roles", "list")
 	if i := slices.IndexFunc(roles.Roles, func(r api.RoleView) bool { return r.Name == "orders" }); i < 0 ||
@@ -561,7 +561,7 @@ func TestEndToEnd(t *testing.T) {
 	e.must(bobTok, "GET", "/v1/me", nil, http.StatusOK, nil)
 
 	// A custom role's whole life through the CLI.
-	e.cliOK(rootToken, "roles", "create", "temp", "--permission", "temp.read")
+	e.cliOK(rootToken, "roles", "create", "--name", "temp", "--permission", "temp.read")
 	var tempRole api.RoleView
 	e.cliJSON(rootToken, &tempRole, "roles", "update", "temp", "--permission", "temp.read,temp.write")
 	if !reflect.DeepEqual(tempRole.Permissions, []string{"temp.read", "temp.write"}) {
@@ -641,10 +641,10 @@ func TestEndToEnd(t *testing.T) {
 	if err := os.WriteFile(tokFile, []byte(reader.Token+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if out := e.cliOK(verifier, "verify", "--token-file", tokFile, "--permission", "orders.read"); !strings.HasPrefix(out, "VALID\n") || !strings.Contains(out, reader.KeyID) {
+	if out := e.cliOK(verifier, "verify", "--verify-token-file", tokFile, "--permission", "orders.read"); !strings.HasPrefix(out, "VALID\n") || !strings.Contains(out, reader.KeyID) {
 		t.Fatalf("CLI verify valid:\n%s", out)
 	}
-	if out := e.cliFail(verifier, 1, domain.OutcomeInsufficientPermissions, "verify", "--token-file", tokFile, "--permission", "orders.write"); !strings.HasPrefix(out, "INSUFFICIENT_PERMISSIONS\n") {
+	if out := e.cliFail(verifier, 1, domain.OutcomeInsufficientPermissions, "verify", "--verify-token-file", tokFile, "--permission", "orders.write"); !strings.HasPrefix(out, "INSUFFICIENT_PERMISSIONS\n") {
 		t.Fatalf("CLI verify insufficient:\n%s", out)
 	}
 	if out, errs, code := e.cli(verifier, unknown+"\n", "verify", "--token", "-", "--json"); code != 1 ||

@@ -4,7 +4,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/keyledger/keyledger/eventstore"
 )
@@ -24,19 +26,33 @@ type natsFlags struct {
 	NATSTLSKey   string
 }
 
-// register adds the NATS flags to fs, each with its KEYLEDGER_* twin;
-// listen is offered only to serve.
+// register adds the NATS flags to fs (serve gives each its KEYLEDGER_*
+// twin); listen is offered only to serve.
 func (n *natsFlags) register(fs *flag.FlagSet, listen bool) {
 	if listen {
-		fs.StringVar(&n.NATSListen, "nats-listen", env("nats-listen", ""), "host:port where the embedded NATS server accepts other processes; every identity then needs the nkey seed written under <data-dir>/nats/credentials (KEYLEDGER_NATS_LISTEN)")
+		fs.StringVar(&n.NATSListen, "nats-listen", "", "host:port where the embedded NATS server accepts other processes; every identity then needs the nkey seed written under <data-dir>/nats/credentials")
 	}
-	fs.StringVar(&n.NATSCreds, "nats-creds", env("nats-creds", ""), "NATS .creds file for an external server (KEYLEDGER_NATS_CREDS)")
-	fs.StringVar(&n.NATSNkey, "nats-nkey", env("nats-nkey", ""), "file holding an nkey seed for an external server (KEYLEDGER_NATS_NKEY)")
-	fs.StringVar(&n.NATSUser, "nats-user", env("nats-user", ""), "NATS user; the password comes from KEYLEDGER_NATS_PASSWORD or --nats-password-file (KEYLEDGER_NATS_USER)")
-	fs.StringVar(&n.NATSPassFile, "nats-password-file", env("nats-password-file", ""), "file holding the NATS user's password (KEYLEDGER_NATS_PASSWORD_FILE)")
-	fs.StringVar(&n.NATSTLSCA, "nats-tls-ca", env("nats-tls-ca", ""), "CA file to verify the NATS server by (KEYLEDGER_NATS_TLS_CA)")
-	fs.StringVar(&n.NATSTLSCert, "nats-tls-cert", env("nats-tls-cert", ""), "client certificate for NATS (KEYLEDGER_NATS_TLS_CERT)")
-	fs.StringVar(&n.NATSTLSKey, "nats-tls-key", env("nats-tls-key", ""), "client certificate key for NATS (KEYLEDGER_NATS_TLS_KEY)")
+	fs.StringVar(&n.NATSCreds, "nats-creds", "", "NATS .creds file for an external server")
+	fs.StringVar(&n.NATSNkey, "nats-nkey", "", "file holding an nkey seed for an external server")
+	fs.StringVar(&n.NATSUser, "nats-user", "", "NATS user; the password comes from KEYLEDGER_NATS_PASSWORD or --nats-password-file")
+	fs.StringVar(&n.NATSPassFile, "nats-password-file", "", "file holding the NATS user's password")
+	fs.StringVar(&n.NATSTLSCA, "nats-tls-ca", "", "CA file to verify the NATS server by")
+	fs.StringVar(&n.NATSTLSCert, "nats-tls-cert", "", "client certificate for NATS")
+	fs.StringVar(&n.NATSTLSKey, "nats-tls-key", "", "client certificate key for NATS")
+}
+
+// storeConfig is the event store configuration of serve: where the events
+// live, how to reach NATS, and the writer key and trusted writers.
+func (m *Main) storeConfig() (eventstore.Config, error) {
+	key, writers, err := loadWriters(m.DataDir, m.WriterKeyFile, m.TrustedWriters, time.Now())
+	if err != nil {
+		return eventstore.Config{}, err
+	}
+	cfg := eventstore.Config{
+		DataDir: filepath.Join(m.DataDir, "nats"), URL: m.NATSURL, NoSync: m.NoSync, Replicas: m.Replicas, Logger: m.Logger,
+		WriterKey: key, Writers: &writers,
+	}
+	return cfg, m.natsFlags.apply(&cfg)
 }
 
 // apply copies the flags into an event store configuration, reading the

@@ -19,6 +19,7 @@ Usage:
   keyledger alerts <command>          list|tail
   keyledger audit <command>           verify|prove|check-proof
   keyledger verify [flags]            verify a token
+  keyledger token new                 print a fresh token for KEYLEDGER_ROOT_TOKEN
   keyledger whoami                    show the calling principal
 
 Client commands talk to --server (KEYLEDGER_SERVER) with KEYLEDGER_TOKEN.
@@ -34,6 +35,8 @@ func Run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	switch args[0] {
 	case "serve":
 		return serve(ctx, args[1:], stdout, stderr)
+	case "token":
+		return runToken(args[1:], stdout, stderr)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -72,10 +75,14 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "keyledger serve: %v\n", err)
 		return 1
 	}
-	<-ctx.Done()
-	m.Logger.Info("shutting down")
+	select {
+	case <-ctx.Done():
+		m.Logger.Info("shutting down")
+	case <-m.Done():
+		// A component failed; the rest have stopped already.
+	}
 	if err := m.Close(); err != nil {
-		fmt.Fprintf(stderr, "keyledger serve: shutdown: %v\n", err)
+		fmt.Fprintf(stderr, "keyledger serve: %v\n", err)
 		return 1
 	}
 	return 0

@@ -1,0 +1,367 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/projections/alerts"
+	"github.com/keyledger/keyledger/projections/chlog"
+	"github.com/keyledger/keyledger/projections/keystate"
+	"github.com/keyledger/keyledger/projections/lastused"
+	"github.com/keyledger/keyledger/projections/notary"
+	"golang.org/x/sync/errgroup"
+)
+
+// A component is one long-running part of serve. Run works until ctx ends,
+// then stops and returns nil; an error, or returning while ctx is still
+// live, is a failure that stops the whole server.
+type component struct {
+	name string
+	run  func(ctx context.Context) error
+}
+
+// Layers of the stack, in the order they stop: a layer's context ends only
+// once every layer before it has returned, so HTTP stops taking requests
+// before usage is flushed, the notary flushes while the consumers still
+// run, the key-state snapshot is saved after the consumers stopped, and
+// ClickHouse and the event store close last.
+const (
+	layerHTTP = iota
+	layerUsage
+	layerNotaryFlush
+	layerConsumers
+	layerKeyState
+	layerStorage
+	layerCount
+)
+
+// stack is the errgroup of serve's components.
+type stack struct {
+	log    *slog.Logger
+	layers [layerCount][]component
+}
+
+func (s *stack) add(layer int, name string, run func(context.Context) error) {
+	s.layers[layer] = append(s.layers[layer], component{name, run})
+}
+
+// run starts every component and returns once all have returned: after
+// ctx ends, or after the first failure, which it returns. Either way the
+// components stop layer by layer.
+func (s *stack) run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	next := gctx
+	for _, layer := range s.layers {
+		layerCtx := next
+		var stopNext context.CancelFunc
+		next, stopNext = context.WithCancel(context.WithoutCancel(ctx))
+		var wg sync.WaitGroup
+		for _, c := range layer {
+			wg.Add(1)
+			g.Go(func() error {
+				defer wg.Done()
+				err := c.run(layerCtx)
+				if err == nil && layerCtx.Err() == nil {
+					err = errors.New("stopped on its own")
+				}
+				if err != nil {
+					s.log.Error("component failed; shutting down", "component", c.name, "err", err)
+					return fmt.Errorf("%s: %w", c.name, err)
+				}
+				return nil
+			})
+		}
+		g.Go(func() error {
+			wg.Wait()
+			<-layerCtx.Done()
+			stopNext()
+			return nil
+		})
+	}
+	return g.Wait()
+}
+
+// onStop is a component that only waits for the end and then runs stop.
+func onStop(stop func() error) func(context.Context) error {
+	return func(ctx context.Context) error {
+		<-ctx.Done()
+		return stop()
+	}
+}
+
+// serveHTTP serves on ln until ctx ends, then lets in-flight requests
+// finish (10 seconds at most).
+func serveHTTP(srv *http.Server, ln net.Listener) func(context.Context) error {
+	return func(ctx context.Context) error {
+		g, gctx := errgroup.WithContext(ctx)
+		g.Go(func() error {
+			var err error
+			if srv.TLSConfig != nil {
+				err = srv.ServeTLS(ln, "", "")
+			} else {
+				err = srv.Serve(ln)
+			}
+			if errors.Is(err, http.ErrServerClosed) {
+				return nil
+			}
+			return err
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		})
+		return g.Wait()
+	}
+}
+
+// tlsConfig loads the HTTP listener's certificate, or returns nil for
+// plain HTTP.
+func tlsConfig(certFile, keyFile string) (*tls.Config, error) {
+	if certFile == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// flushUsage stores the usage events still buffered (30 seconds at most).
+func flushUsage(p *eventstore.UsagePublisher) func(context.Context) error {
+	return onStop(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		return p.Close(ctx)
+	})
+}
+
+// follow runs a started event-store subscription as a component: it fails
+// when delivery ends before ctx does. Subscriptions start before serve
+// listens, so no event stored meanwhile is missed and start-up reads are
+// loaded by the first request.
+func follow(sub *eventstore.Subscription) func(context.Context) error {
+	return func(ctx context.Context) error {
+		select {
+		case <-ctx.Done():
+			sub.Stop()
+			return nil
+		case <-sub.Done():
+			if err := sub.Err(); err != nil {
+				return err
+			}
+			return errors.New("subscription ended")
+		}
+	}
+}
+
+// keysSource adapts the event store to what the key-state follower reads.
+type keysSource struct{ store *eventstore.Store }
+
+func (s keysSource) LastSeq(ctx context.Context) (uint64, error) {
+	return s.store.LastSeq(ctx, domain.StreamKeys)
+}
+
+func (s keysSource) Subscribe(ctx context.Context, fromSeq uint64, fn func(domain.Envelope) error) (keystate.Subscription, error) {
+	return s.store.Subscribe(ctx, domain.StreamKeys, fromSeq, fn)
+}
+
+// startAlertEngine subscribes the rule engine to every new event of USAGE
+// and KEYS and adds its periodic rules (reminders, a stuck sink), run once
+// a minute.
+func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) error {
+	bg := context.WithoutCancel(ctx)
+	for _, stream := range []string{domain.StreamUsage, domain.StreamKeys} {
+		last, err := m.store.LastSeq(ctx, stream)
+		if err != nil {
+			return fmt.Errorf("alerts: read %s position: %w", stream, err)
+		}
+		sub, err := m.store.Subscribe(bg, stream, last+1, func(env domain.Envelope) error {
+			if err := engine.Observe(bg, env); err != nil {
+				m.Logger.Error("alert engine", "err", err)
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("alerts: subscribe %s: %w", stream, err)
+		}
+		m.stack.add(layerConsumers, "alert engine: "+stream, follow(sub))
+	}
+	m.stack.add(layerConsumers, "alert engine: tick", func(ctx context.Context) error {
+		t := time.NewTicker(time.Minute)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case now := <-t.C:
+				keys, _ := m.state.List(keystate.Filter{Status: "active", Now: now})
+				lag, err := m.sink.TotalLag(ctx)
+				if err != nil {
+					lag = 0
+				}
+				if err := engine.Tick(ctx, now, keys, lag); err != nil {
+					m.Logger.Error("alert engine tick", "err", err)
+				}
+			}
+		}
+	})
+	return nil
+}
+
+// clickHouse closes the audit log's connection at the end and stops the
+// managed local clickhouse-server, if any; that server exiting on its own
+// is a failure.
+func clickHouse(ch *chlog.Store, local *chlog.LocalServer) func(context.Context) error {
+	return func(ctx context.Context) error {
+		var exited <-chan struct{}
+		if local != nil {
+			exited = local.Done()
+		}
+		var errs []error
+		select {
+		case <-ctx.Done():
+		case <-exited:
+			errs = append(errs, errors.New("the local clickhouse-server exited"))
+		}
+		if ch != nil {
+			errs = append(errs, ch.Close())
+		}
+		if local != nil {
+			errs = append(errs, local.Stop())
+		}
+		return errors.Join(errs...)
+	}
+}
+
+// startLastUsed folds the last successful use of every key from USAGE:
+// only the newest "used" event of each key is read at start.
+func (m *Main) startLastUsed(ctx context.Context) error {
+	m.lastUsed = lastused.New()
+	sub, err := m.store.SubscribeLastPerSubject(context.WithoutCancel(ctx), domain.StreamUsage, "keyledger.usage.*.used", func(env domain.Envelope) error {
+		m.lastUsed.Apply(env)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("subscribe USAGE: %w", err)
+	}
+	m.stack.add(layerConsumers, "last-used projection", follow(sub))
+	return nil
+}
+
+// startAuditLog connects to ClickHouse (starting a local server when no
+// address is given), applies the schema migrations and adds the sink that
+// copies every stream into the audit log.
+func (m *Main) startAuditLog(ctx context.Context) error {
+	addr := m.ClickHouse
+	var local *chlog.LocalServer
+	if addr == "" {
+		var err error
+		if local, err = chlog.StartLocal(ctx, m.DataDir, m.Logger); err != nil {
+			return fmt.Errorf("start local ClickHouse: %w", err)
+		}
+		addr = local.Addr()
+	}
+	ch, err := chlog.Open(ctx, chlog.Config{Addr: addr, Database: m.ClickHouseDatabase, Username: m.ClickHouseUser, Password: m.ClickHousePassword}, m.Logger)
+	m.stack.add(layerStorage, "clickhouse", clickHouse(ch, local))
+	if err != nil {
+		return fmt.Errorf("open ClickHouse log at %s: %w", addr, err)
+	}
+	m.ch = ch
+	m.sink = chlog.NewSink(m.store.JetStream(), ch, chlog.SinkConfig{}, m.Logger)
+	m.stack.add(layerConsumers, "audit sink", m.sink.Run)
+	return nil
+}
+
+// startAlerts adds the rule engine and the webhooks that deliver its alerts.
+func (m *Main) startAlerts(ctx context.Context) (*alerts.Engine, error) {
+	cfg := alerts.Config{}
+	if m.AlertRules != "" {
+		f, err := os.Open(m.AlertRules)
+		if err != nil {
+			return nil, fmt.Errorf("--alert-rules: %w", err)
+		}
+		cfg, err = alerts.LoadConfig(f)
+		f.Close()
+		if err != nil {
+			return nil, fmt.Errorf("--alert-rules: %w", err)
+		}
+	}
+	engine := alerts.New(cfg, m.ch, m.store, m.Logger)
+	if err := m.startAlertEngine(ctx, engine); err != nil {
+		return nil, err
+	}
+	// Alerts the ALERTS stream refused are retried until it takes them.
+	m.stack.add(layerConsumers, "alert retries", engine.Run)
+	if len(m.Webhooks) == 0 {
+		return engine, nil
+	}
+	secret := []byte(os.Getenv("KEYLEDGER_WEBHOOK_SECRET"))
+	if m.WebhookSecretFile != "" {
+		b, err := os.ReadFile(m.WebhookSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("--webhook-secret-file: %w", err)
+		}
+		secret = []byte(strings.TrimSpace(string(b)))
+	}
+	if len(secret) < 16 {
+		return nil, errors.New("webhooks need an HMAC secret of at least 16 bytes in KEYLEDGER_WEBHOOK_SECRET or --webhook-secret-file")
+	}
+	var hooks []alerts.WebhookConfig
+	for _, u := range m.Webhooks {
+		hooks = append(hooks, alerts.WebhookConfig{URL: u, Secret: secret, MinSeverity: m.WebhookMinSev})
+	}
+	m.hooks = alerts.NewWebhooks(m.store.JetStream(), hooks, m.Logger)
+	// Validate names only a URL's scheme and host: the rest may carry tokens.
+	if err := m.hooks.Validate(); err != nil {
+		return nil, fmt.Errorf("--webhook: %w", err)
+	}
+	m.stack.add(layerConsumers, "webhooks", m.hooks.Run)
+	return engine, nil
+}
+
+// startNotary adds the notary, which folds every stream into its Merkle
+// tree and publishes signed checkpoints; a broken chain raises the
+// critical alert and fails /readyz. At shutdown it flushes (a last
+// checkpoint) while the consumers still run.
+func (m *Main) startNotary(engine *alerts.Engine) error {
+	if !m.Notary {
+		return nil
+	}
+	path := m.NotaryKeyFile
+	if path == "" {
+		path = filepath.Join(m.DataDir, "notary.key")
+	}
+	key, err := notary.LoadOrCreateKey(path)
+	if err != nil {
+		return fmt.Errorf("notary key: %w", err)
+	}
+	m.notary = notary.New(m.store.JetStream(), m.store, key, notary.Config{
+		Every: m.CheckpointEvery, Interval: m.CheckpointInterval,
+		OnBroken: func(eventID, why string) {
+			if err := engine.ChainBroken(context.Background(), time.Now(), eventID, why); err != nil {
+				m.Logger.Error("raise chain-broken alert", "err", err)
+			}
+		},
+	}, m.Logger)
+	m.stack.add(layerConsumers, "notary", m.notary.Run)
+	m.stack.add(layerNotaryFlush, "notary flush", onStop(func() error {
+		m.notary.Flush(context.Background())
+		return nil
+	}))
+	return nil
+}
