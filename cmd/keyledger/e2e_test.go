@@ -178,18 +178,28 @@ func startE2EServer(t *testing.T, dataDir string, env ...string) *e2eServer {
 
 // servingAddr finds the listen address in the server's JSON log.
 func servingAddr(log string) string {
+	var line struct {
+		Addr string `json:"addr"`
+	}
+	logLine(log, "keyledger serving", &line)
+	return line.Addr
+}
+
+// logLine decodes the last line of a JSON log whose msg is msg into out,
+// and reports whether there was one.
+func logLine(log, msg string, out any) bool {
+	found := false
 	sc := bufio.NewScanner(strings.NewReader(log))
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	for sc.Scan() {
-		var line struct {
-			Msg  string `json:"msg"`
-			Addr string `json:"addr"`
+		var head struct {
+			Msg string `json:"msg"`
 		}
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "keyledger serving" {
-			return line.Addr
+		if json.Unmarshal(sc.Bytes(), &head) == nil && head.Msg == msg && json.Unmarshal(sc.Bytes(), out) == nil {
+			found = true
 		}
 	}
-	return ""
+	return found
 }
 
 // stop sends SIGTERM and requires a clean exit (status 0).

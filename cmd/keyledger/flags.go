@@ -142,7 +142,7 @@ func (c *Config) parse(args []string, stderr io.Writer, getenv func(string) (str
 			return
 		}
 		if err := fs.Set(f.Name, v); err != nil {
-			errs = append(errs, fmt.Errorf("%s=%q: want %s for --%s: %w", name, v, valueKind(f), f.Name, err))
+			errs = append(errs, fmt.Errorf("%s=%q: want %s for --%s", name, v, valueKind(f), f.Name))
 		}
 	})
 	if err := errors.Join(errs...); err != nil {
@@ -178,7 +178,7 @@ func (c *Config) validate() error {
 	}
 	if c.RootToken != "" {
 		if _, err := domain.ParseToken(c.RootToken); err != nil {
-			return fmt.Errorf("KEYLEDGER_ROOT_TOKEN: %w; generate one with `keyledger token new`", err)
+			return errors.New("KEYLEDGER_ROOT_TOKEN: malformed token; generate one with `keyledger token new`")
 		}
 	}
 	return nil

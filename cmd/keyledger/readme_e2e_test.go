@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"errors"
 	"os"
 	"os/exec"
@@ -88,18 +86,11 @@ func TestServeExitsWhenAComponentFails(t *testing.T) {
 		t.Skip("end-to-end test: builds and runs the binary")
 	}
 	srv := startE2EServer(t, t.TempDir())
-	pid := 0
-	sc := bufio.NewScanner(strings.NewReader(srv.stderr.String()))
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		var line struct {
-			Msg string `json:"msg"`
-			PID int    `json:"pid"`
-		}
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "clickhouse started" {
-			pid = line.PID
-		}
+	var started struct {
+		PID int `json:"pid"`
 	}
+	logLine(srv.stderr.String(), "clickhouse started", &started)
+	pid := started.PID
 	if pid == 0 {
 		t.Fatalf("no clickhouse pid in the log:\n%s", srv.stderr.String())
 	}

@@ -89,9 +89,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	m.state, m.forged.log = keystate.New(), log
 	m.state.OnForged(m.forged.refused)
 	keys := keystate.NewFollower(m.state, keysSource{m.store}, m.store.Snapshots(), m.SnapshotEvery, log)
-	sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-	defer cancel()
-	if err := keys.Start(sctx); err != nil {
+	if err := keys.Start(ctx); err != nil {
 		return err
 	}
 	m.stack.add(layerKeyState, "key-state projection", keys.Run)

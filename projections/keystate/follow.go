@@ -35,6 +35,9 @@ type SnapshotStore interface {
 	SaveSnapshot(ctx context.Context, name string, seq uint64, data []byte) error
 }
 
+// replayTimeout bounds the catch-up at start.
+const replayTimeout = 5 * time.Minute
+
 // SnapshotName is the name the projection's snapshots are kept under.
 const SnapshotName = "keystate"
 
@@ -63,7 +66,13 @@ func NewFollower(p *Projection, src Source, snaps SnapshotStore, every int, log 
 // projection has applied every event the stream held at the start, or
 // when ctx ends.
 func (f *Follower) Start(ctx context.Context) error {
-	if seq, data, found, err := f.snaps.LoadSnapshot(ctx, SnapshotName); err != nil {
+	// A snapshot is only a shortcut: waiting long for one (a damaged
+	// object store answers with a timeout, not an error) is worse than a
+	// replay.
+	lctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	seq, data, found, err := f.snaps.LoadSnapshot(lctx, SnapshotName)
+	cancel()
+	if err != nil {
 		f.log.Warn("load key-state snapshot; replaying from the start", "err", err)
 	} else if found {
 		if err := f.p.Restore(data); err != nil {
@@ -91,7 +100,9 @@ func (f *Follower) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("subscribe KEYS: %w", err)
 	}
-	if err := f.p.WaitFor(ctx, last); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, replayTimeout)
+	defer cancel()
+	if err := f.p.WaitFor(wctx, last); err != nil {
 		return fmt.Errorf("replay KEYS: %w", err)
 	}
 	return nil
