@@ -529,7 +529,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				s.current, s.up, s.lastErr = next, true, nil
 				s.restarts++
 				s.mu.Unlock()
-				s.logger.Info("the local clickhouse-server is back", "attempts", attempt, "down_for", time.Since(started).Round(time.Millisecond), "pid", next.PID())
+				s.logger.Info("the local clickhouse-server is back", "attempts", attempt, "down_for", time.Since(started).Round(time.Millisecond).String(), "pid", next.PID())
 				wait = min(2*wait, s.MaxBackoff)
 				break
 			}
