@@ -8,12 +8,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -69,6 +71,11 @@ func startChaosNode(t *testing.T, dir string, env ...string) *chaosNode {
 				}
 			}
 			t.Logf("the node's last warnings:\n%s", strings.Join(warn[max(0, len(warn)-40):], "\n"))
+			if s := n.srv.Load(); os.Getenv("KEYLEDGER_CHAOS_DUMP") != "" {
+				_ = s.cmd.Process.Signal(syscall.SIGQUIT)
+				<-s.exited
+				_ = os.WriteFile(os.Getenv("KEYLEDGER_CHAOS_DUMP"), []byte(s.stderr.String()), 0o600)
+			}
 		}
 	})
 	return n
@@ -180,12 +187,13 @@ type chaosLoad struct {
 	acked    map[string]int    // key id → lifecycle commands acknowledged
 	verified map[string]bool   // event ids of answered verifications
 	failed   int               // requests answered with an error or not at all
+	byStatus map[int]int       // failed requests by status (0: no answer)
 	sent     int
 }
 
 func newChaosLoad(n *chaosNode, admin, verifier string) *chaosLoad {
 	return &chaosLoad{node: n, admin: admin, veri: verifier, keyOf: map[string]string{}, status: map[string]string{},
-		acked: map[string]int{}, verified: map[string]bool{}}
+		acked: map[string]int{}, verified: map[string]bool{}, byStatus: map[int]int{}}
 }
 
 // run sends requests from two workers, one every few milliseconds each,
@@ -232,7 +240,7 @@ func (l *chaosLoad) one(rng *rand.Rand) {
 		status, b := l.node.call(l.admin, "POST", "/v1/keys", map[string]any{"name": "chaos", "permissions": []string{"orders.read"}})
 		var k api.CreatedKey
 		if status != http.StatusCreated || json.Unmarshal(b, &k) != nil {
-			l.fail()
+			l.fail(status)
 			return
 		}
 		l.mu.Lock()
@@ -249,9 +257,9 @@ func (l *chaosLoad) one(rng *rand.Rand) {
 		status, b := l.node.call(l.admin, "POST", "/v1/keys/"+id+"/"+action, nil)
 		var k api.KeyView
 		if status != http.StatusOK || json.Unmarshal(b, &k) != nil {
-			// A conflict with the other worker is an honest refusal;
-			// anything else is counted as failed.
-			l.fail()
+			// A conflict with the other worker (409) is an honest
+			// refusal; it is counted apart from the rest.
+			l.fail(status)
 			return
 		}
 		l.mu.Lock()
@@ -265,7 +273,7 @@ func (l *chaosLoad) one(rng *rand.Rand) {
 		status, b := l.node.call(l.veri, "POST", "/v1/verify", map[string]string{"token": tok, "permission": "orders.read"})
 		var v api.VerifyResponse
 		if status != http.StatusOK || json.Unmarshal(b, &v) != nil || v.EventID == "" {
-			l.fail()
+			l.fail(status)
 			return
 		}
 		l.mu.Lock()
@@ -274,9 +282,10 @@ func (l *chaosLoad) one(rng *rand.Rand) {
 	}
 }
 
-func (l *chaosLoad) fail() {
+func (l *chaosLoad) fail(status int) {
 	l.mu.Lock()
 	l.failed++
+	l.byStatus[status]++
 	l.mu.Unlock()
 	// A node that is down is not hammered: the load stays steady.
 	<-time.After(20 * time.Millisecond)
@@ -299,6 +308,7 @@ type chaosResult struct {
 	// own phase: answered, and refused or not answered at all (keyledger
 	// down).
 	PhaseAnswered, PhaseFailed int
+	FailedBy                   string
 	// Redelivered counts stored rows that repeat an event (re-delivered
 	// batches, harmless: merged away, never shown to a reviewer).
 	Redelivered                int
@@ -477,6 +487,21 @@ func sum(fams map[string]*dto.MetricFamily, name string) (float64, bool) {
 	return v, true
 }
 
+// perStream returns a gauge's value by its stream label.
+func perStream(fams map[string]*dto.MetricFamily, name string) map[string]float64 {
+	out := map[string]float64{}
+	if f, ok := fams[name]; ok {
+		for _, m := range f.Metric {
+			for _, lp := range m.Label {
+				if lp.GetName() == "stream" {
+					out[lp.GetValue()] = m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return out
+}
+
 func sinkLag(n *chaosNode) (float64, error) {
 	fams, err := scrape(n)
 	if err != nil {
@@ -490,6 +515,9 @@ func sinkLag(n *chaosNode) (float64, error) {
 		var per []string
 		for _, m := range fams["keyledger_audit_sink_lag"].Metric {
 			per = append(per, fmt.Sprintf("%s=%v", m.Label[0].GetValue(), m.Gauge.GetValue()))
+		}
+		for _, m := range fams["keyledger_audit_sink_ack_pending"].Metric {
+			per = append(per, fmt.Sprintf("ack pending %s=%v", m.Label[0].GetValue(), m.Gauge.GetValue()))
 		}
 		return lag, fmt.Errorf("audit sink %v events behind (%s)", lag, strings.Join(per, " "))
 	}
@@ -529,21 +557,37 @@ func chaosSetup(t *testing.T, n *chaosNode, root string) *chaosLoad {
 }
 
 // underLoad runs the load for a phase, calls fault, then keeps the load on
-// for another phase, and returns the time from the fault until recovered()
-// first returned nil.
-func underLoad(t *testing.T, l *chaosLoad, res *chaosResult, fault func(), recovered func() error) time.Duration {
+// for another phase, and returns the time from when fault says the fault
+// happened (or ended, for a fault that lasts) until recovered() first
+// returned nil.
+func underLoad(t *testing.T, l *chaosLoad, res *chaosResult, fault func() time.Time, recovered func() error) time.Duration {
 	t.Helper()
 	c0, v0, f0 := l.counts()
+	l.mu.Lock()
+	s0 := maps.Clone(l.byStatus)
+	l.mu.Unlock()
 	defer func() {
 		c1, v1, f1 := l.counts()
 		res.PhaseAnswered, res.PhaseFailed = c1-c0+v1-v0, f1-f0
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		var parts []string
+		for _, st := range slices.Sorted(maps.Keys(l.byStatus)) {
+			if d := l.byStatus[st] - s0[st]; d > 0 {
+				name := strconv.Itoa(st)
+				if st == 0 {
+					name = "no answer"
+				}
+				parts = append(parts, fmt.Sprintf("%d %s", d, name))
+			}
+		}
+		res.FailedBy = strings.Join(parts, ", ")
 	}()
 	stop := make(chan struct{})
 	wg := l.run(stop, 1_000_000)
 	waitFor(chaosPhase())
-	start := time.Now()
-	fault()
-	checkFor(t, 3*time.Minute, 10*time.Millisecond, recovered)
+	start := fault()
+	checkFor(t, 2*time.Minute, 10*time.Millisecond, recovered)
 	took := time.Since(start)
 	t.Logf("recovered %s after the fault", took.Round(time.Millisecond))
 	waitFor(chaosPhase())
@@ -558,9 +602,9 @@ func waitFor(d time.Duration) { <-time.After(d) }
 
 func logChaosTable(t *testing.T, rows []chaosResult) {
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n| fault | phase: answered / failed | commands acked (all so far) | verifications answered (all so far) | found in log | lost | duplicated rows | re-delivered rows | time to recover | replay = state | audit verify |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	fmt.Fprintf(&b, "\n| fault | phase: answered / failed (by status) | commands acked (all so far) | verifications answered (all so far) | found in log | lost | duplicated rows | re-delivered rows | time to recover | replay = state | audit verify |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, r := range rows {
-		fmt.Fprintf(&b, "| %s | %d / %d | %d | %d | %d | %d | %d | %d | %s | %v | %v |\n", r.Fault, r.PhaseAnswered, r.PhaseFailed, r.Commands, r.Verifications, r.Found, r.Lost, r.DupRows,
+		fmt.Fprintf(&b, "| %s | %d / %d (%s) | %d | %d | %d | %d | %d | %d | %s | %v | %v |\n", r.Fault, r.PhaseAnswered, r.PhaseFailed, r.FailedBy, r.Commands, r.Verifications, r.Found, r.Lost, r.DupRows,
 			r.Redelivered, r.Recover.Round(time.Millisecond), r.KeysChecked, r.AuditVerifyOK)
 	}
 	t.Log(b.String())
@@ -586,9 +630,11 @@ func TestChaosManagedClickHouse(t *testing.T) {
 
 	// kill -9 of keyledger: it is started again on its data dir.
 	r := chaosResult{Fault: "kill -9 keyledger"}
-	r.Recover = underLoad(t, l, &r, func() {
+	r.Recover = underLoad(t, l, &r, func() time.Time {
+		at := time.Now()
 		n.kill()
 		n.start()
+		return at
 	}, func() error {
 		if s, _ := readiness(n, ""); s != http.StatusOK {
 			return fmt.Errorf("readyz %d", s)
@@ -603,12 +649,14 @@ func TestChaosManagedClickHouse(t *testing.T) {
 	// brings it back.
 	r = chaosResult{Fault: "kill -9 clickhouse-server"}
 	var sawDegraded, saw503 atomic.Bool
-	r.Recover = underLoad(t, l, &r, func() {
+	r.Recover = underLoad(t, l, &r, func() time.Time {
 		pid := clickhousePID(dir)
 		if pid == 0 {
 			t.Fatal("no managed clickhouse-server")
 		}
+		at := time.Now()
 		must(t, syscall.Kill(pid, syscall.SIGKILL))
+		return at
 	}, func() error {
 		if s, rd := readiness(n, ""); s == http.StatusOK && rd.Status == "degraded" && rd.Checks["audit_log"] != "ok" {
 			sawDegraded.Store(true)
@@ -647,13 +695,30 @@ func TestChaosSlowClickHouse(t *testing.T) {
 	n := startChaosNode(t, dir, "KEYLEDGER_ROOT_TOKEN="+root, "KEYLEDGER_CLICKHOUSE="+proxy.addr, "KEYLEDGER_CLICKHOUSE_DATABASE="+database)
 	l := chaosSetup(t, n, root)
 	r := chaosResult{Fault: "slow clickhouse (250ms per chunk)"}
-	r.Recover = underLoad(t, l, &r, func() {
+	// Recovered is when the audit log holds everything that was stored
+	// in JetStream by the time ClickHouse was fast again.
+	var target map[string]float64
+	r.Recover = underLoad(t, l, &r, func() time.Time {
 		proxy.delay.Store(int64(250 * time.Millisecond))
 		waitFor(chaosPhase())
 		proxy.delay.Store(0)
+		at := time.Now()
+		fams, err := scrape(n)
+		must(t, err)
+		target = perStream(fams, "keyledger_stream_last_seq")
+		return at
 	}, func() error {
-		_, err := sinkLag(n)
-		return err
+		fams, err := scrape(n)
+		if err != nil {
+			return err
+		}
+		last, lag := perStream(fams, "keyledger_stream_last_seq"), perStream(fams, "keyledger_audit_sink_lag")
+		for stream, want := range target {
+			if floor := last[stream] - lag[stream]; floor < want {
+				return fmt.Errorf("%s: the audit log holds up to %v, want %v", stream, floor, want)
+			}
+		}
+		return nil
 	})
 	l.check(t, backend, database, &r)
 	logChaosTable(t, []chaosResult{r})

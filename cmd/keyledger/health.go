@@ -122,6 +122,7 @@ type statsCollector struct {
 	m *Main
 
 	sinkEvents, sinkBatches, sinkErrors, sinkLag, sinkSeq *prometheus.Desc
+	sinkAckPending                                        *prometheus.Desc
 	chUp, chRestarts                                      *prometheus.Desc
 	streamSeq                                             *prometheus.Desc
 	hookDelivered, hookFailed, hookDropped, hookPending   *prometheus.Desc
@@ -132,24 +133,25 @@ func newStatsCollector(m *Main) *statsCollector {
 		return prometheus.NewDesc(name, help, labels, nil)
 	}
 	return &statsCollector{
-		m:             m,
-		sinkEvents:    d("keyledger_audit_sink_events_total", "Events this node's sink inserted into ClickHouse and acked, by stream.", "stream"),
-		sinkBatches:   d("keyledger_audit_sink_inserts_total", "Batch inserts into ClickHouse that succeeded, by stream.", "stream"),
-		sinkErrors:    d("keyledger_audit_sink_insert_errors_total", "Batch inserts into ClickHouse that failed and were retried, by stream.", "stream"),
-		sinkLag:       d("keyledger_audit_sink_lag", "Events stored in JetStream but not yet acknowledged into ClickHouse, by stream.", "stream"),
-		sinkSeq:       d("keyledger_audit_sink_seq", "Highest stream sequence this node's sink inserted, by stream.", "stream"),
-		chUp:          d("keyledger_clickhouse_up", "1 when ClickHouse answers a ping (1s), else 0."),
-		chRestarts:    d("keyledger_clickhouse_restarts_total", "Restarts of the managed local clickhouse-server after it died."),
-		streamSeq:     d("keyledger_stream_last_seq", "Last sequence of each stream; compare keyledger_keystate_applied_seq with stream=\"KEYS\".", "stream"),
-		hookDelivered: d("keyledger_webhook_deliveries_total", "Alerts a webhook receiver accepted."),
-		hookFailed:    d("keyledger_webhook_failures_total", "Webhook attempts that were refused, timed out or could not connect (each is retried)."),
-		hookDropped:   d("keyledger_webhook_dropped_total", "Alerts given up after their maximum age; alert on any increase."),
-		hookPending:   d("keyledger_webhook_pending", "Alerts not yet accepted by every webhook receiver."),
+		m:              m,
+		sinkEvents:     d("keyledger_audit_sink_events_total", "Events this node's sink inserted into ClickHouse and acked, by stream.", "stream"),
+		sinkBatches:    d("keyledger_audit_sink_inserts_total", "Batch inserts into ClickHouse that succeeded, by stream.", "stream"),
+		sinkErrors:     d("keyledger_audit_sink_insert_errors_total", "Batch inserts into ClickHouse that failed and were retried, by stream.", "stream"),
+		sinkLag:        d("keyledger_audit_sink_lag", "Events stored in JetStream but not yet acknowledged into ClickHouse, by stream.", "stream"),
+		sinkAckPending: d("keyledger_audit_sink_ack_pending", "Events handed to a sink and not yet acked: being inserted, or waiting to be handed out again after a sink died.", "stream"),
+		sinkSeq:        d("keyledger_audit_sink_seq", "Highest stream sequence this node's sink inserted, by stream.", "stream"),
+		chUp:           d("keyledger_clickhouse_up", "1 when ClickHouse answers a ping (1s), else 0."),
+		chRestarts:     d("keyledger_clickhouse_restarts_total", "Restarts of the managed local clickhouse-server after it died."),
+		streamSeq:      d("keyledger_stream_last_seq", "Last sequence of each stream; compare keyledger_keystate_applied_seq with stream=\"KEYS\".", "stream"),
+		hookDelivered:  d("keyledger_webhook_deliveries_total", "Alerts a webhook receiver accepted."),
+		hookFailed:     d("keyledger_webhook_failures_total", "Webhook attempts that were refused, timed out or could not connect (each is retried)."),
+		hookDropped:    d("keyledger_webhook_dropped_total", "Alerts given up after their maximum age; alert on any increase."),
+		hookPending:    d("keyledger_webhook_pending", "Alerts not yet accepted by every webhook receiver."),
 	}
 }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.sinkEvents, c.sinkBatches, c.sinkErrors, c.sinkLag, c.sinkSeq, c.chUp, c.chRestarts,
+	for _, d := range []*prometheus.Desc{c.sinkEvents, c.sinkBatches, c.sinkErrors, c.sinkLag, c.sinkSeq, c.sinkAckPending, c.chUp, c.chRestarts,
 		c.streamSeq, c.hookDelivered, c.hookFailed, c.hookDropped, c.hookPending} {
 		ch <- d
 	}
@@ -178,6 +180,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		if lags, err := m.sink.Lag(ctx); err == nil {
 			for _, l := range lags {
 				gauge(c.sinkLag, float64(l.Lag), l.Stream)
+				gauge(c.sinkAckPending, float64(l.AckPending), l.Stream)
 				gauge(c.streamSeq, float64(l.LastSeq), l.Stream)
 			}
 		}

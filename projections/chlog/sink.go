@@ -320,6 +320,10 @@ type StreamLag struct {
 	// Lag is LastSeq - AckFloor: events stored in JetStream and not yet
 	// known to be in ClickHouse.
 	Lag uint64
+	// AckPending counts events handed to a sink and not yet acked (being
+	// inserted, or waiting for AckWait to hand them out again), and
+	// Redelivered those handed out more than once and not yet acked.
+	AckPending, Redelivered int
 }
 
 // Lag returns, for each of the sink's streams that exists, how many events
@@ -354,6 +358,7 @@ func (s *Sink) Lag(ctx context.Context) ([]StreamLag, error) {
 				return nil, fmt.Errorf("lag of %s: %w", name, err)
 			}
 			l.AckFloor = ci.AckFloor.Stream
+			l.AckPending, l.Redelivered = ci.NumAckPending, ci.NumRedelivered
 		}
 		if l.LastSeq > l.AckFloor {
 			l.Lag = l.LastSeq - l.AckFloor
