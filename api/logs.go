@@ -297,7 +297,9 @@ func (s *Server) searchFailed(w http.ResponseWriter, r *http.Request, err error)
 		s.problem(w, r, err)
 		return
 	}
-	s.log.WarnContext(r.Context(), "log search while the audit log is unavailable", "err", err, "ping", perr)
+	// Debug only: /readyz and keyledger_clickhouse_up already say it,
+	// once, rather than once per search.
+	s.log.DebugContext(r.Context(), "log search while the audit log is unavailable", "err", err, "ping", perr)
 	w.Header().Set("Content-Type", "application/problem+json")
 	w.Header().Set("Retry-After", "5")
 	w.WriteHeader(http.StatusServiceUnavailable)

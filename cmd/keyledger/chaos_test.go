@@ -44,7 +44,7 @@ var chaosLong = flag.Bool("chaos.long", false, "run the fault suite's long versi
 // chaosPhase is how long the load runs before, during and after a fault.
 func chaosPhase() time.Duration {
 	if *chaosLong {
-		return 40 * time.Second
+		return 30 * time.Second
 	}
 	return 3 * time.Second
 }
@@ -487,6 +487,37 @@ func sum(fams map[string]*dto.MetricFamily, name string) (float64, bool) {
 	return v, true
 }
 
+// operatorMetrics are the families an operator runs on; each must be
+// exposed by a fresh node (the webhook families only with --webhook).
+var operatorMetrics = []string{
+	"go_goroutines", "go_memstats_heap_alloc_bytes", "process_cpu_seconds_total", "process_resident_memory_bytes",
+	"keyledger_usage_publish_failures_total",
+	"keyledger_events_appended_total", "keyledger_append_failures_total", "keyledger_forged_events_total",
+	"keyledger_audit_sink_events_total", "keyledger_audit_sink_inserts_total", "keyledger_audit_sink_insert_errors_total",
+	"keyledger_audit_sink_lag", "keyledger_audit_sink_ack_pending", "keyledger_audit_sink_seq", "keyledger_stream_last_seq",
+	"keyledger_clickhouse_up", "keyledger_clickhouse_restarts_total", "keyledger_usage_buffer_depth",
+	"keyledger_keystate_applied_seq", "keyledger_keys",
+}
+
+// servedMetrics are the families that appear with the first request they
+// count.
+var servedMetrics = []string{
+	"keyledger_http_requests_total", "keyledger_http_request_duration_seconds", "keyledger_verifications_total",
+	"keyledger_usage_publish_duration_seconds", "keyledger_usage_events_published_total",
+}
+
+// checkMoved fails unless each family's sum grew from before to after.
+func checkMoved(t *testing.T, before, after map[string]*dto.MetricFamily, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		b, _ := sum(before, name)
+		a, ok := sum(after, name)
+		if !ok || a <= b {
+			t.Errorf("%s did not move: %v then %v", name, b, a)
+		}
+	}
+}
+
 // perStream returns a gauge's value by its stream label.
 func perStream(fams map[string]*dto.MetricFamily, name string) map[string]float64 {
 	out := map[string]float64{}
@@ -620,6 +651,16 @@ func TestChaosManagedClickHouse(t *testing.T) {
 	dir := t.TempDir()
 	root := domain.FormatToken(uuid.Must(uuid.NewV7()), randomSecret(t))
 	n := startChaosNode(t, dir, "KEYLEDGER_ROOT_TOKEN="+root)
+	fresh, err := scrape(n)
+	must(t, err)
+	for _, name := range operatorMetrics {
+		if _, ok := fresh[name]; !ok {
+			t.Errorf("a fresh node does not expose %s", name)
+		}
+	}
+	if up, _ := sum(fresh, "keyledger_clickhouse_up"); up != 1 {
+		t.Errorf("keyledger_clickhouse_up = %v on a fresh node", up)
+	}
 	l := chaosSetup(t, n, root)
 	chAddr := func() string {
 		b, err := os.ReadFile(filepath.Join(dir, "clickhouse", "ports"))
@@ -648,7 +689,9 @@ func TestChaosManagedClickHouse(t *testing.T) {
 	// log, verifications go on, /v1/logs answers 503, and the supervisor
 	// brings it back.
 	r = chaosResult{Fault: "kill -9 clickhouse-server"}
-	var sawDegraded, saw503 atomic.Bool
+	var sawDegraded, saw503, sawDown atomic.Bool
+	before, err := scrape(n)
+	must(t, err)
 	r.Recover = underLoad(t, l, &r, func() time.Time {
 		pid := clickhousePID(dir)
 		if pid == 0 {
@@ -661,6 +704,11 @@ func TestChaosManagedClickHouse(t *testing.T) {
 		if s, rd := readiness(n, ""); s == http.StatusOK && rd.Status == "degraded" && rd.Checks["audit_log"] != "ok" {
 			sawDegraded.Store(true)
 		}
+		if fams, err := scrape(n); err == nil {
+			if up, ok := sum(fams, "keyledger_clickhouse_up"); ok && up == 0 {
+				sawDown.Store(true)
+			}
+		}
 		if s, b := n.call(root, "GET", "/v1/logs?limit=1", nil); s == http.StatusServiceUnavailable {
 			var p api.Problem
 			if json.Unmarshal(b, &p) == nil && p.Code == "audit_log_unavailable" {
@@ -668,14 +716,31 @@ func TestChaosManagedClickHouse(t *testing.T) {
 			}
 		}
 		s, rd := readiness(n, "audit_log")
-		if s != http.StatusOK || !sawDegraded.Load() || !saw503.Load() {
-			return fmt.Errorf("audit_log check %d %v; seen degraded %v, seen 503 %v", s, rd.Checks, sawDegraded.Load(), saw503.Load())
+		if s != http.StatusOK || !sawDegraded.Load() || !saw503.Load() || !sawDown.Load() {
+			return fmt.Errorf("audit_log check %d %v; seen degraded %v, 503 %v, clickhouse_up 0 %v", s, rd.Checks, sawDegraded.Load(), saw503.Load(), sawDown.Load())
 		}
 		return nil
 	})
 	l.check(t, chAddr(), chlog.DefaultDatabase, &r)
 	if s, b := n.call(root, "GET", "/v1/logs?limit=1", nil); s != http.StatusOK {
 		t.Errorf("/v1/logs after recovery: %d %s", s, b)
+	}
+	// Every family of what happened moved: the load's requests, the
+	// ClickHouse outage, the restart and the sink's retries.
+	after, err := scrape(n)
+	must(t, err)
+	for _, name := range append(operatorMetrics, servedMetrics...) {
+		if _, ok := after[name]; !ok {
+			t.Errorf("a node under load does not expose %s", name)
+		}
+	}
+	checkMoved(t, before, after, "keyledger_http_requests_total", "keyledger_http_request_duration_seconds",
+		"keyledger_verifications_total", "keyledger_usage_publish_duration_seconds", "keyledger_usage_events_published_total",
+		"keyledger_events_appended_total", "keyledger_audit_sink_events_total", "keyledger_audit_sink_inserts_total",
+		"keyledger_audit_sink_insert_errors_total", "keyledger_clickhouse_restarts_total", "keyledger_keystate_applied_seq",
+		"process_cpu_seconds_total")
+	if up, _ := sum(after, "keyledger_clickhouse_up"); up != 1 {
+		t.Errorf("keyledger_clickhouse_up = %v after the restart", up)
 	}
 	table = append(table, r)
 	logChaosTable(t, table)

@@ -59,6 +59,15 @@ func newMeters() *meters {
 
 func (mt *meters) register(reg *prometheus.Registry) {
 	reg.MustRegister(mt.appended, mt.appendFailures, mt.usagePublished, mt.usageFailures, mt.usageDuration)
+	// Every series an alert rule watches exists from the start at 0, so
+	// that increase() sees its first failure.
+	for _, s := range []string{domain.StreamKeys, domain.StreamUsage} {
+		mt.appended.WithLabelValues(s)
+	}
+	for _, c := range []string{domain.ECONFLICT, domain.EINTERNAL} {
+		mt.appendFailures.WithLabelValues(c)
+	}
+	mt.usageFailures.WithLabelValues(domain.OutcomeValid)
 }
 
 // meteredStore counts the command service's appends.
