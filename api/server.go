@@ -296,7 +296,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
+	// Indented only when the client asks with ?pretty: the hot path
+	// answers compactly.
+	if sw, ok := w.(*statusWriter); ok && sw.pretty {
+		enc.SetIndent("", "  ")
+	}
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(v)
 }
@@ -373,7 +377,7 @@ func (s *Server) instrument(pattern string, h http.HandlerFunc) http.Handler {
 		}
 		w.Header().Set("X-Request-Id", id)
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK, pretty: r.URL.Query().Has("pretty")}
 		h(sw, r)
 		s.metrics.requests.WithLabelValues(r.Method, pattern, statusClass(sw.status)).Inc()
 		s.metrics.latency.WithLabelValues(r.Method, pattern).Observe(time.Since(start).Seconds())
@@ -383,6 +387,7 @@ func (s *Server) instrument(pattern string, h http.HandlerFunc) http.Handler {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	pretty bool
 }
 
 func (w *statusWriter) WriteHeader(code int) {

@@ -128,6 +128,11 @@ type KeyUsed struct {
 	Owner      string `json:"owner,omitempty"`
 	Permission string `json:"permission,omitempty"`
 	Service    string `json:"service,omitempty"`
+	// CallerKey and CallerIP name the key a verifying service
+	// authenticated with, and where it called from: a verification is one
+	// event, which also records its caller's use of its own key.
+	CallerKey string `json:"caller_key,omitempty"`
+	CallerIP  string `json:"caller_ip,omitempty"`
 }
 
 // KeyDenied records a failed verification. TokenHash is a SHA-256 of the
@@ -139,6 +144,8 @@ type KeyDenied struct {
 	Permission string `json:"permission,omitempty"`
 	Service    string `json:"service,omitempty"`
 	TokenHash  string `json:"token_hash,omitempty"`
+	CallerKey  string `json:"caller_key,omitempty"`
+	CallerIP   string `json:"caller_ip,omitempty"`
 }
 
 // PrincipalCreated records a new principal (a person or a service that owns keys).

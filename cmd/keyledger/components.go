@@ -252,7 +252,7 @@ func clickHouse(ch *chlog.Store, local *chlog.LocalServer) func(context.Context)
 // only the newest "used" event of each key is read at start.
 func (m *Main) startLastUsed(ctx context.Context) error {
 	m.lastUsed = lastused.New()
-	sub, err := m.store.SubscribeLastPerSubject(context.WithoutCancel(ctx), domain.StreamUsage, "keyledger.usage.*.used", func(env domain.Envelope) error {
+	sub, err := m.store.SubscribeLastPerSubject(context.WithoutCancel(ctx), domain.StreamUsage, "keyledger.usage.>", func(env domain.Envelope) error {
 		m.lastUsed.Apply(env)
 		return nil
 	})

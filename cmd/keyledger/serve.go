@@ -141,6 +141,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	hs := &http.Server{Handler: srv, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	m.stack.add(layerHTTP, "http", serveHTTP(hs, m.ln))
+	if err := m.startPProf(); err != nil {
+		return err
+	}
 
 	gctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	m.stop, m.done = stop, make(chan struct{})

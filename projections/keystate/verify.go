@@ -33,9 +33,13 @@ type Request struct {
 	// IP is the address the token was presented from; the zero value
 	// means unknown, which only keys without an IP restriction accept.
 	IP netip.Addr
-	// Actor is who asked: the verifying service's principal.
-	Actor   string
-	Context *domain.RequestContext
+	// Actor is who asked: the verifying service's principal. CallerKey
+	// and CallerIP are the key it authenticated with and where it called
+	// from, recorded in the verification's event.
+	Actor     string
+	CallerKey string
+	CallerIP  string
+	Context   *domain.RequestContext
 }
 
 // Result is the outcome of a verification.
@@ -92,9 +96,9 @@ func (v *Verifier) Decide(req Request) (Result, domain.Envelope, error) {
 	}
 	var ev domain.Event
 	if res.Code == domain.OutcomeValid {
-		ev = domain.KeyUsed{Code: res.Code, Owner: res.Key.Owner, Permission: req.Permission}
+		ev = domain.KeyUsed{Code: res.Code, Owner: res.Key.Owner, Permission: req.Permission, CallerKey: req.CallerKey, CallerIP: req.CallerIP}
 	} else {
-		d := domain.KeyDenied{Code: res.Code, Owner: res.Key.Owner, Permission: req.Permission}
+		d := domain.KeyDenied{Code: res.Code, Owner: res.Key.Owner, Permission: req.Permission, CallerKey: req.CallerKey, CallerIP: req.CallerIP}
 		if res.Code == domain.OutcomeMalformed || res.Code == domain.OutcomeNotFound || res.Code == domain.OutcomeInvalidSecret {
 			// A hash lets alert rules count repeated guesses with one
 			// token without the token itself ever being stored.
