@@ -5,7 +5,7 @@ GO        ?= go
 DATA_DIR  ?= ./data
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test bench build deps fuzz vet clickhouse-deps
+.PHONY: run test bench bench-verify build deps fuzz vet clickhouse-deps
 
 build: deps
 	$(GO) build -o bin/keyledger ./cmd/keyledger
@@ -29,6 +29,13 @@ test: deps clickhouse-deps vet
 
 bench: deps clickhouse-deps
 	./scripts/with-clickhouse.sh $(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
+
+# bench-verify compares POST /v1/verify (durable and --async-usage, the whole
+# node: ClickHouse sink, alerts, notary) with a bare net/http handler, one
+# load generator, 32 connections, one run. KEYLEDGER_BENCH_CONNS changes the
+# connection count; KEYLEDGER_BENCH_PROFILE=DIR writes CPU profiles.
+bench-verify: deps clickhouse-deps
+	$(GO) test -run '^$$' -bench '^BenchmarkVerifyServe$$' -benchtime 20000x -timeout 20m ./cmd/keyledger/
 
 # fuzz runs each fuzz target of the parsers that face the outside for a while.
 fuzz: deps

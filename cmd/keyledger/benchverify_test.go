@@ -35,16 +35,26 @@ import (
 //
 //	go test -run '^$' -bench BenchmarkVerifyServe -benchtime 20000x ./cmd/keyledger/
 func BenchmarkVerifyServe(b *testing.B) {
+	outer := b
 	conc := 32
 	if v, err := strconv.Atoi(os.Getenv("KEYLEDGER_BENCH_CONNS")); err == nil && v > 0 {
 		conc = v
 	}
 	var bare float64
+	// The benchmark framework calls each leg more than once (b.N = 1
+	// first); each leg's processes start once and serve every call.
+	var bareAddr string
+	var barePids []int
 	b.Run("bare", func(b *testing.B) {
-		addr, pids := startBare(b)
+		if bareAddr == "" {
+			bareAddr, barePids = startBare(outer)
+		}
+		addr, pids := bareAddr, barePids
 		body, _ := json.Marshal(map[string]string{"token": domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{1}), "permission": "api.verify", "ip": "10.0.0.1"})
 		bare = verifyLoad(b, "http://"+addr+"/v1/verify", "x", body, conc, pids).rps
 	})
+	servers := map[string]*e2eServer{}
+	verifiers := map[string]string{}
 	for _, leg := range []struct {
 		name string
 		args []string
@@ -60,8 +70,13 @@ func BenchmarkVerifyServe(b *testing.B) {
 			if prof != "" {
 				args = append(args, "--pprof", "127.0.0.1:6061")
 			}
-			srv, root := startBenchServer(b, args...)
-			if prof != "" {
+			srv := servers[leg.name]
+			if srv == nil {
+				var root string
+				srv, root = startBenchServer(outer, args...)
+				servers[leg.name], verifiers[leg.name] = srv, benchPrincipal(outer, srv.url, root)
+			}
+			if prof != "" && b.N > 1 {
 				done := make(chan struct{})
 				defer func() { <-done }()
 				go func() {
@@ -80,7 +95,7 @@ func BenchmarkVerifyServe(b *testing.B) {
 					}
 				}()
 			}
-			verifier := benchPrincipal(b, srv.url, root)
+			verifier := verifiers[leg.name]
 			body, _ := json.Marshal(map[string]string{"token": verifier, "permission": "api.verify", "ip": "10.0.0.1"})
 			r := verifyLoad(b, srv.url+"/v1/verify", verifier, body, conc, processTree(srv.cmd.Process.Pid))
 			if bare > 0 {
@@ -121,7 +136,7 @@ func TestBareVerifyHandler(t *testing.T) {
 	_ = http.Serve(ln, h)
 }
 
-func startBare(b *testing.B) (string, []int) {
+func startBare(b testing.TB) (string, []int) {
 	cmd := exec.Command(os.Args[0], "-test.run=^TestBareVerifyHandler$")
 	cmd.Env = append(os.Environ(), "KEYLEDGER_BENCH_BARE=1")
 	out := &lockedBuffer{}
@@ -145,7 +160,7 @@ func startBare(b *testing.B) (string, []int) {
 
 // startBenchServer starts the built binary on a fresh data dir with a
 // fixed root token.
-func startBenchServer(b *testing.B, args ...string) (*e2eServer, string) {
+func startBenchServer(b testing.TB, args ...string) (*e2eServer, string) {
 	root := domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{4, 2})
 	dir := b.TempDir()
 	s := &e2eServer{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
@@ -190,7 +205,7 @@ func startBenchServer(b *testing.B, args ...string) (*e2eServer, string) {
 }
 
 // benchPrincipal creates a verifying service and returns its token.
-func benchPrincipal(b *testing.B, url, root string) string {
+func benchPrincipal(b testing.TB, url, root string) string {
 	body, _ := json.Marshal(map[string]any{"name": "bench verifier", "roles": []string{domain.RoleVerifier}})
 	req, _ := http.NewRequest("POST", url+"/v1/principals", bytes.NewReader(body))
 	req.Header.Set("Authorization", "Bearer "+root)
