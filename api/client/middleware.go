@@ -131,3 +131,12 @@ func writeProblem(w http.ResponseWriter, r *http.Request, status int, code, deta
 		"instance": r.URL.Path,
 	})
 }
+
+// VerifierFunc adapts a function to Verifier, for a cache in front of
+// another Verifier, say.
+type VerifierFunc func(ctx context.Context, req VerifyRequest) (Verification, error)
+
+// Verify calls f.
+func (f VerifierFunc) Verify(ctx context.Context, req VerifyRequest) (Verification, error) {
+	return f(ctx, req)
+}
