@@ -169,6 +169,7 @@ func (s *Server) routes() {
 	s.handle("POST", "/v1/keys/{id}/enable", domain.PermKeyEnable, s.enableKey)
 	s.handle("GET", "/v1/keys/{id}/events", domain.PermKeyView, s.keyEvents)
 	s.handle("POST", "/v1/verify", domain.PermVerify, s.verify)
+	s.handle("POST", "/v1/usage", domain.PermUsagePublish, s.publishUsage)
 	s.handle("GET", "/v1/logs", domain.PermLogView, s.logs)
 	s.handle("GET", "/v1/alerts", domain.PermAlertView, s.listAlerts)
 	s.handle("GET", "/v1/alerts/stream", domain.PermAlertView, s.streamAlerts)

@@ -133,6 +133,7 @@ type KeyUsed struct {
 	// event, which also records its caller's use of its own key.
 	CallerKey string `json:"caller_key,omitempty"`
 	CallerIP  string `json:"caller_ip,omitempty"`
+	ServiceUsage
 }
 
 // KeyDenied records a failed verification. TokenHash is a SHA-256 of the
@@ -146,6 +147,18 @@ type KeyDenied struct {
 	TokenHash  string `json:"token_hash,omitempty"`
 	CallerKey  string `json:"caller_key,omitempty"`
 	CallerIP   string `json:"caller_ip,omitempty"`
+	ServiceUsage
+}
+
+// ServiceUsage are the fields a service adds to the usage it publishes
+// (POST /v1/usage): what was called, how it ended and what it cost, and
+// the service's own id of the record, which makes a retry idempotent.
+// Verifications keyledger records itself leave them empty.
+type ServiceUsage struct {
+	RecordID   string `json:"record_id,omitempty"`
+	Endpoint   string `json:"endpoint,omitempty"`
+	HTTPStatus int    `json:"http_status,omitempty"`
+	Units      int64  `json:"units,omitempty"`
 }
 
 // PrincipalCreated records a new principal (a person or a service that owns keys).

@@ -51,6 +51,8 @@ type Result struct {
 	Found bool
 	// EventID is the id of the usage event that records this verification.
 	EventID uuid.UUID
+
+	tokenKeyID uuid.UUID // the id the token names, unless MALFORMED
 }
 
 // Valid reports whether the verification succeeded.
@@ -74,13 +76,20 @@ func (v *Verifier) Verify(ctx context.Context, req Request) (Result, error) {
 // Decide computes the outcome and its usage event without recording it.
 func (v *Verifier) Decide(req Request) (Result, domain.Envelope, error) {
 	now := v.Now()
+	res := v.Check(req, now)
+	return v.event(req, res, now)
+}
+
+// Check computes the outcome of req at now, and nothing else: it neither
+// builds nor records the usage event. A replica's hot path runs it and
+// records the event on its own terms; Decide is Check and the event.
+func (v *Verifier) Check(req Request, now time.Time) Result {
 	var res Result
-	keyID := domain.UnknownKeyID
 	tok, err := domain.ParseToken(req.Token)
 	if err != nil {
 		res.Code = domain.OutcomeMalformed
 	} else {
-		keyID = tok.KeyID.String()
+		res.tokenKeyID = tok.KeyID
 		k, ok := v.State.KeyByUUID(tok.KeyID)
 		res.Key, res.Found = k, ok
 		res.Code = domain.Check(k, tok.Secret, now, req.IP, req.Permission)
@@ -93,6 +102,15 @@ func (v *Verifier) Decide(req Request) (Result, domain.Envelope, error) {
 				res.Code = domain.OutcomeDisabled
 			}
 		}
+	}
+	return res
+}
+
+// event builds the usage event that records res, the outcome of req.
+func (v *Verifier) event(req Request, res Result, now time.Time) (Result, domain.Envelope, error) {
+	keyID := domain.UnknownKeyID
+	if res.Code != domain.OutcomeMalformed {
+		keyID = res.tokenKeyID.String()
 	}
 	var ev domain.Event
 	if res.Code == domain.OutcomeValid {
