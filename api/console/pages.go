@@ -45,9 +45,11 @@ func (p page) Owner(id string) string {
 	return id
 }
 
+// ownerLabel names a principal as the grid shows owners: its e-mail when
+// it has one, else its name.
 func ownerLabel(pr principal) string {
 	if pr.Email != "" {
-		return pr.Name + " <" + pr.Email + ">"
+		return pr.Email
 	}
 	return pr.Name
 }

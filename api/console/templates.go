@@ -38,11 +38,19 @@ var funcs = template.FuncMap{
 		}
 		return fmt.Sprintf("%d min", int(d/time.Minute))
 	},
+	// short shows the end of an id: UUIDv7s of one period share their
+	// first (time) digits, their last ones tell keys apart.
 	"short": func(id string) string {
 		if len(id) > 8 {
-			return id[:8]
+			return "…" + id[len(id)-8:]
 		}
 		return id
+	},
+	"day": func(t time.Time) string {
+		if t.IsZero() {
+			return "—"
+		}
+		return t.UTC().Format("2006-01-02")
 	},
 	"join":     strings.Join,
 	"metadata": metadataText,

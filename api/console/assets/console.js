@@ -2,7 +2,7 @@
 // Nothing here touches the token: the session lives in an HttpOnly cookie.
 (function () {
   "use strict";
-  var csrf = (document.getElementById("main") || {}).dataset ? document.getElementById("main").dataset.csrf : "";
+
 
   // Modals are native <dialog>s: showModal traps focus, Esc closes.
   var opener = null;
@@ -115,5 +115,5 @@
       }
     });
   }
-  void csrf;
+  
 })();
