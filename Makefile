@@ -5,7 +5,7 @@ GO        ?= go
 DATA_DIR  ?= ./data
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test bench bench-verify build deps fuzz vet clickhouse-deps
+.PHONY: run test bench bench-verify build deps fuzz vet clickhouse-deps chromium-deps
 
 build: deps
 	$(GO) build -o bin/keyledger ./cmd/keyledger
@@ -17,6 +17,11 @@ deps:
 clickhouse-deps:
 	@./scripts/ensure-clickhouse.sh
 
+# chromium-deps installs Debian's chromium when it is missing: the web
+# console's tests drive it headless.
+chromium-deps:
+	@./scripts/ensure-chromium.sh
+
 run: build clickhouse-deps
 	./bin/keyledger serve --data-dir $(DATA_DIR) --http-addr $(HTTP_ADDR)
 
@@ -24,8 +29,9 @@ vet:
 	gofmt -l . | tee /dev/stderr | (! read)
 	$(GO) vet ./...
 
-test: deps clickhouse-deps vet
-	./scripts/with-clickhouse.sh $(GO) test -race -count=1 -timeout 12m ./...
+test: deps clickhouse-deps chromium-deps vet
+	KEYLEDGER_TEST_CHROMIUM="$$(./scripts/ensure-chromium.sh --path)" \
+		./scripts/with-clickhouse.sh $(GO) test -race -count=1 -timeout 12m ./...
 
 bench: deps clickhouse-deps
 	./scripts/with-clickhouse.sh $(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/api/console"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/projections/keystate"
 	"github.com/prometheus/client_golang/prometheus"
@@ -192,6 +193,11 @@ func (s *Server) routes() {
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{}))
 	s.handle("GET", "/openapi.json", "", s.openapi)
 	s.handle("GET", "/docs", "", s.docs)
+	// The web console calls this server in-process, as any client would.
+	con := console.New(console.Config{API: s, Logger: s.log, Now: s.cfg.Now, TrustProxy: s.cfg.TrustProxy})
+	for _, p := range console.Patterns {
+		s.mux.Handle(p, con)
+	}
 }
 
 // ServeHTTP implements http.Handler.

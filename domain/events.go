@@ -98,12 +98,15 @@ type KeyRegenerated struct {
 	PreviousValidUntil time.Time `json:"previous_valid_until,omitzero"`
 }
 
-// KeyUpdated records changed descriptive fields or permissions; nil fields
-// are unchanged.
+// KeyUpdated records changed descriptive fields, permissions, address
+// restrictions or metadata; nil fields are unchanged. An empty AllowedIPs
+// lifts the restriction; an empty Metadata clears it.
 type KeyUpdated struct {
-	Name        *string   `json:"name,omitempty"`
-	Comments    *string   `json:"comments,omitempty"`
-	Permissions *[]string `json:"permissions,omitempty"`
+	Name        *string            `json:"name,omitempty"`
+	Comments    *string            `json:"comments,omitempty"`
+	Permissions *[]string          `json:"permissions,omitempty"`
+	AllowedIPs  *[]string          `json:"allowed_ips,omitempty"`
+	Metadata    *map[string]string `json:"metadata,omitempty"`
 }
 
 // KeyDisabled records a temporary, reversible suspension.
@@ -165,6 +168,8 @@ type ServiceUsage struct {
 type PrincipalCreated struct {
 	Name  string   `json:"name"`
 	Roles []string `json:"roles"`
+	// Email is optional; the console shows it as a key's owner.
+	Email string `json:"email,omitempty"`
 	// MaxKeys caps the principal's active keys; 0 means the server's default.
 	MaxKeys int `json:"max_keys,omitempty"`
 }
@@ -172,6 +177,7 @@ type PrincipalCreated struct {
 // PrincipalUpdated records changed roles or limits; nil fields are unchanged.
 type PrincipalUpdated struct {
 	Name    *string   `json:"name,omitempty"`
+	Email   *string   `json:"email,omitempty"`
 	Roles   *[]string `json:"roles,omitempty"`
 	MaxKeys *int      `json:"max_keys,omitempty"`
 }
