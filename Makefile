@@ -26,7 +26,7 @@ run: build clickhouse-deps
 	./bin/keyledger serve --data-dir $(DATA_DIR) --http-addr $(HTTP_ADDR)
 
 vet:
-	gofmt -l . | tee /dev/stderr | (! read)
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: the files above are not formatted" >&2; exit 1; }
 	$(GO) vet ./...
 
 test: deps clickhouse-deps chromium-deps vet

@@ -234,9 +234,12 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.screenshot("logs")
 	// Narrow by outcome; export CSV and NDJSON of the same search.
 	b.do("outcome filter", chromedp.SetValue(chromedp.CSS("#f-outcome"), "DISABLED"), chromedp.Click(chromedp.CSS("#log-search")))
-	b.until("narrowed", `location.search.includes("outcome=DISABLED")`)
+	// The URL changes before the new page has rendered its grid: wait for
+	// the narrowed page itself (its outcome field says DISABLED) before
+	// counting its rows.
+	b.until("narrowed", `location.search.includes("outcome=DISABLED") && document.readyState === "complete" && !!document.querySelector("#log-grid") && document.querySelector("#f-outcome").value === "DISABLED"`)
 	if got := eval[int](b, `document.querySelectorAll("#log-grid tbody tr.act-denied").length`); got != 1 {
-		t.Fatalf("%d denials after filtering by outcome", got)
+		t.Fatalf("%d denials after filtering by outcome:\n%s", got, eval[string](b, `document.querySelector("#log-grid").textContent`))
 	}
 	csv := eval[string](b, `(async () => (await fetch(document.querySelector("#export-csv").href)).text())()`)
 	if !strings.HasPrefix(csv, "event_id,time,type") || !strings.Contains(csv, keyID) || !strings.Contains(csv, "DISABLED") {
