@@ -42,8 +42,10 @@ type Main struct {
 	notary   *notary.Notary
 	hooks    *alerts.Webhooks
 	forged   forgedAlerts
-	ln       net.Listener
-	stack    stack
+	// usageFrom is where the node's one USAGE subscription starts.
+	usageFrom uint64
+	ln        net.Listener
+	stack     stack
 
 	// stop ends the running stack; done is closed once it has returned err.
 	stop     context.CancelFunc
