@@ -92,6 +92,8 @@ type Notary struct {
 
 	mu     sync.RWMutex
 	trees  map[string]*CompactTree
+	ids    map[string][]byte // stream -> the incomplete segment of its event index (index.go)
+	scan   sync.Mutex        // serialises the lookups that read a whole index
 	folded map[string]uint64 // stream -> last sequence folded into its tree
 	read   map[string]uint64 // stream -> messages read since this start
 	gen    map[string]string // stream -> fold generation (state.go, chainKey)
@@ -120,11 +122,12 @@ func New(js jetstream.JetStream, pub Publisher, key ed25519.PrivateKey, cfg Conf
 		logger = slog.New(slog.DiscardHandler)
 	}
 	n := &Notary{js: js, pub: pub, key: key, cfg: cfg, log: logger.With("component", "notary"),
-		trees: map[string]*CompactTree{}, folded: map[string]uint64{}, read: map[string]uint64{}, gen: map[string]string{},
+		trees: map[string]*CompactTree{}, ids: map[string][]byte{}, folded: map[string]uint64{}, read: map[string]uint64{}, gen: map[string]string{},
 		latest: map[string]domain.CheckpointPublished{}, signed: map[string]uint64{}, earlier: map[string][]domain.CheckpointPublished{},
 		chains: map[string]string{}, pending: map[string]int{}}
 	for _, s := range Streams {
 		n.trees[s] = NewCompactTree(n.tileSink(s))
+		n.ids[s] = make([]byte, 0, SegmentSize*entrySize)
 		n.gen[s] = newGen()
 	}
 	return n
@@ -136,22 +139,27 @@ func newGen() string { return strings.ReplaceAll(uuid.Must(uuid.NewV7()).String(
 // times: a tile the store lost would leave proofs through it unanswered.
 func (n *Notary) tileSink(stream string) TileSink {
 	return func(level uint, index uint64, tile []byte) error {
-		var err error
-		for range 3 {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			err = n.store.Put(ctx, tileKey(stream, level, index), tile)
-			cancel()
-			if err == nil {
-				return nil
-			}
-		}
-		return err
+		return n.putRetrying(tileKey(stream, level, index), tile)
 	}
 }
 
-func (n *Notary) tiles(stream string) TileSource {
+func (n *Notary) putRetrying(key string, value []byte) error {
+	var err error
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = n.store.Put(ctx, key, value)
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// tiles reads the stored tiles of a stream's tree.
+func tiles(store stateStore, stream string) TileSource {
 	return func(ctx context.Context, level uint, index uint64) ([]byte, error) {
-		return n.store.Get(ctx, tileKey(stream, level, index))
+		return store.Get(ctx, tileKey(stream, level, index))
 	}
 }
 
@@ -271,13 +279,19 @@ func (n *Notary) add(ctx context.Context, stream string, seq uint64, data []byte
 		n.log.Error("notary tree", "stream", stream, "seq", seq, "err", err)
 	}
 	env, err := domain.UnmarshalEnvelope(data)
+	// Every leaf has its entry in the index, the nil id when the message
+	// is not an event.
+	n.ids[stream] = appendEntry(n.ids[stream], env.ID, seq)
+	if len(n.ids[stream]) == SegmentSize*entrySize {
+		if err := n.putRetrying(segmentKey(stream, (t.Size()-1)/SegmentSize), n.ids[stream]); err != nil {
+			n.log.Error("notary index", "stream", stream, "seq", seq, "err", err)
+		}
+		n.ids[stream] = n.ids[stream][:0]
+	}
 	switch {
 	case err != nil:
 		n.markBroken(fmt.Sprintf("%s:%d", stream, seq), fmt.Sprintf("%s sequence %d is not a valid event: %v", stream, seq, err))
 	default:
-		if err := n.store.PutAsync(ctx, idKey(env.ID), idValue(stream, seq)); err != nil {
-			n.log.Warn("notary index", "stream", stream, "seq", seq, "err", err)
-		}
 		if stream == domain.StreamKeys {
 			n.loadChain(ctx, env)
 		}
@@ -415,6 +429,7 @@ func (n *Notary) checkpoint(ctx context.Context, stream string) {
 type snapshot struct {
 	state   savedState
 	partial [][]byte
+	ids     []byte
 }
 
 // capture takes the snapshot of a stream; n.mu is held.
@@ -427,7 +442,7 @@ func (n *Notary) capture(stream string) snapshot {
 	if stream == domain.StreamKeys {
 		st.Chains = maps.Clone(n.chains)
 	}
-	return snapshot{state: st, partial: partial}
+	return snapshot{state: st, partial: partial, ids: bytes.Clone(n.ids[stream])}
 }
 
 // save stores a snapshot: first what it relies on (the event sequences
@@ -439,7 +454,15 @@ func (n *Notary) save(ctx context.Context, stream string, snap snapshot) error {
 	}
 	st := snap.state
 	for l, p := range snap.partial {
+		if len(p) == 0 {
+			continue
+		}
 		if err := n.store.Put(ctx, tileKey(stream, uint(l), (st.Size>>(uint(l)*TileHeight))/TileWidth), p); err != nil {
+			return err
+		}
+	}
+	if len(snap.ids) > 0 {
+		if err := n.store.Put(ctx, segmentKey(stream, st.Size/SegmentSize), snap.ids); err != nil {
 			return err
 		}
 	}
@@ -506,6 +529,15 @@ func (n *Notary) resume(ctx context.Context, stream string) error {
 	if err != nil {
 		return fmt.Errorf("saved state: %w", err)
 	}
+	ids, err := n.store.Get(ctx, segmentKey(stream, st.Size/SegmentSize))
+	if err != nil {
+		return err
+	}
+	want := int(st.Size%SegmentSize) * entrySize
+	if len(ids) < want {
+		return fmt.Errorf("saved state: the index segment of %d events holds %d bytes", st.Size, len(ids))
+	}
+	ids = append(make([]byte, 0, SegmentSize*entrySize), ids[:want]...)
 	root := hex.EncodeToString(t.Root())
 	n.mu.RLock()
 	var c domain.CheckpointPublished
@@ -529,7 +561,7 @@ func (n *Notary) resume(ctx context.Context, stream string) error {
 	if err != nil {
 		return fmt.Errorf("sequence %d: %w", st.Folded, err)
 	}
-	leaf, err := t.Prover(n.tiles(stream)).nodeHash(ctx, compact.NewNodeID(0, st.Size-1))
+	leaf, err := t.Prover(tiles(n.store, stream)).nodeHash(ctx, compact.NewNodeID(0, st.Size-1))
 	if err != nil {
 		return err
 	}
@@ -541,7 +573,7 @@ func (n *Notary) resume(ctx context.Context, stream string) error {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	n.trees[stream], n.folded[stream], n.gen[stream] = t, st.Folded, st.Gen
+	n.trees[stream], n.ids[stream], n.folded[stream], n.gen[stream] = t, ids, st.Folded, st.Gen
 	for len(n.earlier[stream]) > 0 && n.earlier[stream][0].Size <= st.Size {
 		n.earlier[stream] = n.earlier[stream][1:]
 	}
@@ -611,12 +643,11 @@ func (n *Notary) ProofFor(eventID string) (Proof, error) {
 	if store == nil {
 		return Proof{}, notFound
 	}
-	v, err := store.Get(ctx, idKey(id))
+	s, seq, err := n.locate(ctx, store, id)
 	if err != nil {
 		return Proof{}, fmt.Errorf("proof of %s: %w", eventID, err)
 	}
-	s, seq, ok := parseIDValue(v)
-	if !ok || seq == 0 {
+	if seq == 0 {
 		return Proof{}, notFound
 	}
 	n.mu.RLock()
@@ -624,7 +655,7 @@ func (n *Notary) ProofFor(eventID string) (Proof, error) {
 	c, ok := n.latest[s]
 	var pr Prover
 	if t != nil && ok && c.Size >= seq {
-		pr = t.Prover(n.tiles(s))
+		pr = t.Prover(tiles(store, s))
 	}
 	n.mu.RUnlock()
 	if t == nil {
@@ -652,6 +683,20 @@ func (n *Notary) ProofFor(eventID string) (Proof, error) {
 		p.Hashes = append(p.Hashes, hex.EncodeToString(h))
 	}
 	return p, nil
+}
+
+// locate finds the stream and sequence of an event, or returns a 0 seq.
+func (n *Notary) locate(ctx context.Context, store stateStore, id uuid.UUID) (string, uint64, error) {
+	for _, s := range Streams {
+		n.mu.RLock()
+		complete, partial := n.trees[s].Size()/SegmentSize, bytes.Clone(n.ids[s])
+		n.mu.RUnlock()
+		seq, err := locate(ctx, store, s, complete, partial, id, &n.scan)
+		if err != nil || seq != 0 {
+			return s, seq, err
+		}
+	}
+	return "", 0, nil
 }
 
 // Latest returns the latest checkpoint of every stream that has one.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/notary"
 )
 
@@ -19,8 +20,23 @@ import (
 // and index, and goes on checking the chains of the keys it saw before.
 func TestRestartedNotaryResumesFromItsCheckpoint(t *testing.T) {
 	l := newLedger(t)
-	l.stopNotary()
 	ctx := context.Background()
+	// Enough usage events for complete tiles and index segments.
+	usage := eventstore.NewUsagePublisher(l.store, eventstore.UsageConfig{})
+	for i := range 3*notary.SegmentSize + 100 {
+		env, _ := domain.NewEnvelope(uuid.Must(uuid.NewV7()), uuid.NewString(), domain.KeyUsed{Code: domain.OutcomeValid}, time.Now(), "svc",
+			&domain.RequestContext{SourceIP: fmt.Sprintf("10.1.%d.%d", i/250, i%250)})
+		env.Seal("")
+		if err := usage.Publish(ctx, env); err != nil {
+			t.Fatal(err)
+		}
+		l.usage = append(l.usage, env.ID.String())
+	}
+	if err := usage.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l.notary.Flush(ctx)
+	l.stopNotary()
 	pub := l.key.Public().(ed25519.PublicKey)
 	for _, c := range l.notary.Latest() {
 		want := uint64(len(l.keyEvents))
@@ -54,7 +70,11 @@ func TestRestartedNotaryResumesFromItsCheckpoint(t *testing.T) {
 	if p := proven(l.keyEvents[0]); p.Seq != 1 || p.Checkpoint.Size != uint64(len(l.keyEvents)) {
 		t.Fatalf("proof of the first event: seq %d against a checkpoint of %d", p.Seq, p.Checkpoint.Size)
 	}
-	proven(l.usage[0])
+	for _, i := range []int{0, 11, 12, notary.SegmentSize, 2*notary.SegmentSize + 17, len(l.usage) - 1} {
+		if p := proven(l.usage[i]); p.Seq != uint64(i+1) || p.Checkpoint.Size != uint64(len(l.usage)) {
+			t.Fatalf("proof of usage event %d: seq %d against a checkpoint of %d", i, p.Seq, p.Checkpoint.Size)
+		}
+	}
 	for _, s := range notary.Streams {
 		if got := notary.Read(n, s); got != 0 {
 			t.Fatalf("the restarted notary read %d messages of %s again", got, s)

@@ -6,17 +6,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strconv"
-	"strings"
 	"sync"
 
-	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Bucket is the JetStream key-value bucket the notary keeps its state in:
-// the tiles of its trees, the stream sequence of every event (by event id),
-// the last hash of every KEYS aggregate, and per stream the compact range
+// the tiles of its trees, the index of their event ids (index.go), the last
+// hash of every KEYS aggregate, and per stream the compact range
 // of its last checkpoint, from which a restarted notary resumes.
 const Bucket = "KEYLEDGER_NOTARY"
 
@@ -150,22 +147,6 @@ func tileKey(stream string, level uint, index uint64) string {
 }
 
 func stateKey(stream string) string { return "state." + stream }
-
-// idKey is the key of an event's location; its value is "<stream>.<seq>".
-func idKey(id uuid.UUID) string { return "id." + id.String() }
-
-func idValue(stream string, seq uint64) []byte {
-	return []byte(stream + "." + strconv.FormatUint(seq, 10))
-}
-
-func parseIDValue(v []byte) (stream string, seq uint64, ok bool) {
-	s, n, found := strings.Cut(string(v), ".")
-	if !found {
-		return "", 0, false
-	}
-	seq, err := strconv.ParseUint(n, 10, 64)
-	return s, seq, err == nil
-}
 
 // chainKey is the key of an aggregate's last hash in fold generation gen:
 // a notary that refolds a stream from its start begins a new generation,
