@@ -173,7 +173,8 @@ func BenchmarkStreamMemory(b *testing.B) {
 
 // BenchmarkNotaryFoldMemory folds n usage events through the notary's own
 // fold (hash and chain checks, index and tile writes to a store that keeps
-// nothing) and reports the heap the notary holds for the stream after a GC.
+// nothing) and reports the heap the whole notary holds after a GC (its three
+// streams, one of them fed).
 //
 //	go test -run '^$' -bench BenchmarkNotaryFoldMemory -benchtime 1x ./projections/notary/
 func BenchmarkNotaryFoldMemory(b *testing.B) {
@@ -193,7 +194,7 @@ func BenchmarkNotaryFoldMemory(b *testing.B) {
 				if why := nt.Broken(); why != "" {
 					b.Fatal(why)
 				}
-				b.ReportMetric(float64(held), "heap-B/stream")
+				b.ReportMetric(float64(held), "heap-B/notary")
 				b.ReportMetric(float64(held)/float64(n), "heap-B/event")
 			}
 		})

@@ -157,8 +157,8 @@ func chainKey(gen, agg string) string {
 }
 
 // savedState is what a restarted notary resumes a stream from: the tree
-// of its last checkpoint. Its incomplete tiles are stored before it, under
-// their tile keys; the KEYS chains changed since the previous saved state
+// of its last checkpoint. Its incomplete tiles and index segment are stored
+// before it, under their own keys; the KEYS chains changed since the previous saved state
 // are stored in it, and under their chain keys after it (a restart puts
 // them there again, in case it came between).
 type savedState struct {
