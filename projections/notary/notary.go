@@ -186,12 +186,16 @@ func (n *Notary) Run(ctx context.Context) error {
 		// signed checkpoint vouches for its root).
 		n.log.Warn("read earlier checkpoints", "err", err)
 	}
+	var wg sync.WaitGroup
 	for _, s := range Streams {
-		if err := n.resume(ctx, s); err != nil && ctx.Err() == nil {
+		c, err := n.resume(ctx, s)
+		if err != nil && ctx.Err() == nil {
 			n.log.Info("refolding stream from its start", "stream", s, "why", err)
 		}
+		if err == nil {
+			wg.Go(func() { n.recheck(ctx, s, c) })
+		}
 	}
-	var wg sync.WaitGroup
 	for _, s := range Streams {
 		wg.Go(func() { n.follow(ctx, s) })
 	}
@@ -497,50 +501,52 @@ func (n *Notary) putChains(ctx context.Context, gen string, chains map[string]st
 
 // resume restores a stream's tree from its saved state, which must be the
 // tree of a checkpoint signed by this notary's key (its root is compared)
-// and whose last event is still the one the stream holds at its sequence.
-// Otherwise the stream is folded from its start, in a new generation.
-func (n *Notary) resume(ctx context.Context, stream string) error {
+// and whose last event is still the one the stream holds at its sequence;
+// it returns that checkpoint, which recheck then compares the stored
+// events with. Otherwise the stream is folded from its start, in a new
+// generation.
+func (n *Notary) resume(ctx context.Context, stream string) (c domain.CheckpointPublished, err error) {
+	fail := func(e error) (domain.CheckpointPublished, error) { return domain.CheckpointPublished{}, e }
 	b, err := n.store.Get(ctx, stateKey(stream))
 	if err != nil || b == nil {
-		return cmp.Or(err, errors.New("no saved state"))
+		return fail(cmp.Or(err, errors.New("no saved state")))
 	}
 	var st savedState
 	if err := json.Unmarshal(b, &st); err != nil {
-		return fmt.Errorf("saved state: %w", err)
+		return fail(fmt.Errorf("saved state: %w", err))
 	}
 	hashes := make([][]byte, len(st.Hashes))
 	for i, h := range st.Hashes {
 		if hashes[i], err = hex.DecodeString(h); err != nil || len(hashes[i]) != 32 {
-			return fmt.Errorf("saved state: hash %d is not a hash", i)
+			return fail(fmt.Errorf("saved state: hash %d is not a hash", i))
 		}
 	}
 	if st.Size == 0 || st.Folded < st.Size || st.Gen == "" {
-		return fmt.Errorf("saved state of %d events at sequence %d", st.Size, st.Folded)
+		return fail(fmt.Errorf("saved state of %d events at sequence %d", st.Size, st.Folded))
 	}
 	var partial [][]byte
 	for l := range tileLevels(st.Size) {
 		p, err := n.store.Get(ctx, tileKey(stream, uint(l), (st.Size>>(uint(l)*TileHeight))/TileWidth))
 		if err != nil {
-			return err
+			return fail(err)
 		}
 		partial = append(partial, p)
 	}
 	t, err := RestoreCompactTree(st.Size, hashes, partial, n.tileSink(stream))
 	if err != nil {
-		return fmt.Errorf("saved state: %w", err)
+		return fail(fmt.Errorf("saved state: %w", err))
 	}
 	ids, err := n.store.Get(ctx, segmentKey(stream, st.Size/SegmentSize))
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	want := int(st.Size%SegmentSize) * entrySize
 	if len(ids) < want {
-		return fmt.Errorf("saved state: the index segment of %d events holds %d bytes", st.Size, len(ids))
+		return fail(fmt.Errorf("saved state: the index segment of %d events holds %d bytes", st.Size, len(ids)))
 	}
 	ids = append(make([]byte, 0, SegmentSize*entrySize), ids[:want]...)
 	root := hex.EncodeToString(t.Root())
 	n.mu.RLock()
-	var c domain.CheckpointPublished
 	for _, e := range n.earlier[stream] {
 		if e.Size == st.Size && e.Root == root {
 			c = e
@@ -548,28 +554,36 @@ func (n *Notary) resume(ctx context.Context, stream string) error {
 	}
 	n.mu.RUnlock()
 	if c.Size == 0 {
-		return fmt.Errorf("no checkpoint signed of the saved tree of %d events", st.Size)
+		return fail(fmt.Errorf("no checkpoint signed of the saved tree of %d events", st.Size))
 	}
 	// The saved tree's last leaf must still be the stream's message at
 	// the saved sequence: a stream replaced since (restored from a
 	// backup, say) is refolded and checked against every checkpoint.
 	js, err := n.js.Stream(ctx, stream)
 	if err != nil {
-		return err
+		return fail(err)
+	}
+	// A ledger stream never deletes: a message the server lost or dropped
+	// (a damaged file it no longer trusts) shows as a gap, and then the
+	// stream is refolded so the gap is found and named.
+	if info, err := js.Info(ctx); err != nil {
+		return fail(err)
+	} else if s := info.State; s.NumDeleted > 0 || (s.Msgs > 0 && s.FirstSeq != 1) {
+		return fail(fmt.Errorf("the stream has lost messages since the saved state (%d deleted, first sequence %d)", s.NumDeleted, s.FirstSeq))
 	}
 	m, err := js.GetMsg(ctx, st.Folded)
 	if err != nil {
-		return fmt.Errorf("sequence %d: %w", st.Folded, err)
+		return fail(fmt.Errorf("sequence %d: %w", st.Folded, err))
 	}
 	leaf, err := t.Prover(tiles(n.store, stream)).nodeHash(ctx, compact.NewNodeID(0, st.Size-1))
 	if err != nil {
-		return err
+		return fail(err)
 	}
 	if !bytes.Equal(leaf, LeafHash(m.Data)) {
-		return fmt.Errorf("sequence %d is not the message the saved tree ends with", st.Folded)
+		return fail(fmt.Errorf("sequence %d is not the message the saved tree ends with", st.Folded))
 	}
 	if err := n.putChains(ctx, st.Gen, st.Chains); err != nil {
-		return err
+		return fail(err)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -579,7 +593,56 @@ func (n *Notary) resume(ctx context.Context, stream string) error {
 	}
 	n.latest[stream] = c
 	n.log.Info("notary resumed", "stream", stream, "size", st.Size, "seq", st.Folded)
-	return nil
+	return c, nil
+}
+
+// recheck re-reads, in the background, the events a resumed stream's
+// checkpoint covers and compares them with it: every event's hash and
+// chain, no missing sequence, and the root of the first c.Size leaves. The
+// node is ready at once and keeps O(log n) memory (one compact range and
+// the chains), yet a log rewritten while the notary was stopped is still
+// found, fails readiness and raises the alert, as a refold would.
+func (n *Notary) recheck(ctx context.Context, stream string, c domain.CheckpointPublished) {
+	rf := &compact.RangeFactory{Hash: hasher.HashChildren}
+	r := rf.NewEmptyRange(0)
+	chains := map[string]string{}
+	expect := uint64(1)
+	broken := func(id, why string) {
+		n.mu.Lock()
+		n.markBroken(id, fmt.Sprintf("%s sequence %d: %s", stream, expect, why))
+		n.mu.Unlock()
+	}
+	err := ReadMessages(ctx, n.js, stream, 1, false, func(m Message) error {
+		if m.Seq != expect {
+			broken("", fmt.Sprintf("missing from the stream (next stored is %d)", m.Seq))
+			return errStop
+		}
+		env, err := domain.UnmarshalEnvelope(m.Data)
+		if err != nil {
+			broken("", "stored bytes are not a valid event: "+err.Error())
+			return errStop
+		}
+		if why := checkEvent(env, chains, stream); why != "" {
+			broken(env.ID.String(), why)
+			return errStop
+		}
+		_ = r.Append(LeafHash(m.Data), nil)
+		expect++
+		if r.End() == c.Size {
+			if root, _ := r.GetRootHash(nil); hex.EncodeToString(root) != c.Root {
+				broken(env.ID.String(), fmt.Sprintf("the first %d events do not match the checkpoint signed at %s", c.Size, c.At.Format(time.RFC3339Nano)))
+			}
+			return errStop
+		}
+		return nil
+	})
+	if err != nil && err != errStop && ctx.Err() == nil {
+		n.log.Warn("notary re-check", "stream", stream, "err", err)
+		return
+	}
+	if err == nil && r.End() < c.Size && ctx.Err() == nil {
+		broken("", fmt.Sprintf("the stream holds %d events but a checkpoint covers %d", r.End(), c.Size))
+	}
 }
 
 // Flush waits (at most 5 seconds) until every stream is folded up to the
