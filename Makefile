@@ -5,7 +5,7 @@ GO        ?= go
 DATA_DIR  ?= ./data
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test bench bench-verify build deps fuzz vet clickhouse-deps chromium-deps
+.PHONY: run test chaos bench bench-verify build deps fuzz vet clickhouse-deps chromium-deps
 
 build: deps
 	$(GO) build -o bin/keyledger ./cmd/keyledger
@@ -32,6 +32,14 @@ vet:
 test: deps clickhouse-deps chromium-deps vet
 	KEYLEDGER_TEST_CHROMIUM="$$(./scripts/ensure-chromium.sh --path)" \
 		./scripts/with-clickhouse.sh $(GO) test -race -count=1 -timeout 12m ./...
+
+# chaos runs the fault suite's long version (a few minutes): the real binary
+# under a steady mixed load while keyledger, then its clickhouse-server, is
+# killed with SIGKILL and ClickHouse is slowed behind a delaying proxy; after
+# each fault nothing acknowledged may be lost or shown twice. `make test` runs
+# the short version (TestChaos*, about 40 seconds).
+chaos: deps clickhouse-deps
+	./scripts/with-clickhouse.sh $(GO) test -count=1 -timeout 20m -run '^TestChaos' -v ./cmd/keyledger -args -chaos.long
 
 bench: deps clickhouse-deps
 	./scripts/with-clickhouse.sh $(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...

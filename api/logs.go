@@ -210,7 +210,7 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
 			return nil
 		})
 		if err != nil {
-			s.problem(w, r, err)
+			s.searchFailed(w, r, err)
 			return
 		}
 		if next != nil {
@@ -263,7 +263,7 @@ func (s *Server) export(w http.ResponseWriter, r *http.Request, q chlog.Query, f
 		return err
 	})
 	if err != nil && !started {
-		s.problem(w, r, err)
+		s.searchFailed(w, r, err)
 		return
 	}
 	if err != nil {
@@ -278,4 +278,37 @@ func (s *Server) export(w http.ResponseWriter, r *http.Request, q chlog.Query, f
 	if cw != nil {
 		cw.Flush()
 	}
+}
+
+// searchFailed answers a failed search: 503 audit_log_unavailable when the
+// audit log does not answer a ping (ClickHouse is down or unreachable; the
+// events wait in JetStream and reach the log once it is back), else the
+// error's own problem.
+func (s *Server) searchFailed(w http.ResponseWriter, r *http.Request, err error) {
+	pinger, ok := s.cfg.Logs.(interface{ Ping(context.Context) error })
+	if !ok || domain.ErrorCode(err) != domain.EINTERNAL || r.Context().Err() != nil {
+		s.problem(w, r, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), time.Second)
+	defer cancel()
+	perr := pinger.Ping(ctx)
+	if perr == nil {
+		s.problem(w, r, err)
+		return
+	}
+	// Debug only: /readyz and keyledger_clickhouse_up already say it,
+	// once, rather than once per search.
+	s.log.DebugContext(r.Context(), "log search while the audit log is unavailable", "err", err, "ping", perr)
+	w.Header().Set("Content-Type", "application/problem+json")
+	w.Header().Set("Retry-After", "5")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	_ = json.NewEncoder(w).Encode(Problem{
+		Type:     "https://keyledger.dev/problems/audit_log_unavailable",
+		Title:    http.StatusText(http.StatusServiceUnavailable),
+		Status:   http.StatusServiceUnavailable,
+		Detail:   "the audit log (ClickHouse) is not answering; no event is lost: events wait in JetStream and reach the log when it is back",
+		Code:     "audit_log_unavailable",
+		Instance: r.URL.Path,
+	})
 }

@@ -81,7 +81,10 @@ type Config struct {
 	Now      func() time.Time
 	NewID    func() uuid.UUID
 	Ready    []ReadyCheck
-	Metrics  *prometheus.Registry
+	// Checks are named readiness checks (see Check); Ready's are run as
+	// required checks after them.
+	Checks  []Check
+	Metrics *prometheus.Registry
 	// LastUsed is optional.
 	LastUsed LastUsed
 	// Logs is the audit log; /v1/logs answers 500 without it.
@@ -387,7 +390,7 @@ func (s *Server) instrument(pattern string, h http.HandlerFunc) http.Handler {
 		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK, pretty: r.URL.Query().Has("pretty")}
 		h(sw, r)
 		s.metrics.requests.WithLabelValues(r.Method, pattern, statusClass(sw.status)).Inc()
-		s.metrics.latency.WithLabelValues(r.Method, pattern).Observe(time.Since(start).Seconds())
+		s.metrics.latency.WithLabelValues(r.Method, pattern, statusClass(sw.status)).Observe(time.Since(start).Seconds())
 	})
 }
 
@@ -420,9 +423,9 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 			Name: "keyledger_http_requests_total", Help: "HTTP requests by method, route and status class.",
 		}, []string{"method", "route", "status"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "keyledger_http_request_duration_seconds", Help: "HTTP request latency by route.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
-		}, []string{"method", "route"}),
+			Name: "keyledger_http_request_duration_seconds", Help: "HTTP request latency by route and status class.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 2.5, 5},
+		}, []string{"method", "route", "status"}),
 		verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyledger_verifications_total", Help: "Verifications by outcome code.",
 		}, []string{"code"}),

@@ -233,26 +233,19 @@ func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) erro
 	return nil
 }
 
-// clickHouse closes the audit log's connection at the end and stops the
-// managed local clickhouse-server, if any; that server exiting on its own
-// is a failure.
-func clickHouse(ch *chlog.Store, local *chlog.LocalServer) func(context.Context) error {
+// clickHouse keeps the managed local clickhouse-server running (restarted
+// with back-off when it dies, see chlog.Supervisor), and at the end closes
+// the audit log's connection and stops that server.
+func clickHouse(ch *chlog.Store, local *chlog.Supervisor) func(context.Context) error {
 	return func(ctx context.Context) error {
-		var exited <-chan struct{}
-		if local != nil {
-			exited = local.Done()
-		}
 		var errs []error
-		select {
-		case <-ctx.Done():
-		case <-exited:
-			errs = append(errs, errors.New("the local clickhouse-server exited"))
+		if local != nil {
+			errs = append(errs, local.Run(ctx))
+		} else {
+			<-ctx.Done()
 		}
 		if ch != nil {
 			errs = append(errs, ch.Close())
-		}
-		if local != nil {
-			errs = append(errs, local.Stop())
 		}
 		return errors.Join(errs...)
 	}
@@ -283,13 +276,14 @@ func (m *Main) startLastUsed(ctx context.Context) error {
 // copies every stream into the audit log.
 func (m *Main) startAuditLog(ctx context.Context) error {
 	addr := m.ClickHouse
-	var local *chlog.LocalServer
+	var local *chlog.Supervisor
 	if addr == "" {
 		var err error
-		if local, err = chlog.StartLocal(ctx, m.DataDir, m.Logger); err != nil {
+		if local, err = chlog.Supervise(ctx, m.DataDir, m.Logger); err != nil {
 			return fmt.Errorf("start local ClickHouse: %w", err)
 		}
 		addr = local.Addr()
+		m.localCH = local
 	}
 	ch, err := chlog.Open(ctx, chlog.Config{Addr: addr, Database: m.ClickHouseDatabase, Username: m.ClickHouseUser, Password: m.ClickHousePassword}, m.Logger)
 	m.stack.add(layerStorage, "clickhouse", clickHouse(ch, local))

@@ -1,14 +1,11 @@
 package main
 
 import (
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
-	"time"
 )
 
 // readmeUsing returns the first sh block under "## Using it" in README.md.
@@ -76,39 +73,4 @@ func TestReadmeUsingIt(t *testing.T) {
 		}
 	}
 	srv.stop(t)
-}
-
-// TestServeExitsWhenAComponentFails kills the managed clickhouse-server
-// under a running node: serve logs which component failed, stops the rest
-// and exits non-zero instead of serving on with a dead audit log.
-func TestServeExitsWhenAComponentFails(t *testing.T) {
-	if testing.Short() {
-		t.Skip("end-to-end test: builds and runs the binary")
-	}
-	srv := startE2EServer(t, t.TempDir())
-	var started struct {
-		PID int `json:"pid"`
-	}
-	logLine(srv.stderr.String(), "clickhouse started", &started)
-	pid := started.PID
-	if pid == 0 {
-		t.Fatalf("no clickhouse pid in the log:\n%s", srv.stderr.String())
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-srv.exited:
-	case <-time.After(60 * time.Second):
-		t.Fatalf("serve still running 60s after its clickhouse died:\n%s", srv.stderr.String())
-	}
-	var ee *exec.ExitError
-	if !errors.As(srv.waitErr, &ee) || ee.ExitCode() != 1 {
-		t.Fatalf("serve exited with %v, want exit status 1", srv.waitErr)
-	}
-	logs := srv.stderr.String()
-	if !strings.Contains(logs, `"msg":"component failed; shutting down","component":"clickhouse"`) ||
-		!strings.Contains(logs, "keyledger serve: clickhouse: the local clickhouse-server exited") {
-		t.Fatalf("the log does not say which component failed:\n%s", logs)
-	}
 }

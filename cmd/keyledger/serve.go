@@ -38,6 +38,8 @@ type Main struct {
 	state    *keystate.Projection
 	lastUsed *lastused.Projection
 	ch       *chlog.Store
+	localCH  *chlog.Supervisor
+	meters   *meters
 	sink     *chlog.Sink
 	notary   *notary.Notary
 	hooks    *alerts.Webhooks
@@ -116,12 +118,13 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 
 	reg := prometheus.NewRegistry()
+	m.meters = newMeters()
 	srv := api.New(api.Config{
-		Store: m.store, State: m.state, Usage: m.usage, Logger: log, Metrics: reg,
-		Commands:      commands.New(m.store, m.state, commands.Config{MaxActiveKeys: m.MaxActiveKeys}),
+		Store: m.store, State: m.state, Usage: meteredUsage{m.usage, m.meters}, Logger: log, Metrics: reg,
+		Commands:      commands.New(meteredStore{m.store, m.meters}, m.state, commands.Config{MaxActiveKeys: m.MaxActiveKeys}),
 		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy, LastUsed: m.lastUsed, Logs: m.ch,
 		Alerts: alertFeed{m.store}, Audit: m.auditor(),
-		Ready: []api.ReadyCheck{m.projectionReady, m.sinkReady, m.auditReady},
+		Checks: m.readyChecks(),
 	})
 	m.registerMetrics(reg)
 

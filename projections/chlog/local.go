@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -78,6 +79,15 @@ func FindServer() (string, error) {
 // picked. The returned error wraps ErrNotInstalled when there is no server to
 // start. ctx bounds only the start, not the server's life: call Stop.
 func StartLocal(ctx context.Context, dataDir string, logger *slog.Logger) (*LocalServer, error) {
+	return startLocal(ctx, dataDir, logger, startOptions{})
+}
+
+type startOptions struct {
+	// pinned is the native address a restart must listen on again.
+	pinned string
+}
+
+func startLocal(ctx context.Context, dataDir string, logger *slog.Logger, o startOptions) (*LocalServer, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -104,8 +114,17 @@ func StartLocal(ctx context.Context, dataDir string, logger *slog.Logger) (*Loca
 	}
 	var lastErr error
 	for attempt := 1; attempt <= 5; attempt++ {
-		tcpPort, httpPort, err := choosePorts(dir, attempt > 1)
-		if err != nil {
+		var tcpPort, httpPort int
+		if o.pinned != "" {
+			// A restart must come back where the audit log's
+			// connection pool dials; waiting for the ports to be
+			// free again is the supervisor's back-off.
+			t, h, ok := savedPorts(dir)
+			if !ok || net.JoinHostPort("127.0.0.1", strconv.Itoa(t)) != o.pinned {
+				return nil, fmt.Errorf("clickhouse ports of %s are not free yet", o.pinned)
+			}
+			tcpPort, httpPort = t, h
+		} else if tcpPort, httpPort, err = choosePorts(dir, attempt > 1); err != nil {
 			return nil, err
 		}
 		s, err := startOnce(ctx, bin, dir, tcpPort, httpPort, logger)
@@ -115,7 +134,7 @@ func StartLocal(ctx context.Context, dataDir string, logger *slog.Logger) (*Loca
 		lastErr = err
 		// A port taken between our check and the server's bind is the
 		// one failure worth another try, on other ports.
-		if ctx.Err() != nil || !strings.Contains(err.Error(), "already in use") {
+		if ctx.Err() != nil || o.pinned != "" || !strings.Contains(err.Error(), "already in use") {
 			break
 		}
 		logger.Warn("clickhouse port taken, trying others", "attempt", attempt, "err", err)
@@ -231,6 +250,9 @@ func (s *LocalServer) Addr() string { return s.addr }
 // HTTPAddr returns host:port of the server's HTTP interface.
 func (s *LocalServer) HTTPAddr() string { return s.httpAddr }
 
+// PID returns the server's process id.
+func (s *LocalServer) PID() int { return s.cmd.Process.Pid }
+
 // Dir returns the directory that holds the server's configuration and data.
 func (s *LocalServer) Dir() string { return s.dir }
 
@@ -268,11 +290,8 @@ func (s *LocalServer) Stop() error {
 func choosePorts(dir string, fresh bool) (tcpPort, httpPort int, err error) {
 	file := filepath.Join(dir, "ports")
 	if !fresh {
-		if b, err := os.ReadFile(file); err == nil {
-			var t, h int
-			if n, _ := fmt.Sscan(string(b), &t, &h); n == 2 && portFree(t) && portFree(h) && t != h {
-				return t, h, nil
-			}
+		if t, h, ok := savedPorts(dir); ok {
+			return t, h, nil
 		}
 	}
 	if tcpPort, err = freePort(); err != nil {
@@ -290,6 +309,19 @@ func choosePorts(dir string, fresh bool) (tcpPort, httpPort int, err error) {
 		return 0, 0, fmt.Errorf("save clickhouse ports: %w", err)
 	}
 	return tcpPort, httpPort, nil
+}
+
+// savedPorts returns the ports of the previous start when both are free.
+func savedPorts(dir string) (tcpPort, httpPort int, ok bool) {
+	b, err := os.ReadFile(filepath.Join(dir, "ports"))
+	if err != nil {
+		return 0, 0, false
+	}
+	var t, h int
+	if n, _ := fmt.Sscan(string(b), &t, &h); n == 2 && portFree(t) && portFree(h) && t != h {
+		return t, h, true
+	}
+	return 0, 0, false
 }
 
 func freePort() (int, error) {
@@ -389,4 +421,126 @@ func writeServerConfig(dir string, tcpPort, httpPort int) error {
 		return fmt.Errorf("write clickhouse users: %w", err)
 	}
 	return nil
+}
+
+// Supervisor keeps a managed clickhouse-server running: when the process
+// dies (a crash, the OOM killer, an operator's kill -9) it is started again
+// on the same directory and the same ports, after a back-off that doubles
+// from MinBackoff to MaxBackoff while restarts keep failing. ClickHouse
+// recovers its own data on start (a part left half-written by the crash is
+// set aside), and the events the sink could not insert meanwhile wait in
+// JetStream, so nothing acknowledged is lost.
+type Supervisor struct {
+	dataDir string
+	logger  *slog.Logger
+	addr    string
+
+	// MinBackoff and MaxBackoff bound the wait before a restart (250ms
+	// and 15s); set them before Run.
+	MinBackoff, MaxBackoff time.Duration
+
+	mu       sync.Mutex
+	current  *LocalServer
+	up       bool
+	restarts int
+	lastErr  error
+}
+
+// Supervise starts the local server (as StartLocal does) and returns its
+// supervisor; Run keeps it running until ctx ends and then stops it.
+func Supervise(ctx context.Context, dataDir string, logger *slog.Logger) (*Supervisor, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	srv, err := StartLocal(ctx, dataDir, logger)
+	if err != nil {
+		return nil, err
+	}
+	return &Supervisor{dataDir: dataDir, logger: logger.With("component", "clickhouse.supervisor"), addr: srv.Addr(),
+		MinBackoff: 250 * time.Millisecond, MaxBackoff: 15 * time.Second, current: srv, up: true}, nil
+}
+
+// Addr returns host:port of the native protocol; it stays the same across
+// restarts.
+func (s *Supervisor) Addr() string { return s.addr }
+
+// Server returns the process running now (or the last one, while it is
+// being restarted).
+func (s *Supervisor) Server() *LocalServer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current
+}
+
+// Up reports whether the server is running; when it is not, the error says
+// since when it is being restarted and why the last start failed.
+func (s *Supervisor) Up() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.up {
+		return nil
+	}
+	if s.lastErr != nil {
+		return fmt.Errorf("the local clickhouse-server is down and being restarted: %w", s.lastErr)
+	}
+	return errors.New("the local clickhouse-server is down and being restarted")
+}
+
+// Restarts counts how often the server was started again after it died.
+func (s *Supervisor) Restarts() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.restarts
+}
+
+// Run restarts the server whenever it exits, until ctx ends; then it stops
+// the server and returns the stop's error.
+func (s *Supervisor) Run(ctx context.Context) error {
+	wait := s.MinBackoff
+	for {
+		srv := s.Server()
+		ranFrom := time.Now()
+		select {
+		case <-ctx.Done():
+			return srv.Stop()
+		case <-srv.Done():
+		}
+		// A server that dies soon after each start is not restarted in
+		// a tight loop: the back-off resets only after a good run.
+		if time.Since(ranFrom) > time.Minute {
+			wait = s.MinBackoff
+		}
+		s.mu.Lock()
+		s.up = false
+		s.mu.Unlock()
+		s.logger.Error("the local clickhouse-server exited; restarting it", "pid", srv.PID(), "err", srv.waitErr, "log", srv.logTail())
+		started := time.Now()
+		for attempt := 1; ; attempt++ {
+			t := time.NewTimer(wait/2 + rand.N(wait/2+1))
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+			next, err := startLocal(ctx, s.dataDir, s.logger, startOptions{pinned: s.addr})
+			if err == nil {
+				s.mu.Lock()
+				s.current, s.up, s.lastErr = next, true, nil
+				s.restarts++
+				s.mu.Unlock()
+				s.logger.Info("the local clickhouse-server is back", "attempts", attempt, "down_for", time.Since(started).Round(time.Millisecond).String(), "pid", next.PID())
+				wait = min(2*wait, s.MaxBackoff)
+				break
+			}
+			if ctx.Err() != nil {
+				return nil
+			}
+			s.mu.Lock()
+			s.lastErr = err
+			s.mu.Unlock()
+			s.logger.Warn("restart of the local clickhouse-server failed", "attempt", attempt, "err", err)
+			wait = min(2*wait, s.MaxBackoff)
+		}
+	}
 }

@@ -3,7 +3,9 @@ package chlog_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -82,4 +84,58 @@ func TestLocalServerKeepsDataAndPortsAcrossRestarts(t *testing.T) {
 		return nil
 	})
 	st.Close()
+}
+
+// A managed server killed with SIGKILL comes back by itself, where it was,
+// with its data.
+func TestSupervisorRestartsAKilledServer(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	sup, err := chlog.Supervise(ctx, t.TempDir(), chlogtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup.MinBackoff = 20 * time.Millisecond
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	st, err := chlog.Open(ctx, chlog.Config{Addr: sup.Addr()}, chlogtest.Logger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Insert(ctx, roundTripRows()); err != nil {
+		t.Fatal(err)
+	}
+	first := sup.Server()
+	if err := syscall.Kill(first.PID(), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	<-first.Done()
+	checkFor(t, time.Minute, 20*time.Millisecond, func() error {
+		if sup.Restarts() != 1 || sup.Up() != nil {
+			return fmt.Errorf("restarts %d, up: %v", sup.Restarts(), sup.Up())
+		}
+		return nil
+	})
+	if got, want := sup.Addr(), first.Addr(); got != want || sup.Server().Addr() != want {
+		t.Errorf("restarted on %s, want %s", sup.Server().Addr(), want)
+	}
+	// The same pool reconnects, and the data is still there.
+	checkFor(t, 10*time.Second, 50*time.Millisecond, func() error {
+		n, err := st.CountEvents(ctx)
+		if err != nil {
+			return err
+		}
+		if n != uint64(len(roundTripRows())) {
+			t.Fatalf("after the restart the log has %d events, want %d", n, len(roundTripRows()))
+		}
+		return nil
+	})
 }

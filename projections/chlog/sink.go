@@ -35,8 +35,10 @@ type SinkConfig struct {
 	// (200ms); a batch goes as soon as it is full.
 	BatchWait time.Duration
 	// AckWait is how long JetStream waits for an ack before it delivers
-	// a message again (60s). While an insert is being retried the sink
-	// extends it, so this only matters when a sink dies.
+	// a message again (10s). While a batch is being inserted or retried
+	// the sink extends it every AckWait/3, so this only matters when a
+	// sink dies: it is how long the events a dead node had in flight wait
+	// before another sink (or the restarted node) takes them.
 	AckWait time.Duration
 	// MinBackoff and MaxBackoff bound the wait between attempts while
 	// ClickHouse (or the stream) is unavailable (100ms and 10s).
@@ -67,18 +69,13 @@ func (c SinkConfig) withDefaults() SinkConfig {
 		c.BatchWait = 200 * time.Millisecond
 	}
 	if c.AckWait <= 0 {
-		c.AckWait = time.Minute
+		c.AckWait = 10 * time.Second
 	}
 	if c.MinBackoff <= 0 {
 		c.MinBackoff = 100 * time.Millisecond
 	}
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 10 * time.Second
-	}
-	// The sink tells JetStream it is still working on a batch once per
-	// back-off; that must happen well within AckWait.
-	if c.MaxBackoff > c.AckWait/2 {
-		c.MaxBackoff = c.AckWait / 2
 	}
 	if c.MinBackoff > c.MaxBackoff {
 		c.MinBackoff = c.MaxBackoff
@@ -263,6 +260,29 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 		}
 		last = max(last, seq)
 	}
+	// Keep JetStream from handing the batch to another sink (or back to
+	// this one) while it is being inserted or retried.
+	alive, stopped := make(chan struct{}), make(chan struct{})
+	defer func() {
+		// The last InProgress must not cross the caller's Ack.
+		close(alive)
+		<-stopped
+	}()
+	go func() {
+		defer close(stopped)
+		t := time.NewTicker(s.cfg.AckWait / 3)
+		defer t.Stop()
+		for {
+			select {
+			case <-alive:
+				return
+			case <-t.C:
+				for _, m := range msgs {
+					_ = m.InProgress()
+				}
+			}
+		}
+	}()
 	back := s.newBackoff()
 	for attempt := 1; ; attempt++ {
 		ictx, cancel := context.WithTimeout(ctx, s.cfg.InsertTimeout)
@@ -284,11 +304,6 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 		if attempt == 1 || attempt%10 == 0 {
 			log.Warn("clickhouse insert failed; events wait in jetstream", "attempt", attempt, "events", len(rows), "err", err)
 		}
-		// Keep JetStream from handing the batch to another sink (or
-		// back to this one) while it is being retried.
-		for _, m := range msgs {
-			_ = m.InProgress()
-		}
 		if !back.wait(ctx) {
 			return false
 		}
@@ -305,6 +320,10 @@ type StreamLag struct {
 	// Lag is LastSeq - AckFloor: events stored in JetStream and not yet
 	// known to be in ClickHouse.
 	Lag uint64
+	// AckPending counts events handed to a sink and not yet acked (being
+	// inserted, or waiting for AckWait to hand them out again), and
+	// Redelivered those handed out more than once and not yet acked.
+	AckPending, Redelivered int
 }
 
 // Lag returns, for each of the sink's streams that exists, how many events
@@ -339,6 +358,7 @@ func (s *Sink) Lag(ctx context.Context) ([]StreamLag, error) {
 				return nil, fmt.Errorf("lag of %s: %w", name, err)
 			}
 			l.AckFloor = ci.AckFloor.Stream
+			l.AckPending, l.Redelivered = ci.NumAckPending, ci.NumRedelivered
 		}
 		if l.LastSeq > l.AckFloor {
 			l.Lag = l.LastSeq - l.AckFloor
