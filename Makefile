@@ -5,7 +5,7 @@ GO        ?= go
 DATA_DIR  ?= ./data
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test chaos bench build deps fuzz vet clickhouse-deps
+.PHONY: run test chaos bench bench-verify build deps fuzz vet clickhouse-deps chromium-deps
 
 build: deps
 	$(GO) build -o bin/keyledger ./cmd/keyledger
@@ -17,15 +17,21 @@ deps:
 clickhouse-deps:
 	@./scripts/ensure-clickhouse.sh
 
+# chromium-deps installs Debian's chromium when it is missing: the web
+# console's tests drive it headless.
+chromium-deps:
+	@./scripts/ensure-chromium.sh
+
 run: build clickhouse-deps
 	./bin/keyledger serve --data-dir $(DATA_DIR) --http-addr $(HTTP_ADDR)
 
 vet:
-	gofmt -l . | tee /dev/stderr | (! read)
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt: the files above are not formatted" >&2; exit 1; }
 	$(GO) vet ./...
 
-test: deps clickhouse-deps vet
-	./scripts/with-clickhouse.sh $(GO) test -race -count=1 -timeout 12m ./...
+test: deps clickhouse-deps chromium-deps vet
+	KEYLEDGER_TEST_CHROMIUM="$$(./scripts/ensure-chromium.sh --path)" \
+		./scripts/with-clickhouse.sh $(GO) test -race -count=1 -timeout 12m ./...
 
 # chaos runs the fault suite's long version (a few minutes): the real binary
 # under a steady mixed load while keyledger, then its clickhouse-server, is
@@ -37,6 +43,13 @@ chaos: deps clickhouse-deps
 
 bench: deps clickhouse-deps
 	./scripts/with-clickhouse.sh $(GO) test -run '^$$' -bench . -benchmem -benchtime 2s ./...
+
+# bench-verify compares POST /v1/verify (durable and --async-usage, the whole
+# node: ClickHouse sink, alerts, notary) with a bare net/http handler, one
+# load generator, 32 connections, one run. KEYLEDGER_BENCH_CONNS changes the
+# connection count; KEYLEDGER_BENCH_PROFILE=DIR writes CPU profiles.
+bench-verify: deps clickhouse-deps
+	$(GO) test -run '^$$' -bench '^BenchmarkVerifyServe$$' -benchtime 20000x -timeout 20m ./cmd/keyledger/
 
 # fuzz runs each fuzz target of the parsers that face the outside for a while.
 fuzz: deps

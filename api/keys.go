@@ -218,9 +218,11 @@ func (s *Server) getKey(w http.ResponseWriter, r *http.Request) {
 }
 
 type updateKeyRequest struct {
-	Name        *string   `json:"name"`
-	Comments    *string   `json:"comments"`
-	Permissions *[]string `json:"permissions"`
+	Name        *string            `json:"name"`
+	Comments    *string            `json:"comments"`
+	Permissions *[]string          `json:"permissions"`
+	AllowedIPs  *[]string          `json:"allowed_ips"`
+	Metadata    *map[string]string `json:"metadata"`
 }
 
 func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) {
@@ -229,7 +231,8 @@ func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) {
 		if err := decode(r, &req); err != nil {
 			return nil, err
 		}
-		return domain.UpdateKey{Meta: m, Name: req.Name, Comments: req.Comments, Permissions: req.Permissions}, nil
+		return domain.UpdateKey{Meta: m, Name: req.Name, Comments: req.Comments, Permissions: req.Permissions,
+			AllowedIPs: req.AllowedIPs, Metadata: req.Metadata}, nil
 	})
 }
 

@@ -563,6 +563,8 @@ func TestOpenAPIResponseSchemasMatchGoTypes(t *testing.T) {
 		"EventView":        reflect.TypeFor[api.EventView](),
 		"RequestContext":   reflect.TypeFor[domain.RequestContext](),
 		"VerifyResponse":   reflect.TypeFor[api.VerifyResponse](),
+		"UsageResult":      reflect.TypeFor[api.UsageResult](),
+		"UsageResponse":    reflect.TypeFor[api.UsageResponse](),
 		"PrincipalView":    reflect.TypeFor[api.PrincipalView](),
 		"CreatedPrincipal": reflect.TypeFor[api.CreatedPrincipal](),
 		"RoleView":         reflect.TypeFor[api.RoleView](),
@@ -921,6 +923,13 @@ func checkRequestSchema(t *testing.T, doc jsonObj, src apiSource, name, goType s
 		if jt == "array" && elem != nil {
 			et, _ := astJSONType(elem)
 			items := deref(t, doc, p)["items"]
+			if id, ok := elem.(*ast.Ident); ok && et == "" && src.structs[id.Name] != nil {
+				// A list of request structs: its items are that struct's schema.
+				if gt, _ := deref(t, doc, items)["x-go-type"].(string); gt != id.Name {
+					t.Errorf("%s.%s: items must be the schema of %s, not %q", name, fname, id.Name, gt)
+				}
+				continue
+			}
 			if items == nil || !schemaTypes(t, doc, items)[et] {
 				t.Errorf("%s.%s: items must be %s", name, fname, et)
 			}
@@ -1151,6 +1160,13 @@ func TestOpenAPIResponsesConform(t *testing.T) {
 	call("POST", "/v1/verify", vt, jsonObj{"token": "klk_nope"}, 200, true)
 	call("POST", "/v1/verify", vt, jsonObj{"token": "x", "ip": "not an ip"}, 400, true)
 	call("POST", "/v1/verify", adm, jsonObj{"token": rotated.Token}, 403, true)
+	call("POST", "/v1/usage", vt, jsonObj{"records": []jsonObj{
+		{"record_id": "r1", "key_id": k.KeyID, "outcome": "VALID", "source_ip": "10.20.3.4", "permission": "orders.read",
+			"request_id": "req-1", "endpoint": "GET /orders", "http_status": 200, "units": 3},
+		{"record_id": "r2", "key_id": uuid.NewString(), "outcome": "VALID"},
+	}}, 200, true)
+	call("POST", "/v1/usage", vt, jsonObj{"records": []jsonObj{}}, 400, false)
+	call("POST", "/v1/usage", adm, jsonObj{"records": []jsonObj{{"record_id": "r1", "key_id": k.KeyID, "outcome": "VALID"}}}, 403, true)
 
 	// Revoke, delete and the errors around them.
 	call("POST", kp+"/revoke", adm, jsonObj{"reason": "rotated out"}, 200, true)

@@ -11,6 +11,7 @@ import (
 type PrincipalView struct {
 	ID          string    `json:"id"`
 	Name        string    `json:"name"`
+	Email       string    `json:"email,omitempty"`
 	Roles       []string  `json:"roles"`
 	Permissions []string  `json:"permissions"`
 	MaxKeys     int       `json:"max_keys"`
@@ -27,7 +28,7 @@ func (s *Server) principalView(p domain.Principal) PrincipalView {
 		max = s.cfg.MaxActiveKeys
 	}
 	return PrincipalView{
-		ID: p.ID, Name: p.Name, Roles: nonNil(p.Roles), Permissions: nonNil(s.cfg.State.PrincipalPermissions(p.ID)),
+		ID: p.ID, Name: p.Name, Email: p.Email, Roles: nonNil(p.Roles), Permissions: nonNil(s.cfg.State.PrincipalPermissions(p.ID)),
 		MaxKeys: max, ActiveKeys: s.cfg.State.ActiveKeys(p.ID), Disabled: p.Disabled,
 		CreatedAt: p.CreatedAt, CreatedBy: p.CreatedBy, Version: p.Version,
 	}
@@ -35,6 +36,7 @@ func (s *Server) principalView(p domain.Principal) PrincipalView {
 
 type createPrincipalRequest struct {
 	Name    string   `json:"name"`
+	Email   string   `json:"email"`
 	Roles   []string `json:"roles"`
 	MaxKeys int      `json:"max_keys"`
 	// CredentialLifetimeDays is the lifetime of the first credential.
@@ -63,7 +65,7 @@ func (s *Server) createPrincipal(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p, k, tok, err := s.cfg.Commands.CreatePrincipal(r.Context(), domain.CreatePrincipal{
-		Meta: domain.Meta{Actor: c.ID(), Context: s.requestContext(r)}, Name: req.Name, Roles: req.Roles, MaxKeys: req.MaxKeys,
+		Meta: domain.Meta{Actor: c.ID(), Context: s.requestContext(r)}, Name: req.Name, Email: req.Email, Roles: req.Roles, MaxKeys: req.MaxKeys,
 	}, req.CredentialLifetimeDays)
 	if err != nil {
 		s.problem(w, r, err)
@@ -107,6 +109,7 @@ func (s *Server) getPrincipal(w http.ResponseWriter, r *http.Request) {
 
 type updatePrincipalRequest struct {
 	Name    *string   `json:"name"`
+	Email   *string   `json:"email"`
 	Roles   *[]string `json:"roles"`
 	MaxKeys *int      `json:"max_keys"`
 }
@@ -140,7 +143,7 @@ func (s *Server) updatePrincipal(w http.ResponseWriter, r *http.Request) {
 		if err := decode(r, &req); err != nil {
 			return nil, err
 		}
-		return domain.UpdatePrincipal{Meta: m, Name: req.Name, Roles: req.Roles, MaxKeys: req.MaxKeys}, nil
+		return domain.UpdatePrincipal{Meta: m, Name: req.Name, Email: req.Email, Roles: req.Roles, MaxKeys: req.MaxKeys}, nil
 	})
 }
 

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/api/console"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/projections/keystate"
 	"github.com/prometheus/client_golang/prometheus"
@@ -172,6 +173,7 @@ func (s *Server) routes() {
 	s.handle("POST", "/v1/keys/{id}/enable", domain.PermKeyEnable, s.enableKey)
 	s.handle("GET", "/v1/keys/{id}/events", domain.PermKeyView, s.keyEvents)
 	s.handle("POST", "/v1/verify", domain.PermVerify, s.verify)
+	s.handle("POST", "/v1/usage", domain.PermUsagePublish, s.publishUsage)
 	s.handle("GET", "/v1/logs", domain.PermLogView, s.logs)
 	s.handle("GET", "/v1/alerts", domain.PermAlertView, s.listAlerts)
 	s.handle("GET", "/v1/alerts/stream", domain.PermAlertView, s.streamAlerts)
@@ -194,6 +196,11 @@ func (s *Server) routes() {
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{}))
 	s.handle("GET", "/openapi.json", "", s.openapi)
 	s.handle("GET", "/docs", "", s.docs)
+	// The web console calls this server in-process, as any client would.
+	con := console.New(console.Config{API: s, Logger: s.log, Now: s.cfg.Now, TrustProxy: s.cfg.TrustProxy})
+	for _, p := range console.Patterns {
+		s.mux.Handle(p, con)
+	}
 }
 
 // ServeHTTP implements http.Handler.
@@ -299,7 +306,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
+	// Indented only when the client asks with ?pretty: the hot path
+	// answers compactly.
+	if sw, ok := w.(*statusWriter); ok && sw.pretty {
+		enc.SetIndent("", "  ")
+	}
 	enc.SetEscapeHTML(false)
 	_ = enc.Encode(v)
 }
@@ -376,7 +387,7 @@ func (s *Server) instrument(pattern string, h http.HandlerFunc) http.Handler {
 		}
 		w.Header().Set("X-Request-Id", id)
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK, pretty: r.URL.Query().Has("pretty")}
 		h(sw, r)
 		s.metrics.requests.WithLabelValues(r.Method, pattern, statusClass(sw.status)).Inc()
 		s.metrics.latency.WithLabelValues(r.Method, pattern, statusClass(sw.status)).Observe(time.Since(start).Seconds())
@@ -386,6 +397,7 @@ func (s *Server) instrument(pattern string, h http.HandlerFunc) http.Handler {
 type statusWriter struct {
 	http.ResponseWriter
 	status int
+	pretty bool
 }
 
 func (w *statusWriter) WriteHeader(code int) {

@@ -27,9 +27,11 @@ type VerifyResponse struct {
 	EventID     string     `json:"event_id"`
 }
 
-// verify checks a token for a verifying service. The service's own
-// authentication and the verification it asks for are recorded in one
-// group commit, and the answer is sent only once both are stored.
+// verify checks a token for a verifying service. One event records both:
+// the verification, and its caller's use of its own key (caller_key,
+// caller_ip). The answer is sent only once it is stored. When no
+// verification happens (a bad request), the caller's authentication is
+// recorded on its own instead.
 func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 	c, pending, err := s.authenticate(r, domain.PermVerify, false)
 	if err != nil {
@@ -55,15 +57,20 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 		addr = a.Unmap()
 	}
 	rc := s.requestContext(r)
+	callerIP := ""
+	if a := s.clientAddr(r); a.IsValid() {
+		callerIP = a.String()
+	}
 	res, env, err := s.verifier.Decide(keystate.Request{
 		Token: req.Token, Permission: req.Permission, IP: addr, Actor: c.Principal.ID,
+		CallerKey: c.Key.ID, CallerIP: callerIP,
 		Context: &domain.RequestContext{RequestID: rc.RequestID},
 	})
 	if err != nil {
 		s.problem(w, r, err)
 		return
 	}
-	if err := s.cfg.Usage.Publish(r.Context(), append(pending, env)...); err != nil {
+	if err := s.cfg.Usage.Publish(r.Context(), env); err != nil {
 		s.log.ErrorContext(r.Context(), "record verification", "err", err)
 		s.problem(w, r, errUnavailable)
 		return

@@ -31,7 +31,10 @@ func createKey(t testing.TB, h *harness, token string, body map[string]any) api.
 func TestVerifyEveryOutcome(t *testing.T) {
 	h := mustStart(t)
 	adminID, admin := h.principal("admin", domain.RoleKeyAdmin, domain.RoleVerifier)
-	_, verifier := h.principal("verifier", domain.RoleVerifier)
+	verifierID, verifier := h.principal("verifier", domain.RoleVerifier)
+	verifierTok, err := domain.ParseToken(verifier)
+	must(t, err)
+	verifierKey := verifierTok.KeyID.String()
 	k := createKey(t, h, admin, map[string]any{"name": "svc", "permissions": []string{"api.verify"}, "allowed_ips": []string{"10.0.0.0/8"}, "lifetime_days": 1})
 	open := createKey(t, h, admin, map[string]any{"name": "open", "permissions": []string{}})
 	ip := "10.1.2.3"
@@ -43,10 +46,25 @@ func TestVerifyEveryOutcome(t *testing.T) {
 		if v.Code != want || v.Valid != (want == domain.OutcomeValid) {
 			t.Fatalf("%s: code %s valid %v, want %s", name, v.Code, v.Valid, want)
 		}
-		// Both the verifier's authentication and the verification are
-		// stored by the time the answer arrives.
-		if got := h.count(domain.StreamUsage); got != before+2 {
-			t.Fatalf("%s: USAGE grew by %d, want 2", name, got-before)
+		// One event is stored by the time the answer arrives: the
+		// verification, which names its caller's key.
+		if got := h.count(domain.StreamUsage); got != before+1 {
+			t.Fatalf("%s: USAGE grew by %d, want 1", name, got-before)
+		}
+		ev := usageEvent(t, h, before+1)
+		if ev.ID.String() != v.EventID || ev.Actor != verifierID {
+			t.Fatalf("%s: stored event %s by %s, answer names %s", name, ev.ID, ev.Actor, v.EventID)
+		}
+		d, _ := ev.Decode()
+		var caller string
+		switch e := d.(type) {
+		case domain.KeyUsed:
+			caller = e.CallerKey
+		case domain.KeyDenied:
+			caller = e.CallerKey
+		}
+		if caller != verifierKey {
+			t.Fatalf("%s: the event names caller key %q, want the verifier's %s", name, caller, verifierKey)
 		}
 		return v
 	}
@@ -205,4 +223,16 @@ func TestNoSecretStoredOrLogged(t *testing.T) {
 			}
 		}
 	}
+}
+
+// usageEvent decodes the USAGE message at seq.
+func usageEvent(t *testing.T, h *harness, seq uint64) domain.Envelope {
+	t.Helper()
+	st, err := h.store.JetStream().Stream(context.Background(), domain.StreamUsage)
+	must(t, err)
+	m, err := st.GetMsg(context.Background(), seq)
+	must(t, err)
+	env, err := domain.UnmarshalEnvelope(m.Data)
+	must(t, err)
+	return env
 }

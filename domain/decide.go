@@ -52,12 +52,16 @@ type RegenerateKey struct {
 	SecretHash  string
 }
 
-// UpdateKey changes descriptive fields or permissions; nil fields are kept.
+// UpdateKey changes descriptive fields, permissions, allowed IPs or
+// metadata; nil fields are kept. An empty AllowedIPs lifts the address
+// restriction, an empty Metadata clears it.
 type UpdateKey struct {
 	Meta
 	Name        *string
 	Comments    *string
 	Permissions *[]string
+	AllowedIPs  *[]string
+	Metadata    *map[string]string
 }
 
 // DisableKey suspends a key until it is enabled again.
@@ -281,7 +285,32 @@ func decideUpdate(k Key, c UpdateKey) (Event, error) {
 			ev.Permissions = &perms
 		}
 	}
-	if ev.Name == nil && ev.Comments == nil && ev.Permissions == nil {
+	if c.AllowedIPs != nil {
+		prefixes, err := ParseAllowedIPs(*c.AllowedIPs)
+		if err != nil {
+			return nil, err
+		}
+		allowed := []string{}
+		if len(prefixes) > 0 {
+			allowed = PrefixStrings(prefixes)
+		}
+		if !slices.Equal(allowed, k.AllowedIPs) {
+			ev.AllowedIPs = &allowed
+		}
+	}
+	if c.Metadata != nil {
+		if err := validMetadata(*c.Metadata); err != nil {
+			return nil, err
+		}
+		md := maps.Clone(*c.Metadata)
+		if md == nil {
+			md = map[string]string{}
+		}
+		if !maps.Equal(md, k.Metadata) {
+			ev.Metadata = &md
+		}
+	}
+	if ev.Name == nil && ev.Comments == nil && ev.Permissions == nil && ev.AllowedIPs == nil && ev.Metadata == nil {
 		return nil, Errorf(EINVALID, "nothing_to_update", "the update changes nothing")
 	}
 	return ev, nil

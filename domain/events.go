@@ -98,12 +98,15 @@ type KeyRegenerated struct {
 	PreviousValidUntil time.Time `json:"previous_valid_until,omitzero"`
 }
 
-// KeyUpdated records changed descriptive fields or permissions; nil fields
-// are unchanged.
+// KeyUpdated records changed descriptive fields, permissions, address
+// restrictions or metadata; nil fields are unchanged. An empty AllowedIPs
+// lifts the restriction; an empty Metadata clears it.
 type KeyUpdated struct {
-	Name        *string   `json:"name,omitempty"`
-	Comments    *string   `json:"comments,omitempty"`
-	Permissions *[]string `json:"permissions,omitempty"`
+	Name        *string            `json:"name,omitempty"`
+	Comments    *string            `json:"comments,omitempty"`
+	Permissions *[]string          `json:"permissions,omitempty"`
+	AllowedIPs  *[]string          `json:"allowed_ips,omitempty"`
+	Metadata    *map[string]string `json:"metadata,omitempty"`
 }
 
 // KeyDisabled records a temporary, reversible suspension.
@@ -128,6 +131,12 @@ type KeyUsed struct {
 	Owner      string `json:"owner,omitempty"`
 	Permission string `json:"permission,omitempty"`
 	Service    string `json:"service,omitempty"`
+	// CallerKey and CallerIP name the key a verifying service
+	// authenticated with, and where it called from: a verification is one
+	// event, which also records its caller's use of its own key.
+	CallerKey string `json:"caller_key,omitempty"`
+	CallerIP  string `json:"caller_ip,omitempty"`
+	ServiceUsage
 }
 
 // KeyDenied records a failed verification. TokenHash is a SHA-256 of the
@@ -139,12 +148,28 @@ type KeyDenied struct {
 	Permission string `json:"permission,omitempty"`
 	Service    string `json:"service,omitempty"`
 	TokenHash  string `json:"token_hash,omitempty"`
+	CallerKey  string `json:"caller_key,omitempty"`
+	CallerIP   string `json:"caller_ip,omitempty"`
+	ServiceUsage
+}
+
+// ServiceUsage are the fields a service adds to the usage it publishes
+// (POST /v1/usage): what was called, how it ended and what it cost, and
+// the service's own id of the record, which makes a retry idempotent.
+// Verifications keyledger records itself leave them empty.
+type ServiceUsage struct {
+	RecordID   string `json:"record_id,omitempty"`
+	Endpoint   string `json:"endpoint,omitempty"`
+	HTTPStatus int    `json:"http_status,omitempty"`
+	Units      int64  `json:"units,omitempty"`
 }
 
 // PrincipalCreated records a new principal (a person or a service that owns keys).
 type PrincipalCreated struct {
 	Name  string   `json:"name"`
 	Roles []string `json:"roles"`
+	// Email is optional; the console shows it as a key's owner.
+	Email string `json:"email,omitempty"`
 	// MaxKeys caps the principal's active keys; 0 means the server's default.
 	MaxKeys int `json:"max_keys,omitempty"`
 }
@@ -152,6 +177,7 @@ type PrincipalCreated struct {
 // PrincipalUpdated records changed roles or limits; nil fields are unchanged.
 type PrincipalUpdated struct {
 	Name    *string   `json:"name,omitempty"`
+	Email   *string   `json:"email,omitempty"`
 	Roles   *[]string `json:"roles,omitempty"`
 	MaxKeys *int      `json:"max_keys,omitempty"`
 }

@@ -1,6 +1,7 @@
 package domain
 
 import (
+	"maps"
 	"net/netip"
 	"slices"
 	"time"
@@ -142,6 +143,24 @@ func Evolve(k Key, env Envelope) Key {
 		}
 		if e.Permissions != nil {
 			k.Permissions = slices.Clone(*e.Permissions)
+		}
+		if e.AllowedIPs != nil {
+			k.AllowedIPs, k.AllowedPrefixes = nil, nil
+			if len(*e.AllowedIPs) > 0 {
+				k.AllowedIPs = slices.Clone(*e.AllowedIPs)
+				k.AllowedPrefixes, _ = ParseAllowedIPs(k.AllowedIPs)
+				// As at creation: a stored list that no longer parses
+				// admits no address rather than every address.
+				if len(k.AllowedPrefixes) == 0 {
+					k.AllowedPrefixes = []netip.Prefix{netip.PrefixFrom(netip.IPv6Unspecified(), 128)}
+				}
+			}
+		}
+		if e.Metadata != nil {
+			k.Metadata = nil
+			if len(*e.Metadata) > 0 {
+				k.Metadata = maps.Clone(*e.Metadata)
+			}
 		}
 	case KeyDisabled:
 		k.Disabled = true

@@ -2,6 +2,7 @@ package domain
 
 import (
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -53,6 +54,7 @@ var BuiltinRoles = map[string][]string{
 type Principal struct {
 	ID        string
 	Name      string
+	Email     string
 	Roles     []string
 	MaxKeys   int
 	Disabled  bool
@@ -84,14 +86,17 @@ type CreatePrincipal struct {
 	Meta
 	PrincipalID string
 	Name        string
-	Roles       []string
-	MaxKeys     int
+	// Email is optional.
+	Email   string
+	Roles   []string
+	MaxKeys int
 }
 
 // UpdatePrincipal changes a principal's name, roles or key limit.
 type UpdatePrincipal struct {
 	Meta
 	Name    *string
+	Email   *string
 	Roles   *[]string
 	MaxKeys *int
 }
@@ -186,7 +191,10 @@ func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now 
 		if c.MaxKeys < 0 {
 			return nil, Errorf(EINVALID, "invalid_max_keys", "max_keys must not be negative")
 		}
-		ev, id = PrincipalCreated{Name: c.Name, Roles: roles, MaxKeys: c.MaxKeys}, c.PrincipalID
+		if err := validEmail(c.Email); err != nil {
+			return nil, err
+		}
+		ev, id = PrincipalCreated{Name: c.Name, Email: c.Email, Roles: roles, MaxKeys: c.MaxKeys}, c.PrincipalID
 	default:
 		if !p.Exists() {
 			return nil, Errorf(ENOTFOUND, "principal_not_found", "principal not found")
@@ -199,6 +207,12 @@ func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now 
 					return nil, err
 				}
 				u.Name = c.Name
+			}
+			if c.Email != nil && *c.Email != p.Email {
+				if err := validEmail(*c.Email); err != nil {
+					return nil, err
+				}
+				u.Email = c.Email
 			}
 			if c.Roles != nil {
 				roles, err := checkRoles(*c.Roles)
@@ -215,7 +229,7 @@ func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now 
 				}
 				u.MaxKeys = c.MaxKeys
 			}
-			if u.Name == nil && u.Roles == nil && u.MaxKeys == nil {
+			if u.Name == nil && u.Email == nil && u.Roles == nil && u.MaxKeys == nil {
 				return nil, Errorf(EINVALID, "nothing_to_update", "the update changes nothing")
 			}
 			ev = u
@@ -316,10 +330,13 @@ func EvolvePrincipal(p Principal, env Envelope) Principal {
 	}
 	switch e := ev.(type) {
 	case PrincipalCreated:
-		p = Principal{ID: env.KeyID, Name: e.Name, Roles: slices.Clone(e.Roles), MaxKeys: e.MaxKeys, CreatedAt: env.Time, CreatedBy: env.Actor}
+		p = Principal{ID: env.KeyID, Name: e.Name, Email: e.Email, Roles: slices.Clone(e.Roles), MaxKeys: e.MaxKeys, CreatedAt: env.Time, CreatedBy: env.Actor}
 	case PrincipalUpdated:
 		if e.Name != nil {
 			p.Name = *e.Name
+		}
+		if e.Email != nil {
+			p.Email = *e.Email
 		}
 		if e.Roles != nil {
 			p.Roles = slices.Clone(*e.Roles)
@@ -387,4 +404,21 @@ func validRoleName(name string) bool {
 		}
 	}
 	return true
+}
+
+// MaxEmailLen bounds a principal's e-mail address (RFC 5321's path limit).
+const MaxEmailLen = 254
+
+// validEmail accepts an empty address (none) or one that looks like
+// local@domain: it is shown, never sent to, so the check stays loose.
+func validEmail(s string) error {
+	if s == "" {
+		return nil
+	}
+	local, host, ok := strings.Cut(s, "@")
+	if !ok || local == "" || host == "" || strings.Contains(host, "@") || len(s) > MaxEmailLen ||
+		strings.ContainsFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f || r == '<' || r == '>' }) {
+		return Errorf(EINVALID, "invalid_email", "email %q is not an address like name@example.com", s)
+	}
+	return nil
 }

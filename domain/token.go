@@ -61,7 +61,7 @@ func encodeToken(buf *[TokenLen]byte, keyID uuid.UUID, secret Secret) {
 	b32.Encode(buf[n:n+secretChars], secret[:])
 	n += secretChars
 	var sum [4]byte
-	binary.BigEndian.PutUint32(sum[:], crc32.ChecksumIEEE(buf[:n]))
+	binary.BigEndian.PutUint32(sum[:], checksum(buf[:n]))
 	b32.Encode(buf[n:], sum[:])
 }
 
@@ -79,18 +79,15 @@ func ParseToken(s string) (Token, error) {
 	copy(in[:], s)
 	body := in[:TokenLen-checksumChars]
 	var sum [4]byte
-	if n, err := b32.Decode(sum[:], in[TokenLen-checksumChars:]); err != nil || n != 4 {
+	if !decodeBase32(sum[:], in[TokenLen-checksumChars:]) {
 		return Token{}, ErrMalformedToken
 	}
-	if binary.BigEndian.Uint32(sum[:]) != crc32.ChecksumIEEE(body) {
+	if binary.BigEndian.Uint32(sum[:]) != checksum(body) {
 		return Token{}, ErrMalformedToken
 	}
 	var t Token
 	rest := body[len(TokenPrefix):]
-	if n, err := b32.Decode(t.KeyID[:], rest[:keyIDChars]); err != nil || n != 16 {
-		return Token{}, ErrMalformedToken
-	}
-	if n, err := b32.Decode(t.Secret[:], rest[keyIDChars:]); err != nil || n != SecretBytes {
+	if !decodeBase32(t.KeyID[:], rest[:keyIDChars]) || !decodeBase32(t.Secret[:], rest[keyIDChars:]) {
 		return Token{}, ErrMalformedToken
 	}
 	// Base32 of 16 and 20 bytes leaves unused trailing bits; reject tokens
@@ -101,6 +98,59 @@ func ParseToken(s string) (Token, error) {
 		return Token{}, ErrMalformedToken
 	}
 	return t, nil
+}
+
+var crcTable = crc32.MakeTable(crc32.IEEE)
+
+// checksum is the CRC32 (IEEE) of p, computed here rather than by
+// hash/crc32: its assembly makes every buffer handed to it escape to the
+// heap, which would cost the verification path two allocations.
+func checksum(p []byte) uint32 {
+	crc := ^uint32(0)
+	for _, b := range p {
+		crc = crcTable[byte(crc)^b] ^ crc>>8
+	}
+	return ^crc
+}
+
+// b32Values maps each byte to its value in the token alphabet, or 0xff.
+var b32Values = func() (v [256]byte) {
+	for i := range v {
+		v[i] = 0xff
+	}
+	for i, c := range "abcdefghijklmnopqrstuvwxyz234567" {
+		v[c] = byte(i)
+	}
+	return v
+}()
+
+// decodeBase32 decodes unpadded base32 src into exactly len(dst) bytes,
+// without allocating (encoding/base32's Decode copies its input on every
+// call, and this runs on every verification). It reports false for a byte
+// outside the alphabet or a length that does not match dst; trailing bits
+// are left to the caller's canonical check.
+func decodeBase32(dst, src []byte) bool {
+	if len(src) != (len(dst)*8+4)/5 {
+		return false
+	}
+	var acc uint64
+	bits, n := 0, 0
+	for _, c := range src {
+		v := b32Values[c]
+		if v == 0xff {
+			return false
+		}
+		acc = acc<<5 | uint64(v)
+		bits += 5
+		if bits >= 8 {
+			bits -= 8
+			if n < len(dst) {
+				dst[n] = byte(acc >> bits)
+				n++
+			}
+		}
+	}
+	return n == len(dst)
 }
 
 // HashSecret returns the hex SHA-256 of a secret: the only form in which a
@@ -114,11 +164,33 @@ func HashSecret(s Secret) string {
 // SecretMatches compares a secret against a stored hash in constant time.
 func SecretMatches(s Secret, hash string) bool {
 	sum := sha256.Sum256(s[:])
-	var want [sha256.Size]byte
-	if n, err := hex.Decode(want[:], []byte(hash)); err != nil || n != sha256.Size {
+	if len(hash) != 2*sha256.Size {
 		return false
 	}
+	// Decoded by hand: converting the string for hex.Decode would
+	// allocate on every verification.
+	var want [sha256.Size]byte
+	for i := range want {
+		hi, ok1 := fromHex(hash[2*i])
+		lo, ok2 := fromHex(hash[2*i+1])
+		if !ok1 || !ok2 {
+			return false
+		}
+		want[i] = hi<<4 | lo
+	}
 	return subtle.ConstantTimeCompare(sum[:], want[:]) == 1
+}
+
+func fromHex(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
 }
 
 // HashToken returns the hex SHA-256 of a presented token string, used to

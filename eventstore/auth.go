@@ -50,6 +50,14 @@ type Permissions struct {
 // snapshotStream is the stream behind the snapshot bucket.
 const snapshotStream = "OBJ_" + snapshotBucket
 
+// NotaryBucket is the key-value bucket where the notary keeps its tiles,
+// event index and saved state (projections/notary.Bucket names the same),
+// and notaryStream the stream behind it.
+const (
+	NotaryBucket = "KEYLEDGER_NOTARY"
+	notaryStream = "KV_" + NotaryBucket
+)
+
 // ledgerStreams are the streams of events, in a fixed order.
 var ledgerStreams = []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts, domain.StreamCheckpoints}
 
@@ -65,8 +73,8 @@ func IdentityPermissions(identity string) (Permissions, bool) {
 	var p Permissions
 	switch identity {
 	case IdentityNode:
-		p.Publish = []string{"keyledger.>", "$O." + snapshotBucket + ".>", "$JS.API.INFO"}
-		for _, st := range append(slices.Clone(ledgerStreams), snapshotStream) {
+		p.Publish = []string{"keyledger.>", "$O." + snapshotBucket + ".>", "$KV." + NotaryBucket + ".>", "$JS.API.INFO"}
+		for _, st := range append(slices.Clone(ledgerStreams), snapshotStream, notaryStream) {
 			p.Publish = append(p.Publish, ownStream(st)...)
 		}
 		// Saving a snapshot replaces the previous one, which purges its

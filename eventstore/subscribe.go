@@ -47,6 +47,60 @@ func (s *Store) SubscribeLastPerSubject(ctx context.Context, stream, filter stri
 	return s.subscribe(ctx, stream, cfg, fn)
 }
 
+// ReadLastPerSubject calls fn with the last event of every subject matching
+// filter whose last event is stored at or before upTo, oldest first, and
+// returns once it has delivered them all (a subject written again after
+// upTo is left to a subscription from upTo+1, which delivers its newer
+// event): the
+// one-shot start of a projection that needs only the newest event per key
+// (last used) and follows the stream through a subscription it shares with
+// others. Messages that are not valid events are skipped.
+func (s *Store) ReadLastPerSubject(ctx context.Context, stream, filter string, upTo uint64, fn func(domain.Envelope) error) error {
+	octx, ocancel := context.WithTimeout(ctx, s.cfg.Timeout)
+	cons, err := s.js.OrderedConsumer(octx, stream, jetstream.OrderedConsumerConfig{
+		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, FilterSubjects: []string{filter},
+	})
+	ocancel()
+	if err != nil {
+		return fmt.Errorf("read %s: %w", stream, err)
+	}
+	info, err := cons.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("read %s: %w", stream, err)
+	}
+	if info.NumPending == 0 || upTo == 0 {
+		return nil
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2000))
+	if err != nil {
+		return fmt.Errorf("read %s: %w", stream, err)
+	}
+	defer it.Stop()
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return fmt.Errorf("read %s: %w", stream, err)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return fmt.Errorf("read %s: %w", stream, err)
+		}
+		seq := md.Sequence.Stream
+		if seq > upTo {
+			return nil // stored after the start: the caller follows those
+		}
+		if env, err := domain.UnmarshalEnvelope(msg.Data()); err == nil {
+			env.Stream, env.Seq = stream, seq
+			if err := fn(env); err != nil {
+				return err
+			}
+		}
+		if md.NumPending == 0 || seq == upTo {
+			return nil
+		}
+	}
+}
+
 func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig, fn func(domain.Envelope) error) (*Subscription, error) {
 	octx, ocancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	cons, err := s.js.OrderedConsumer(octx, stream, cfg)

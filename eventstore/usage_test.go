@@ -306,3 +306,47 @@ func TestSubscribeLastPerSubject(t *testing.T) {
 		t.Fatalf("live event %s, want %s", got.ID, next.ID)
 	}
 }
+
+// TestReadLastPerSubject: a one-shot read of the newest event of each
+// subject whose newest is stored up to a sequence; it returns once it has
+// them all.
+func TestReadLastPerSubject(t *testing.T) {
+	s := MustOpenStore(t)
+	p := NewUsage(t, s, eventstore.UsageConfig{})
+	a, b := newKeyID(), newKeyID()
+	var lastA, lastB domain.Envelope
+	for range 3 {
+		lastA, lastB = used(t, a), used(t, b)
+		if err := p.Publish(testCtx(t), lastA, lastB); err != nil {
+			t.Fatal(err)
+		}
+	}
+	upTo, err := s.LastSeq(testCtx(t), domain.StreamUsage)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Stored after upTo: not part of the read.
+	if err := p.Publish(testCtx(t), used(t, a)); err != nil {
+		t.Fatal(err)
+	}
+	var got []domain.Envelope
+	if err := s.ReadLastPerSubject(testCtx(t), domain.StreamUsage, "keyledger.usage.>", upTo, func(e domain.Envelope) error {
+		got = append(got, e)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	// a's newest event is after upTo: a subscription from upTo+1 brings
+	// it, so the read leaves a out; b's newest is read.
+	if len(got) != 1 || got[0].ID != lastB.ID {
+		t.Fatalf("read %d events (%v), want only b's last, %s (a's %s is superseded after upTo)", len(got), got, lastB.ID, lastA.ID)
+	}
+	// An empty stream returns at once.
+	empty := MustOpenStore(t)
+	if err := empty.ReadLastPerSubject(testCtx(t), domain.StreamUsage, "keyledger.usage.>", 0, func(domain.Envelope) error {
+		t.Fatal("event from an empty stream")
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -3,17 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"mime"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
 	"time"
+
+	apiclient "github.com/keyledger/keyledger/api/client"
 )
 
 // defaultServer is where the client looks for a server when neither
@@ -289,6 +289,7 @@ type client struct {
 	base  *url.URL
 	token string
 	http  *http.Client
+	api   *apiclient.Client
 }
 
 // apiError is a problem document from the server, or a failure to reach
@@ -327,6 +328,10 @@ func (g *globals) newClient(needToken bool) (*client, error) {
 			return nil, err
 		}
 	}
+	if c.api, err = apiclient.New(base.String(), c.token); err != nil {
+		return nil, usageError{fmt.Sprintf("usage: --server %q is not an http(s) URL", server)}
+	}
+	c.api.HTTP, c.api.UserAgent = c.http, "keyledger-cli"
 	return c, nil
 }
 
@@ -388,51 +393,17 @@ func displayName(name string) string {
 	return name
 }
 
-// do sends a request and returns the response body. A non-2xx answer
-// becomes an *apiError from its problem document. in, when not nil, is
-// sent as JSON; out, when not nil, receives the decoded body.
+// do sends a request with the services' client (api/client), the one
+// HTTP implementation keyledger ships, and returns the response body. A
+// non-2xx answer becomes an *apiError from its problem document. in, when
+// not nil, is sent as JSON; out, when not nil, receives the decoded body.
 func (c *client) do(ctx context.Context, method, path string, query url.Values, in, out any) ([]byte, error) {
-	u := *c.base
-	u.Path += path
-	u.RawQuery = query.Encode()
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return nil, fmt.Errorf("encode request: %w", err)
-		}
-		body = bytes.NewReader(b)
+	raw, err := c.api.Do(ctx, method, path, query, in, out)
+	var ae *apiclient.Error
+	if errors.As(err, &ae) {
+		return nil, &apiError{Status: ae.Status, Code: ae.Code, Detail: ae.Detail}
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
-	if err != nil {
-		return nil, fmt.Errorf("build request: %w", err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json, application/problem+json")
-	req.Header.Set("User-Agent", "keyledger-cli")
-	if c.token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.token)
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return nil, &apiError{Code: "unreachable", Detail: unwrapURLError(err)}
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return nil, &apiError{Code: "unreachable", Detail: fmt.Sprintf("read response of %s %s: %v", method, path, err)}
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return nil, problemError(resp, raw)
-	}
-	if out != nil && len(raw) > 0 {
-		if err := json.Unmarshal(raw, out); err != nil {
-			return nil, &apiError{Code: "bad_response", Detail: fmt.Sprintf("%s %s: %v", method, path, err)}
-		}
-	}
-	return raw, nil
+	return raw, err
 }
 
 // unwrapURLError drops url.Error's repetition of the method and URL when
@@ -445,30 +416,11 @@ func unwrapURLError(err error) string {
 	return err.Error()
 }
 
-// problemError decodes an RFC 9457 problem; anything else (a proxy's HTML
-// page, say) becomes http_<status> with the first line of the body.
+// problemError decodes an RFC 9457 problem of a streamed answer the way the
+// services' client does.
 func problemError(resp *http.Response, raw []byte) error {
-	var p struct {
-		Code   string `json:"code"`
-		Detail string `json:"detail"`
-		Title  string `json:"title"`
-	}
-	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
-	if (mt == "application/problem+json" || mt == "application/json") && json.Unmarshal(raw, &p) == nil && p.Code != "" {
-		d := p.Detail
-		if d == "" {
-			d = p.Title
-		}
-		return &apiError{Status: resp.StatusCode, Code: p.Code, Detail: d}
-	}
-	line, _, _ := strings.Cut(strings.TrimSpace(string(raw)), "\n")
-	if len(line) > 200 {
-		line = line[:200]
-	}
-	if line == "" {
-		line = http.StatusText(resp.StatusCode)
-	}
-	return &apiError{Status: resp.StatusCode, Code: fmt.Sprintf("http_%d", resp.StatusCode), Detail: line}
+	e := apiclient.ProblemError(resp.StatusCode, resp.Header.Get("Content-Type"), raw)
+	return &apiError{Status: e.Status, Code: e.Code, Detail: e.Detail}
 }
 
 // printJSON writes the server's JSON as it came, ending in a newline.

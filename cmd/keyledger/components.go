@@ -190,7 +190,17 @@ func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) erro
 		if err != nil {
 			return fmt.Errorf("alerts: read %s position: %w", stream, err)
 		}
-		sub, err := m.store.Subscribe(bg, stream, last+1, func(env domain.Envelope) error {
+		from := last + 1
+		if stream == domain.StreamUsage {
+			// USAGE is followed once per node: this subscription decodes
+			// each event once for the alert engine and last used, from
+			// where last used's start left off.
+			from = m.usageFrom
+		}
+		sub, err := m.store.Subscribe(bg, stream, from, func(env domain.Envelope) error {
+			if env.Stream == domain.StreamUsage {
+				m.lastUsed.Apply(env)
+			}
 			if err := engine.Observe(bg, env); err != nil {
 				m.Logger.Error("alert engine", "err", err)
 			}
@@ -241,18 +251,23 @@ func clickHouse(ch *chlog.Store, local *chlog.Supervisor) func(context.Context) 
 	}
 }
 
-// startLastUsed folds the last successful use of every key from USAGE:
-// only the newest "used" event of each key is read at start.
+// startLastUsed folds the last use of every key from USAGE: at start only
+// the newest event of each key's subjects is read; the alert engine's
+// USAGE subscription, which starts right after, keeps it current.
 func (m *Main) startLastUsed(ctx context.Context) error {
 	m.lastUsed = lastused.New()
-	sub, err := m.store.SubscribeLastPerSubject(context.WithoutCancel(ctx), domain.StreamUsage, "keyledger.usage.*.used", func(env domain.Envelope) error {
+	last, err := m.store.LastSeq(ctx, domain.StreamUsage)
+	if err != nil {
+		return fmt.Errorf("read USAGE position: %w", err)
+	}
+	m.usageFrom = last + 1
+	err = m.store.ReadLastPerSubject(ctx, domain.StreamUsage, "keyledger.usage.>", last, func(env domain.Envelope) error {
 		m.lastUsed.Apply(env)
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("subscribe USAGE: %w", err)
+		return fmt.Errorf("last used: %w", err)
 	}
-	m.stack.add(layerConsumers, "last-used projection", follow(sub))
 	return nil
 }
 

@@ -658,7 +658,7 @@ func TestEndToEnd(t *testing.T) {
 		t.Fatalf("CLI verify insufficient:\n%s", out)
 	}
 	if out, errs, code := e.cli(verifier, unknown+"\n", "verify", "--token", "-", "--json"); code != 1 ||
-		!strings.Contains(out, `"code": "NOT_FOUND"`) || errs != "keyledger: NOT_FOUND: the token is not valid\n" {
+		!strings.Contains(out, `"code":"NOT_FOUND"`) || errs != "keyledger: NOT_FOUND: the token is not valid\n" {
 		t.Fatalf("CLI verify from stdin: exit %d\n%s\n%s", code, out, errs)
 	}
 	e.cliFail(verifier, 1, domain.OutcomeMalformed, "verify", "--token", malformed)

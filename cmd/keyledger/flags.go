@@ -61,6 +61,8 @@ type Config struct {
 	// (<data-dir>/trusted-writers.json by default).
 	WriterKeyFile  string
 	TrustedWriters string
+	// PProf is a loopback address for Go's profiler; empty turns it off.
+	PProf string
 
 	// RootToken comes from KEYLEDGER_ROOT_TOKEN only: secrets are never flags.
 	RootToken string
@@ -109,6 +111,7 @@ func (c *Config) flagSet(stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.WebhookSecretFile, "webhook-secret-file", "", "file holding the webhooks' HMAC secret; else KEYLEDGER_WEBHOOK_SECRET")
 	fs.StringVar(&c.WebhookMinSev, "webhook-min-severity", domain.SeverityLow, "lowest severity sent to webhooks: low, medium, high or critical")
 	c.natsFlags.register(fs, true)
+	fs.StringVar(&c.PProf, "pprof", "", "loopback host:port serving Go's profiler (net/http/pprof); empty: off")
 	fs.StringVar(&c.WriterKeyFile, "writer-key-file", "", "Ed25519 key this node signs its events with, created when missing (default <data-dir>/writer.key)")
 	fs.StringVar(&c.TrustedWriters, "trusted-writers", "", "JSON file of the writer keys whose events are applied (default <data-dir>/trusted-writers.json)")
 	// Every flag's help names its twin, so the two never drift apart.

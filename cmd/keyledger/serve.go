@@ -44,8 +44,10 @@ type Main struct {
 	notary   *notary.Notary
 	hooks    *alerts.Webhooks
 	forged   forgedAlerts
-	ln       net.Listener
-	stack    stack
+	// usageFrom is where the node's one USAGE subscription starts.
+	usageFrom uint64
+	ln        net.Listener
+	stack     stack
 
 	// stop ends the running stack; done is closed once it has returned err.
 	stop     context.CancelFunc
@@ -144,6 +146,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	hs := &http.Server{Handler: srv, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 	m.stack.add(layerHTTP, "http", serveHTTP(hs, m.ln))
+	if err := m.startPProf(); err != nil {
+		return err
+	}
 
 	gctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	m.stop, m.done = stop, make(chan struct{})

@@ -33,9 +33,13 @@ type Request struct {
 	// IP is the address the token was presented from; the zero value
 	// means unknown, which only keys without an IP restriction accept.
 	IP netip.Addr
-	// Actor is who asked: the verifying service's principal.
-	Actor   string
-	Context *domain.RequestContext
+	// Actor is who asked: the verifying service's principal. CallerKey
+	// and CallerIP are the key it authenticated with and where it called
+	// from, recorded in the verification's event.
+	Actor     string
+	CallerKey string
+	CallerIP  string
+	Context   *domain.RequestContext
 }
 
 // Result is the outcome of a verification.
@@ -47,6 +51,8 @@ type Result struct {
 	Found bool
 	// EventID is the id of the usage event that records this verification.
 	EventID uuid.UUID
+
+	tokenKeyID uuid.UUID // the id the token names, unless MALFORMED
 }
 
 // Valid reports whether the verification succeeded.
@@ -70,13 +76,20 @@ func (v *Verifier) Verify(ctx context.Context, req Request) (Result, error) {
 // Decide computes the outcome and its usage event without recording it.
 func (v *Verifier) Decide(req Request) (Result, domain.Envelope, error) {
 	now := v.Now()
+	res := v.Check(req, now)
+	return v.event(req, res, now)
+}
+
+// Check computes the outcome of req at now, and nothing else: it neither
+// builds nor records the usage event. A replica's hot path runs it and
+// records the event on its own terms; Decide is Check and the event.
+func (v *Verifier) Check(req Request, now time.Time) Result {
 	var res Result
-	keyID := domain.UnknownKeyID
 	tok, err := domain.ParseToken(req.Token)
 	if err != nil {
 		res.Code = domain.OutcomeMalformed
 	} else {
-		keyID = tok.KeyID.String()
+		res.tokenKeyID = tok.KeyID
 		k, ok := v.State.KeyByUUID(tok.KeyID)
 		res.Key, res.Found = k, ok
 		res.Code = domain.Check(k, tok.Secret, now, req.IP, req.Permission)
@@ -90,11 +103,20 @@ func (v *Verifier) Decide(req Request) (Result, domain.Envelope, error) {
 			}
 		}
 	}
+	return res
+}
+
+// event builds the usage event that records res, the outcome of req.
+func (v *Verifier) event(req Request, res Result, now time.Time) (Result, domain.Envelope, error) {
+	keyID := domain.UnknownKeyID
+	if res.Code != domain.OutcomeMalformed {
+		keyID = res.tokenKeyID.String()
+	}
 	var ev domain.Event
 	if res.Code == domain.OutcomeValid {
-		ev = domain.KeyUsed{Code: res.Code, Owner: res.Key.Owner, Permission: req.Permission}
+		ev = domain.KeyUsed{Code: res.Code, Owner: res.Key.Owner, Permission: req.Permission, CallerKey: req.CallerKey, CallerIP: req.CallerIP}
 	} else {
-		d := domain.KeyDenied{Code: res.Code, Owner: res.Key.Owner, Permission: req.Permission}
+		d := domain.KeyDenied{Code: res.Code, Owner: res.Key.Owner, Permission: req.Permission, CallerKey: req.CallerKey, CallerIP: req.CallerIP}
 		if res.Code == domain.OutcomeMalformed || res.Code == domain.OutcomeNotFound || res.Code == domain.OutcomeInvalidSecret {
 			// A hash lets alert rules count repeated guesses with one
 			// token without the token itself ever being stored.

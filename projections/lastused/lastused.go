@@ -28,6 +28,29 @@ func New() *Projection { return &Projection{last: make(map[string]Use)} }
 // Apply folds one USAGE event; only successful uses count, and an older
 // event never replaces a newer one, so redelivery and overlap are harmless.
 func (p *Projection) Apply(env domain.Envelope) {
+	switch env.Type {
+	case domain.TypeKeyUsed, domain.TypeKeyDenied:
+	default:
+		return
+	}
+	ev, err := env.Decode()
+	if err != nil {
+		return
+	}
+	// A verification also records that its caller used its own key,
+	// whatever the verified token's outcome.
+	var caller, callerIP string
+	switch e := ev.(type) {
+	case domain.KeyUsed:
+		caller, callerIP = e.CallerKey, e.CallerIP
+	case domain.KeyDenied:
+		caller, callerIP = e.CallerKey, e.CallerIP
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if caller != "" {
+		p.note(caller, Use{At: env.Time, SourceIP: callerIP})
+	}
 	if env.Type != domain.TypeKeyUsed || env.KeyID == "" || env.KeyID == domain.UnknownKeyID {
 		return
 	}
@@ -35,12 +58,15 @@ func (p *Projection) Apply(env domain.Envelope) {
 	if env.Context != nil {
 		u.SourceIP = env.Context.SourceIP
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if old, ok := p.last[env.KeyID]; ok && !u.At.After(old.At) {
+	p.note(env.KeyID, u)
+}
+
+// note records u as the last use of keyID unless a later one is known.
+func (p *Projection) note(keyID string, u Use) {
+	if old, ok := p.last[keyID]; ok && !u.At.After(old.At) {
 		return
 	}
-	p.last[env.KeyID] = u
+	p.last[keyID] = u
 }
 
 // LastUsed implements the API's LastUsed interface.

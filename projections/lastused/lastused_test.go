@@ -36,3 +36,24 @@ func TestLastUsed(t *testing.T) {
 		t.Fatalf("last used = %v %q", at, ip)
 	}
 }
+
+// TestCallerLastUsed: a verification is one event, and it moves its
+// caller's last use too, whatever the verified token's outcome.
+func TestCallerLastUsed(t *testing.T) {
+	p := lastused.New()
+	t0 := time.Date(2026, 5, 1, 0, 0, 0, 0, time.UTC)
+	p.Apply(usage(t, "k", domain.KeyDenied{Code: domain.OutcomeRevoked, CallerKey: "svc-key", CallerIP: "192.0.2.7"}, t0, "10.0.0.1"))
+	if _, _, ok := p.LastUsed("k"); ok {
+		t.Fatal("a denied key has a last use")
+	}
+	if at, ip, ok := p.LastUsed("svc-key"); !ok || !at.Equal(t0) || ip != "192.0.2.7" {
+		t.Fatalf("caller last used = %v %q %v", at, ip, ok)
+	}
+	p.Apply(usage(t, "k", domain.KeyUsed{Code: domain.OutcomeValid, CallerKey: "svc-key", CallerIP: "192.0.2.8"}, t0.Add(time.Minute), "10.0.0.1"))
+	if at, ip, _ := p.LastUsed("svc-key"); !at.Equal(t0.Add(time.Minute)) || ip != "192.0.2.8" {
+		t.Fatalf("caller last used = %v %q", at, ip)
+	}
+	if at, _, ok := p.LastUsed("k"); !ok || !at.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("verified key last used = %v %v", at, ok)
+	}
+}

@@ -1,9 +1,12 @@
 package notary_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/binary"
 	"fmt"
+	"runtime"
 	"testing"
 	"time"
 
@@ -99,4 +102,101 @@ func BenchmarkVerify(b *testing.B) {
 			}
 		}
 	})
+}
+
+// heapInUse is the live heap after a full collection.
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// synthetic is the stored bytes of a synthetic event i: the trees see
+// nothing but bytes.
+func synthetic(buf []byte, i int) []byte {
+	binary.BigEndian.PutUint64(buf, uint64(i))
+	return buf
+}
+
+// BenchmarkStreamMemory reports the heap one stream's tree holds after
+// folding n synthetic events, after a GC: the full tree (the notary's
+// before, and audit verify's still) against the compact tree the notary
+// keeps now, whose complete tiles go to the store. full-tree+seqs is the
+// whole of what the notary kept per stream before: the tree and a map of
+// event id to sequence. Run it alone (about 25 seconds on 2 cores):
+//
+//	go test -run '^$' -bench BenchmarkStreamMemory -benchtime 1x ./projections/notary/
+func BenchmarkStreamMemory(b *testing.B) {
+	for _, c := range []struct {
+		name string
+		n    int
+		full bool
+		seqs bool // and the id -> seq map the notary kept beside it
+	}{{"full-tree/1M", 1_000_000, true, false}, {"full-tree+seqs/1M", 1_000_000, true, true},
+		{"compact-tree/1M", 1_000_000, false, false}, {"compact-tree/10M", 10_000_000, false, false}} {
+		b.Run(c.name, func(b *testing.B) {
+			for range b.N {
+				buf := bytes.Repeat([]byte{'e'}, 300)
+				before := heapInUse()
+				var keep any
+				if c.full {
+					t := notary.NewTree()
+					var seqs map[uuid.UUID]uint64
+					if c.seqs {
+						seqs = map[uuid.UUID]uint64{}
+					}
+					for i := range c.n {
+						t.Append(synthetic(buf, i))
+						if seqs != nil {
+							seqs[uuid.Must(uuid.NewV7())] = uint64(i + 1)
+						}
+					}
+					keep = []any{t, seqs}
+				} else {
+					tiles := 0
+					t := notary.NewCompactTree(func(uint, uint64, []byte) error { tiles++; return nil })
+					for i := range c.n {
+						_ = t.Append(synthetic(buf, i))
+					}
+					keep = t
+				}
+				held := heapInUse() - before
+				runtime.KeepAlive(keep)
+				b.ReportMetric(float64(held), "heap-B/stream")
+				b.ReportMetric(float64(held)/float64(c.n), "heap-B/event")
+			}
+		})
+	}
+}
+
+// BenchmarkNotaryFoldMemory folds n usage events through the notary's own
+// fold (hash and chain checks, index and tile writes to a store that keeps
+// nothing) and reports the heap the whole notary holds after a GC (its three
+// streams, one of them fed).
+//
+//	go test -run '^$' -bench BenchmarkNotaryFoldMemory -benchtime 1x ./projections/notary/
+func BenchmarkNotaryFoldMemory(b *testing.B) {
+	env, _ := domain.NewEnvelope(uuid.Must(uuid.NewV7()), "k1", domain.KeyUsed{Code: domain.OutcomeValid}, time.Now(), "svc", &domain.RequestContext{SourceIP: "10.0.0.1"})
+	env.Seal("")
+	data, _ := env.Marshal()
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprint(n/1000, "k"), func(b *testing.B) {
+			for range b.N {
+				before := heapInUse()
+				nt := notary.NewFolding()
+				for i := range n {
+					notary.Fold(nt, domain.StreamUsage, uint64(i+1), data)
+				}
+				held := heapInUse() - before
+				runtime.KeepAlive(nt)
+				if why := nt.Broken(); why != "" {
+					b.Fatal(why)
+				}
+				b.ReportMetric(float64(held), "heap-B/notary")
+				b.ReportMetric(float64(held)/float64(n), "heap-B/event")
+			}
+		})
+	}
 }

@@ -1,14 +1,18 @@
 package notary
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"sort"
 	"strings"
@@ -18,6 +22,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/transparency-dev/merkle/compact"
 )
 
 // Streams are the streams the notary covers.
@@ -81,17 +86,26 @@ type Notary struct {
 	// a stream are stored in the order of their sizes.
 	cpMu sync.Mutex
 
+	// store keeps the tiles of the trees, the sequence of every event by
+	// its id, the KEYS chains and where each stream resumes (state.go).
+	store stateStore
+
 	mu     sync.RWMutex
-	trees  map[string]*Tree
-	folded map[string]uint64               // stream -> last sequence folded into its tree
-	seqs   map[string]map[uuid.UUID]uint64 // stream -> event id -> seq; about 40 bytes an event
+	trees  map[string]*CompactTree
+	ids    map[string][]byte // stream -> the incomplete segment of its event index (index.go)
+	scan   sync.Mutex        // serialises the lookups that read a whole index
+	folded map[string]uint64 // stream -> last sequence folded into its tree
+	read   map[string]uint64 // stream -> messages read since this start
+	gen    map[string]string // stream -> fold generation (state.go, chainKey)
 	latest map[string]domain.CheckpointPublished
 	signed map[string]uint64 // stream -> size of the last checkpoint published
 	// earlier holds the checkpoints stored before this start, by stream,
 	// in order of size: as the rebuilt tree reaches each size its root must
 	// match, or the log was rewritten while the notary was not looking.
 	earlier map[string][]domain.CheckpointPublished
-	chains  map[string]string // aggregate -> last hash (KEYS)
+	// chains holds the last hash of the KEYS aggregates seen since the
+	// last saved state; the others are in the store.
+	chains  map[string]string
 	broken  string
 	pending map[string]int
 }
@@ -108,28 +122,80 @@ func New(js jetstream.JetStream, pub Publisher, key ed25519.PrivateKey, cfg Conf
 		logger = slog.New(slog.DiscardHandler)
 	}
 	n := &Notary{js: js, pub: pub, key: key, cfg: cfg, log: logger.With("component", "notary"),
-		trees: map[string]*Tree{}, folded: map[string]uint64{}, seqs: map[string]map[uuid.UUID]uint64{},
+		trees: map[string]*CompactTree{}, ids: map[string][]byte{}, folded: map[string]uint64{}, read: map[string]uint64{}, gen: map[string]string{},
 		latest: map[string]domain.CheckpointPublished{}, signed: map[string]uint64{}, earlier: map[string][]domain.CheckpointPublished{},
 		chains: map[string]string{}, pending: map[string]int{}}
 	for _, s := range Streams {
-		n.trees[s] = NewTree()
-		n.seqs[s] = map[uuid.UUID]uint64{}
+		n.trees[s] = NewCompactTree(n.tileSink(s))
+		n.ids[s] = make([]byte, 0, SegmentSize*entrySize)
+		n.gen[s] = newGen()
 	}
 	return n
+}
+
+func newGen() string { return strings.ReplaceAll(uuid.Must(uuid.NewV7()).String(), "-", "") }
+
+// tileSink stores the complete tiles of a stream's tree, trying a few
+// times: a tile the store lost would leave proofs through it unanswered.
+func (n *Notary) tileSink(stream string) TileSink {
+	return func(level uint, index uint64, tile []byte) error {
+		return n.putRetrying(tileKey(stream, level, index), tile)
+	}
+}
+
+func (n *Notary) putRetrying(key string, value []byte) error {
+	var err error
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = n.store.Put(ctx, key, value)
+		cancel()
+		if err == nil {
+			return nil
+		}
+	}
+	return err
+}
+
+// tiles reads the stored tiles of a stream's tree.
+func tiles(store stateStore, stream string) TileSource {
+	return func(ctx context.Context, level uint, index uint64) ([]byte, error) {
+		return store.Get(ctx, tileKey(stream, level, index))
+	}
 }
 
 // PublicKey returns the key checkpoints verify with.
 func (n *Notary) PublicKey() ed25519.PublicKey { return n.key.Public().(ed25519.PublicKey) }
 
-// Run folds every stream from its first message and publishes checkpoints
-// until ctx ends.
+// Run folds every stream from where its last saved checkpoint left it (from
+// its first message when there is none) and publishes checkpoints until ctx
+// ends.
 func (n *Notary) Run(ctx context.Context) error {
+	kv, err := openKVState(ctx, n.js)
+	n.mu.Lock()
+	if err != nil {
+		n.log.Warn("notary state in memory: every start refolds the streams", "err", err)
+		n.store = &memState{m: map[string][]byte{}}
+	} else {
+		n.store = kv
+	}
+	n.mu.Unlock()
 	if err := n.loadCheckpoints(ctx); err != nil && ctx.Err() == nil {
 		// Without them the notary still signs new checkpoints; only the
-		// comparison with the ones signed before this start is lost.
+		// comparison with the ones signed before this start is lost (and
+		// the streams are refolded: a saved state is only trusted when a
+		// signed checkpoint vouches for its root).
 		n.log.Warn("read earlier checkpoints", "err", err)
 	}
 	var wg sync.WaitGroup
+	for _, s := range Streams {
+		c, err := n.resume(ctx, s)
+		if err != nil && ctx.Err() == nil {
+			n.log.Info("refolding stream from its start", "stream", s, "why", err)
+		}
+		if err == nil {
+			wg.Go(func() { n.recheck(ctx, s, c) })
+		}
+	}
 	for _, s := range Streams {
 		wg.Go(func() { n.follow(ctx, s) })
 	}
@@ -212,13 +278,27 @@ func (n *Notary) add(ctx context.Context, stream string, seq uint64, data []byte
 		n.markBroken(fmt.Sprintf("%s:%d", stream, want), fmt.Sprintf("%s sequence %d is missing (next stored is %d)", stream, want, seq))
 	}
 	n.folded[stream] = seq
-	t.Append(data)
+	n.read[stream]++
+	if err := t.Append(data); err != nil {
+		n.log.Error("notary tree", "stream", stream, "seq", seq, "err", err)
+	}
 	env, err := domain.UnmarshalEnvelope(data)
+	// Every leaf has its entry in the index, the nil id when the message
+	// is not an event.
+	n.ids[stream] = appendEntry(n.ids[stream], env.ID, seq)
+	if len(n.ids[stream]) == SegmentSize*entrySize {
+		if err := n.putRetrying(segmentKey(stream, (t.Size()-1)/SegmentSize), n.ids[stream]); err != nil {
+			n.log.Error("notary index", "stream", stream, "seq", seq, "err", err)
+		}
+		n.ids[stream] = n.ids[stream][:0]
+	}
 	switch {
 	case err != nil:
 		n.markBroken(fmt.Sprintf("%s:%d", stream, seq), fmt.Sprintf("%s sequence %d is not a valid event: %v", stream, seq, err))
 	default:
-		n.seqs[stream][env.ID] = seq
+		if stream == domain.StreamKeys {
+			n.loadChain(ctx, env)
+		}
 		if why := checkEvent(env, n.chains, stream); why != "" {
 			n.markBroken(env.ID.String(), why)
 		}
@@ -244,6 +324,26 @@ func (n *Notary) add(ctx context.Context, stream string, seq uint64, data []byte
 	n.mu.Unlock()
 	if due {
 		n.checkpoint(ctx, stream)
+	}
+}
+
+// loadChain brings the last hash of a KEYS event's aggregate into n.chains
+// from the store, unless it is there already.
+func (n *Notary) loadChain(ctx context.Context, env domain.Envelope) {
+	agg := env.Kind() + "/" + env.KeyID
+	if _, ok := n.chains[agg]; ok {
+		return
+	}
+	v, err := n.store.Get(ctx, chainKey(n.gen[domain.StreamKeys], agg))
+	if err != nil {
+		// The event's own prev_hash stands in: a store failure is not
+		// a broken chain.
+		n.log.Warn("notary chain", "aggregate", agg, "err", err)
+		n.chains[agg] = env.PrevHash
+		return
+	}
+	if v != nil {
+		n.chains[agg] = string(v)
 	}
 }
 
@@ -302,6 +402,7 @@ func (n *Notary) checkpoint(ctx context.Context, stream string) {
 	pub := n.PublicKey()
 	c := domain.CheckpointPublished{Stream: stream, Size: size, Root: hex.EncodeToString(t.Root()),
 		At: time.Now().UTC().Truncate(time.Millisecond), KeyID: KeyID(pub)}
+	snap := n.capture(stream)
 	n.mu.Unlock()
 	c.Sig = hex.EncodeToString(ed25519.Sign(n.key, c.SignedBytes()))
 	env, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), stream, c, c.At, "keyledger-notary", nil)
@@ -321,6 +422,227 @@ func (n *Notary) checkpoint(ctx context.Context, stream string) {
 		n.latest[stream] = c
 	}
 	n.mu.Unlock()
+	if err := n.save(ctx, stream, snap); err != nil {
+		// The next checkpoint saves again; a restart before it refolds
+		// from the state saved before.
+		n.log.Warn("save notary state", "stream", stream, "size", size, "err", err)
+	}
+}
+
+// snapshot is a stream's tree and chains when a checkpoint was taken.
+type snapshot struct {
+	state   savedState
+	partial [][]byte
+	ids     []byte
+}
+
+// capture takes the snapshot of a stream; n.mu is held.
+func (n *Notary) capture(stream string) snapshot {
+	size, hashes, partial := n.trees[stream].Snapshot()
+	st := savedState{Gen: n.gen[stream], Folded: n.folded[stream], Size: size}
+	for _, h := range hashes {
+		st.Hashes = append(st.Hashes, hex.EncodeToString(h))
+	}
+	if stream == domain.StreamKeys {
+		st.Chains = maps.Clone(n.chains)
+	}
+	return snapshot{state: st, partial: partial, ids: bytes.Clone(n.ids[stream])}
+}
+
+// save stores a snapshot: first what it relies on (the event sequences
+// and the incomplete tiles), then the state, then the chains in it, which
+// then leave memory.
+func (n *Notary) save(ctx context.Context, stream string, snap snapshot) error {
+	if err := n.store.Sync(ctx); err != nil {
+		return err
+	}
+	st := snap.state
+	for l, p := range snap.partial {
+		if len(p) == 0 {
+			continue
+		}
+		if err := n.store.Put(ctx, tileKey(stream, uint(l), (st.Size>>(uint(l)*TileHeight))/TileWidth), p); err != nil {
+			return err
+		}
+	}
+	if len(snap.ids) > 0 {
+		if err := n.store.Put(ctx, segmentKey(stream, st.Size/SegmentSize), snap.ids); err != nil {
+			return err
+		}
+	}
+	b, err := json.Marshal(st)
+	if err != nil {
+		return err
+	}
+	if err := n.store.Put(ctx, stateKey(stream), b); err != nil {
+		return err
+	}
+	if err := n.putChains(ctx, st.Gen, st.Chains); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	for agg, h := range st.Chains {
+		if n.chains[agg] == h {
+			delete(n.chains, agg)
+		}
+	}
+	n.mu.Unlock()
+	return nil
+}
+
+func (n *Notary) putChains(ctx context.Context, gen string, chains map[string]string) error {
+	for agg, h := range chains {
+		if err := n.store.PutAsync(ctx, chainKey(gen, agg), []byte(h)); err != nil {
+			return err
+		}
+	}
+	return n.store.Sync(ctx)
+}
+
+// resume restores a stream's tree from its saved state, which must be the
+// tree of a checkpoint signed by this notary's key (its root is compared)
+// and whose last event is still the one the stream holds at its sequence;
+// it returns that checkpoint, which recheck then compares the stored
+// events with. Otherwise the stream is folded from its start, in a new
+// generation.
+func (n *Notary) resume(ctx context.Context, stream string) (c domain.CheckpointPublished, err error) {
+	fail := func(e error) (domain.CheckpointPublished, error) { return domain.CheckpointPublished{}, e }
+	b, err := n.store.Get(ctx, stateKey(stream))
+	if err != nil || b == nil {
+		return fail(cmp.Or(err, errors.New("no saved state")))
+	}
+	var st savedState
+	if err := json.Unmarshal(b, &st); err != nil {
+		return fail(fmt.Errorf("saved state: %w", err))
+	}
+	hashes := make([][]byte, len(st.Hashes))
+	for i, h := range st.Hashes {
+		if hashes[i], err = hex.DecodeString(h); err != nil || len(hashes[i]) != 32 {
+			return fail(fmt.Errorf("saved state: hash %d is not a hash", i))
+		}
+	}
+	if st.Size == 0 || st.Folded < st.Size || st.Gen == "" {
+		return fail(fmt.Errorf("saved state of %d events at sequence %d", st.Size, st.Folded))
+	}
+	var partial [][]byte
+	for l := range tileLevels(st.Size) {
+		p, err := n.store.Get(ctx, tileKey(stream, uint(l), (st.Size>>(uint(l)*TileHeight))/TileWidth))
+		if err != nil {
+			return fail(err)
+		}
+		partial = append(partial, p)
+	}
+	t, err := RestoreCompactTree(st.Size, hashes, partial, n.tileSink(stream))
+	if err != nil {
+		return fail(fmt.Errorf("saved state: %w", err))
+	}
+	ids, err := n.store.Get(ctx, segmentKey(stream, st.Size/SegmentSize))
+	if err != nil {
+		return fail(err)
+	}
+	want := int(st.Size%SegmentSize) * entrySize
+	if len(ids) < want {
+		return fail(fmt.Errorf("saved state: the index segment of %d events holds %d bytes", st.Size, len(ids)))
+	}
+	ids = append(make([]byte, 0, SegmentSize*entrySize), ids[:want]...)
+	root := hex.EncodeToString(t.Root())
+	n.mu.RLock()
+	for _, e := range n.earlier[stream] {
+		if e.Size == st.Size && e.Root == root {
+			c = e
+		}
+	}
+	n.mu.RUnlock()
+	if c.Size == 0 {
+		return fail(fmt.Errorf("no checkpoint signed of the saved tree of %d events", st.Size))
+	}
+	// The saved tree's last leaf must still be the stream's message at
+	// the saved sequence: a stream replaced since (restored from a
+	// backup, say) is refolded and checked against every checkpoint.
+	js, err := n.js.Stream(ctx, stream)
+	if err != nil {
+		return fail(err)
+	}
+	// A ledger stream never deletes: a message the server lost or dropped
+	// (a damaged file it no longer trusts) shows as a gap, and then the
+	// stream is refolded so the gap is found and named.
+	if info, err := js.Info(ctx); err != nil {
+		return fail(err)
+	} else if s := info.State; s.NumDeleted > 0 || (s.Msgs > 0 && s.FirstSeq != 1) {
+		return fail(fmt.Errorf("the stream has lost messages since the saved state (%d deleted, first sequence %d)", s.NumDeleted, s.FirstSeq))
+	}
+	m, err := js.GetMsg(ctx, st.Folded)
+	if err != nil {
+		return fail(fmt.Errorf("sequence %d: %w", st.Folded, err))
+	}
+	leaf, err := t.Prover(tiles(n.store, stream)).nodeHash(ctx, compact.NewNodeID(0, st.Size-1))
+	if err != nil {
+		return fail(err)
+	}
+	if !bytes.Equal(leaf, LeafHash(m.Data)) {
+		return fail(fmt.Errorf("sequence %d is not the message the saved tree ends with", st.Folded))
+	}
+	if err := n.putChains(ctx, st.Gen, st.Chains); err != nil {
+		return fail(err)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.trees[stream], n.ids[stream], n.folded[stream], n.gen[stream] = t, ids, st.Folded, st.Gen
+	for len(n.earlier[stream]) > 0 && n.earlier[stream][0].Size <= st.Size {
+		n.earlier[stream] = n.earlier[stream][1:]
+	}
+	n.latest[stream] = c
+	n.log.Info("notary resumed", "stream", stream, "size", st.Size, "seq", st.Folded)
+	return c, nil
+}
+
+// recheck re-reads, in the background, the events a resumed stream's
+// checkpoint covers and compares them with it: every event's hash and
+// chain, no missing sequence, and the root of the first c.Size leaves. The
+// node is ready at once and keeps O(log n) memory (one compact range and
+// the chains), yet a log rewritten while the notary was stopped is still
+// found, fails readiness and raises the alert, as a refold would.
+func (n *Notary) recheck(ctx context.Context, stream string, c domain.CheckpointPublished) {
+	rf := &compact.RangeFactory{Hash: hasher.HashChildren}
+	r := rf.NewEmptyRange(0)
+	chains := map[string]string{}
+	expect := uint64(1)
+	broken := func(id, why string) {
+		n.mu.Lock()
+		n.markBroken(id, fmt.Sprintf("%s sequence %d: %s", stream, expect, why))
+		n.mu.Unlock()
+	}
+	err := ReadMessages(ctx, n.js, stream, 1, false, func(m Message) error {
+		if m.Seq != expect {
+			broken("", fmt.Sprintf("missing from the stream (next stored is %d)", m.Seq))
+			return errStop
+		}
+		env, err := domain.UnmarshalEnvelope(m.Data)
+		if err != nil {
+			broken("", "stored bytes are not a valid event: "+err.Error())
+			return errStop
+		}
+		if why := checkEvent(env, chains, stream); why != "" {
+			broken(env.ID.String(), why)
+			return errStop
+		}
+		_ = r.Append(LeafHash(m.Data), nil)
+		expect++
+		if r.End() == c.Size {
+			if root, _ := r.GetRootHash(nil); hex.EncodeToString(root) != c.Root {
+				broken(env.ID.String(), fmt.Sprintf("the first %d events do not match the checkpoint signed at %s", c.Size, c.At.Format(time.RFC3339Nano)))
+			}
+			return errStop
+		}
+		return nil
+	})
+	if err != nil && err != errStop && ctx.Err() == nil {
+		n.log.Warn("notary re-check", "stream", stream, "err", err)
+		return
+	}
+	if err == nil && r.End() < c.Size && ctx.Err() == nil {
+		broken("", fmt.Sprintf("the stream holds %d events but a checkpoint covers %d", r.End(), c.Size))
+	}
 }
 
 // Flush waits (at most 5 seconds) until every stream is folded up to the
@@ -375,28 +697,69 @@ func (n *Notary) ProofFor(eventID string) (Proof, error) {
 	if err != nil {
 		return Proof{}, domain.Errorf(domain.EINVALID, "invalid_event_id", "event_id %q is not an event id", eventID)
 	}
+	notFound := domain.Errorf(domain.ENOTFOUND, "event_not_found", "event %s is not in the log", eventID)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	n.mu.RLock()
-	defer n.mu.RUnlock()
-	for _, s := range Streams {
-		seq, ok := n.seqs[s][id]
-		if !ok {
-			continue
-		}
-		c, ok := n.latest[s]
-		if !ok || c.Size < seq {
-			return Proof{}, domain.Errorf(domain.ENOTFOUND, "not_yet_checkpointed", "event %s is not covered by a checkpoint yet", eventID)
-		}
-		hs, err := n.trees[s].InclusionProof(seq-1, c.Size)
-		if err != nil {
-			return Proof{}, err
-		}
-		p := Proof{Stream: s, Seq: seq, Index: seq - 1, EventID: eventID, Checkpoint: c}
-		for _, h := range hs {
-			p.Hashes = append(p.Hashes, hex.EncodeToString(h))
-		}
-		return p, nil
+	store := n.store
+	n.mu.RUnlock()
+	if store == nil {
+		return Proof{}, notFound
 	}
-	return Proof{}, domain.Errorf(domain.ENOTFOUND, "event_not_found", "event %s is not in the log", eventID)
+	s, seq, err := n.locate(ctx, store, id)
+	if err != nil {
+		return Proof{}, fmt.Errorf("proof of %s: %w", eventID, err)
+	}
+	if seq == 0 {
+		return Proof{}, notFound
+	}
+	n.mu.RLock()
+	t := n.trees[s]
+	c, ok := n.latest[s]
+	var pr Prover
+	if t != nil && ok && c.Size >= seq {
+		pr = t.Prover(tiles(store, s))
+	}
+	n.mu.RUnlock()
+	if t == nil {
+		return Proof{}, notFound
+	}
+	if !ok || c.Size < seq {
+		return Proof{}, domain.Errorf(domain.ENOTFOUND, "not_yet_checkpointed", "event %s is not covered by a checkpoint yet", eventID)
+	}
+	// The index is the notary's own, kept outside the log: the message at
+	// its sequence must be the event (a refolded, rewritten stream may
+	// have left an entry behind).
+	if st, err := n.js.Stream(ctx, s); err != nil {
+		return Proof{}, fmt.Errorf("proof of %s: %w", eventID, err)
+	} else if m, err := st.GetMsg(ctx, seq); err != nil {
+		return Proof{}, fmt.Errorf("proof of %s: %w", eventID, err)
+	} else if env, err := domain.UnmarshalEnvelope(m.Data); err != nil || env.ID != id {
+		return Proof{}, notFound
+	}
+	hs, err := pr.InclusionProof(ctx, seq-1, c.Size)
+	if err != nil {
+		return Proof{}, fmt.Errorf("proof of %s: %w", eventID, err)
+	}
+	p := Proof{Stream: s, Seq: seq, Index: seq - 1, EventID: eventID, Checkpoint: c}
+	for _, h := range hs {
+		p.Hashes = append(p.Hashes, hex.EncodeToString(h))
+	}
+	return p, nil
+}
+
+// locate finds the stream and sequence of an event, or returns a 0 seq.
+func (n *Notary) locate(ctx context.Context, store stateStore, id uuid.UUID) (string, uint64, error) {
+	for _, s := range Streams {
+		n.mu.RLock()
+		complete, partial := n.trees[s].Size()/SegmentSize, bytes.Clone(n.ids[s])
+		n.mu.RUnlock()
+		seq, err := locate(ctx, store, s, complete, partial, id, &n.scan)
+		if err != nil || seq != 0 {
+			return s, seq, err
+		}
+	}
+	return "", 0, nil
 }
 
 // Latest returns the latest checkpoint of every stream that has one.

@@ -16,8 +16,9 @@ import (
 
 var hasher = rfc6962.New(crypto.SHA256)
 
-// Tree is the Merkle tree of one stream. It keeps every leaf hash (32 bytes
-// per event) so that it can answer proofs for any size. Hashes are kept as
+// Tree is the Merkle tree of one stream held whole in memory, as audit
+// verify recomputes it (the notary keeps a CompactTree). It keeps every leaf
+// hash (32 bytes per event) so that it can answer proofs for any size. Hashes are kept as
 // arrays, not slices: a million leaves are then one pointer-free block that
 // the garbage collector never scans, at 32 bytes each instead of 56.
 type Tree struct {

@@ -1,0 +1,5 @@
+package console_test
+
+import "fmt"
+
+var sprintf = fmt.Sprintf

@@ -1,0 +1,348 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/domain"
+)
+
+// BenchmarkVerifyServe is `make bench-verify`: the real binary, with
+// everything on (its managed ClickHouse and audit sink, the alert engine,
+// the notary), against a bare net/http handler that decodes the same JSON
+// request and encodes a response of the same shape, each in a process of
+// its own, driven by one load generator with the same connection count in
+// the same run. It reports requests/s, p50 and p99 latency, the CPU each
+// verification costs summed over keyledger and ClickHouse, and the ratio
+// of each leg to the bare handler.
+//
+//	go test -run '^$' -bench BenchmarkVerifyServe -benchtime 20000x ./cmd/keyledger/
+func BenchmarkVerifyServe(b *testing.B) {
+	outer := b
+	conc := 32
+	if v, err := strconv.Atoi(os.Getenv("KEYLEDGER_BENCH_CONNS")); err == nil && v > 0 {
+		conc = v
+	}
+	var bare float64
+	// The benchmark framework calls each leg more than once (b.N = 1
+	// first); each leg's processes start once and serve every call.
+	var bareAddr string
+	var barePids []int
+	b.Run("bare", func(b *testing.B) {
+		if bareAddr == "" {
+			bareAddr, barePids = startBare(outer)
+		}
+		addr, pids := bareAddr, barePids
+		body, _ := json.Marshal(map[string]string{"token": domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{1}), "permission": "api.verify", "ip": "10.0.0.1"})
+		bare = verifyLoad(b, "http://"+addr+"/v1/verify", "x", body, conc, pids).rps
+	})
+	servers := map[string]*e2eServer{}
+	verifiers := map[string]string{}
+	for _, leg := range []struct {
+		name string
+		args []string
+	}{
+		{"durable", nil},
+		{"async", []string{"--async-usage"}},
+	} {
+		b.Run(leg.name, func(b *testing.B) {
+			args := leg.args
+			// KEYLEDGER_BENCH_PROFILE=dir writes a 5 s CPU profile of each
+			// leg, taken while the load runs, to dir/<leg>.pprof.
+			prof := os.Getenv("KEYLEDGER_BENCH_PROFILE")
+			if prof != "" {
+				args = append(args, "--pprof", "127.0.0.1:6061")
+			}
+			srv := servers[leg.name]
+			if srv == nil {
+				var root string
+				srv, root = startBenchServer(outer, args...)
+				servers[leg.name], verifiers[leg.name] = srv, benchPrincipal(outer, srv.url, root)
+			}
+			if prof != "" && b.N > 1 {
+				done := make(chan struct{})
+				defer func() { <-done }()
+				go func() {
+					defer close(done)
+					time.Sleep(time.Second)
+					res, err := http.Get("http://127.0.0.1:6061/debug/pprof/profile?seconds=5")
+					if err != nil {
+						b.Logf("profile: %v", err)
+						return
+					}
+					defer res.Body.Close()
+					f, err := os.Create(filepath.Join(prof, leg.name+".pprof"))
+					if err == nil {
+						_, _ = io.Copy(f, res.Body)
+						f.Close()
+					}
+				}()
+			}
+			verifier := verifiers[leg.name]
+			body, _ := json.Marshal(map[string]string{"token": verifier, "permission": "api.verify", "ip": "10.0.0.1"})
+			r := verifyLoad(b, srv.url+"/v1/verify", verifier, body, conc, processTree(srv.cmd.Process.Pid))
+			if bare > 0 {
+				b.ReportMetric(r.rps/bare, "x-bare")
+			}
+		})
+	}
+}
+
+// TestBareVerifyHandler is not a test: run by BenchmarkVerifyServe with
+// KEYLEDGER_BENCH_BARE set, it is the bare handler's process.
+func TestBareVerifyHandler(t *testing.T) {
+	if os.Getenv("KEYLEDGER_BENCH_BARE") == "" {
+		return
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("bare listening %s\n", ln.Addr())
+	type request struct {
+		Token      string `json:"token"`
+		Permission string `json:"permission"`
+		IP         string `json:"ip"`
+	}
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var req request
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{
+			"valid": true, "code": "VALID", "key_id": "01a21a52-3c6c-751b-9f8c-81c09ab34616", "owner": "01a21a52-3c6c-751b-9f8c-81c09ab34617",
+			"permissions": []string{req.Permission}, "expires_at": time.Now(), "event_id": uuid.New().String(),
+		})
+	})
+	_ = http.Serve(ln, h)
+}
+
+func startBare(b testing.TB) (string, []int) {
+	cmd := exec.Command(os.Args[0], "-test.run=^TestBareVerifyHandler$")
+	cmd.Env = append(os.Environ(), "KEYLEDGER_BENCH_BARE=1")
+	out := &lockedBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	var addr string
+	checkFor(b, 20*time.Second, 10*time.Millisecond, func() error {
+		for _, line := range strings.Split(out.String(), "\n") {
+			if a, ok := strings.CutPrefix(line, "bare listening "); ok {
+				addr = a
+				return nil
+			}
+		}
+		return errors.New("bare handler not listening yet")
+	})
+	return addr, []int{cmd.Process.Pid}
+}
+
+// startBenchServer starts the built binary on a fresh data dir with a
+// fixed root token.
+func startBenchServer(b testing.TB, args ...string) (*e2eServer, string) {
+	root := domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{4, 2})
+	dir := b.TempDir()
+	s := &e2eServer{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	s.cmd = exec.Command(e2eServerBin, append([]string{"serve", "--http-addr", "127.0.0.1:0", "--data-dir", dir}, args...)...)
+	s.cmd.Env = e2eEnv("KEYLEDGER_ROOT_TOKEN=" + root)
+	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
+	if err := s.cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	go func() { s.waitErr = s.cmd.Wait(); close(s.exited) }()
+	b.Cleanup(func() {
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(30 * time.Second):
+			_ = s.cmd.Process.Kill()
+			<-s.exited
+		}
+	})
+	checkFor(b, 90*time.Second, 20*time.Millisecond, func() error {
+		select {
+		case <-s.exited:
+			b.Fatalf("keyledger serve exited (%v):\n%s", s.waitErr, s.stderr.String())
+		default:
+		}
+		addr := servingAddr(s.stderr.String())
+		if addr == "" {
+			return errors.New(`no "keyledger serving" log line yet`)
+		}
+		res, err := http.Get("http://" + addr + "/readyz")
+		if err != nil {
+			return err
+		}
+		res.Body.Close()
+		if res.StatusCode != 200 {
+			return fmt.Errorf("readyz %d", res.StatusCode)
+		}
+		s.url = "http://" + addr
+		return nil
+	})
+	return s, root
+}
+
+// benchPrincipal creates a verifying service and returns its token.
+func benchPrincipal(b testing.TB, url, root string) string {
+	body, _ := json.Marshal(map[string]any{"name": "bench verifier", "roles": []string{domain.RoleVerifier}})
+	req, _ := http.NewRequest("POST", url+"/v1/principals", bytes.NewReader(body))
+	req.Header.Set("Authorization", "Bearer "+root)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer res.Body.Close()
+	var out struct {
+		Credential struct {
+			Token string `json:"token"`
+		} `json:"credential"`
+	}
+	if err := json.NewDecoder(res.Body).Decode(&out); err != nil || out.Credential.Token == "" {
+		b.Fatalf("create verifier: %d %v", res.StatusCode, err)
+	}
+	return out.Credential.Token
+}
+
+type loadResult struct{ rps float64 }
+
+// verifyLoad sends b.N requests from conc keep-alive connections and
+// reports the figures; pids are the processes whose CPU the requests cost.
+func verifyLoad(b *testing.B, url, token string, body []byte, conc int, pids []int) loadResult {
+	tr := &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	send := func() (time.Duration, error) {
+		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Bearer "+token)
+		t0 := time.Now()
+		res, err := client.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		_, _ = io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("status %d", res.StatusCode)
+		}
+		return time.Since(t0), nil
+	}
+	// Warm up every connection.
+	for range conc * 4 {
+		if _, err := send(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	lat := make([]time.Duration, b.N)
+	var next, failed atomic.Int64
+	cpu0, own0 := cpuTicks(pids), cpuTicks(pids[:1])
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range conc {
+		wg.Go(func() {
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(b.N) {
+					return
+				}
+				d, err := send()
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				lat[i] = d
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	cpu, own := cpuTicks(pids)-cpu0, cpuTicks(pids[:1])-own0
+	if n := failed.Load(); n > 0 {
+		b.Fatalf("%d of %d requests failed", n, b.N)
+	}
+	slices.Sort(lat)
+	rps := float64(b.N) / elapsed.Seconds()
+	b.ReportMetric(rps, "req/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	// Clock ticks are 1/100 s on Linux.
+	b.ReportMetric(float64(cpu)*10_000/float64(b.N), "cpu-µs/op")
+	if len(pids) > 1 {
+		// The serving process alone; the rest is its ClickHouse.
+		b.ReportMetric(float64(own)*10_000/float64(b.N), "node-cpu-µs/op")
+	}
+	return loadResult{rps: rps}
+}
+
+// processTree returns pid and its descendants (keyledger's managed
+// clickhouse-server).
+func processTree(pid int) []int {
+	out := []int{pid}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if ppid, _ := statField(child, 4); ppid == pid {
+			out = append(out, processTree(child)...)
+		}
+	}
+	return out
+}
+
+// cpuTicks sums user and system time of pids, in clock ticks.
+func cpuTicks(pids []int) int {
+	n := 0
+	for _, p := range pids {
+		u, _ := statField(p, 14)
+		s, _ := statField(p, 15)
+		n += u + s
+	}
+	return n
+}
+
+// statField returns field i (1-based, as in proc(5)) of /proc/pid/stat.
+func statField(pid, i int) (int, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; it ends at the last ')'.
+	s := string(b)
+	j := strings.LastIndexByte(s, ')')
+	if j < 0 {
+		return 0, errors.New("bad stat")
+	}
+	fields := strings.Fields(s[j+1:])
+	k := i - 3
+	if k < 0 || k >= len(fields) {
+		return 0, errors.New("no such field")
+	}
+	return strconv.Atoi(fields[k])
+}

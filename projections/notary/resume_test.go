@@ -1,0 +1,136 @@
+package notary_test
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/projections/notary"
+)
+
+// TestRestartedNotaryResumesFromItsCheckpoint restarts the notary on a log
+// whose every event is covered by its last checkpoint: it reads none of
+// them again, answers proofs for the first events from the stored tiles
+// and index, and goes on checking the chains of the keys it saw before.
+func TestRestartedNotaryResumesFromItsCheckpoint(t *testing.T) {
+	l := newLedger(t)
+	ctx := context.Background()
+	// Enough usage events for complete tiles and index segments.
+	usage := eventstore.NewUsagePublisher(l.store, eventstore.UsageConfig{})
+	for i := range 3*notary.SegmentSize + 100 {
+		env, _ := domain.NewEnvelope(uuid.Must(uuid.NewV7()), uuid.NewString(), domain.KeyUsed{Code: domain.OutcomeValid}, time.Now(), "svc",
+			&domain.RequestContext{SourceIP: fmt.Sprintf("10.1.%d.%d", i/250, i%250)})
+		env.Seal("")
+		if err := usage.Publish(ctx, env); err != nil {
+			t.Fatal(err)
+		}
+		l.usage = append(l.usage, env.ID.String())
+	}
+	if err := usage.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	l.notary.Flush(ctx)
+	l.stopNotary()
+	pub := l.key.Public().(ed25519.PublicKey)
+	for _, c := range l.notary.Latest() {
+		want := uint64(len(l.keyEvents))
+		if c.Stream == domain.StreamUsage {
+			want = uint64(len(l.usage))
+		}
+		if c.Size != want {
+			t.Fatalf("%s last checkpointed at %d of %d events", c.Stream, c.Size, want)
+		}
+	}
+	n := notary.New(l.store.JetStream(), l.store, l.key, notary.Config{Every: 5, Interval: time.Hour}, nil)
+	nctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = n.Run(nctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	proven := func(id string) notary.Proof {
+		t.Helper()
+		var p notary.Proof
+		checkFor(t, func() (err error) { p, err = n.ProofFor(id); return err })
+		st, _ := l.store.JetStream().Stream(ctx, p.Stream)
+		m, err := st.GetMsg(ctx, p.Seq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := notary.CheckProof(p, m.Data, pub); err != nil {
+			t.Fatalf("proof of %s: %v", id, err)
+		}
+		return p
+	}
+	if p := proven(l.keyEvents[0]); p.Seq != 1 || p.Checkpoint.Size != uint64(len(l.keyEvents)) {
+		t.Fatalf("proof of the first event: seq %d against a checkpoint of %d", p.Seq, p.Checkpoint.Size)
+	}
+	for _, i := range []int{0, 11, 12, notary.SegmentSize, 2*notary.SegmentSize + 17, len(l.usage) - 1} {
+		if p := proven(l.usage[i]); p.Seq != uint64(i+1) || p.Checkpoint.Size != uint64(len(l.usage)) {
+			t.Fatalf("proof of usage event %d: seq %d against a checkpoint of %d", i, p.Seq, p.Checkpoint.Size)
+		}
+	}
+	for _, s := range notary.Streams {
+		if got := notary.Read(n, s); got != 0 {
+			t.Fatalf("the restarted notary read %d messages of %s again", got, s)
+		}
+	}
+	if _, err := n.ProofFor(uuid.NewString()); err == nil || !strings.Contains(err.Error(), "not in the log") {
+		t.Fatalf("proof of an unknown event: %v", err)
+	}
+
+	// A key created before the restart: its next event extends the chain
+	// the notary stored, and an event that does not is caught.
+	var k domain.Key
+	_ = notary.ReadStream(ctx, l.store.JetStream(), domain.StreamKeys, 1, false, func(seq uint64, data []byte) error {
+		env, _ := domain.UnmarshalEnvelope(data)
+		if seq == 1 {
+			k.ID = env.KeyID
+		}
+		if env.KeyID == k.ID {
+			env.Seq = seq
+			k = domain.Evolve(k, env)
+		}
+		return nil
+	})
+	extend := func(prev string) domain.Envelope {
+		env, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), k.ID, domain.KeyUpdated{Comments: ptr("after the restart")}, time.Now(), "t", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.PrevHash = prev
+		env.Seal(prev)
+		seq, err := l.store.Append(ctx, k.Version, []domain.Envelope{env})
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.Seq = seq
+		k = domain.Evolve(k, env)
+		return env
+	}
+	good := extend(k.LastHash)
+	checkFor(t, func() error {
+		if got := notary.Read(n, domain.StreamKeys); got != 1 {
+			return fmt.Errorf("read %d new KEYS messages", got)
+		}
+		return nil
+	})
+	if why := n.Broken(); why != "" {
+		t.Fatalf("an event extending a chain from before the restart: %s", why)
+	}
+	bad := extend("not the previous hash")
+	checkFor(t, func() error {
+		if why := n.Broken(); !strings.Contains(why, bad.ID.String()) || !strings.Contains(why, "prev_hash") {
+			return fmt.Errorf("Broken() = %q", why)
+		}
+		return nil
+	})
+	n.Flush(ctx)
+	proven(good.ID.String())
+	proven(l.keyEvents[1])
+}
