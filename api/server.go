@@ -248,6 +248,7 @@ var statusFor = map[string]int{
 	domain.EFORBIDDEN:    http.StatusForbidden,
 	domain.ELIMIT:        http.StatusConflict,
 	domain.EINTERNAL:     http.StatusInternalServerError,
+	domain.EUNAVAILABLE:  http.StatusServiceUnavailable,
 }
 
 // Problem is an RFC 9457 problem document with keyledger's stable code.
@@ -415,6 +416,7 @@ type metrics struct {
 	requests      *prometheus.CounterVec
 	latency       *prometheus.HistogramVec
 	verifications *prometheus.CounterVec
+	verifyLatency *prometheus.HistogramVec
 }
 
 func newMetrics(reg *prometheus.Registry) *metrics {
@@ -429,7 +431,11 @@ func newMetrics(reg *prometheus.Registry) *metrics {
 		verifications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "keyledger_verifications_total", Help: "Verifications by outcome code.",
 		}, []string{"code"}),
+		verifyLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "keyledger_verification_duration_seconds", Help: "POST /v1/verify from the request to the answer, its event stored, by outcome code.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1, 2.5, 5},
+		}, []string{"code"}),
 	}
-	reg.MustRegister(m.requests, m.latency, m.verifications)
+	reg.MustRegister(m.requests, m.latency, m.verifications, m.verifyLatency)
 	return m
 }

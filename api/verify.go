@@ -33,6 +33,7 @@ type VerifyResponse struct {
 // verification happens (a bad request), the caller's authentication is
 // recorded on its own instead.
 func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	c, pending, err := s.authenticate(r, domain.PermVerify, false)
 	if err != nil {
 		s.problem(w, r, err)
@@ -76,6 +77,7 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.metrics.verifications.WithLabelValues(res.Code).Inc()
+	s.metrics.verifyLatency.WithLabelValues(res.Code).Observe(time.Since(start).Seconds())
 	out := VerifyResponse{Valid: res.Valid(), Code: res.Code, EventID: res.EventID.String()}
 	// Who owns a key is told only to a caller that proved its secret.
 	if res.Found && res.Code != domain.OutcomeInvalidSecret {

@@ -17,6 +17,10 @@ const (
 	EUNAUTHORIZED = "unauthorized"
 	EFORBIDDEN    = "forbidden"
 	ELIMIT        = "limit_exceeded"
+	// EUNAVAILABLE: a dependency cannot take the request now (the event
+	// store has no quorum, no space or no connection); retrying later may
+	// succeed, and nothing was changed that a retry would repeat.
+	EUNAVAILABLE = "unavailable"
 )
 
 // Error is keyledger's one error type. Code is the class (one of the E*

@@ -12,6 +12,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // maxAppendAttempts bounds the retries of one Append after lost acks or
@@ -108,13 +109,39 @@ func (s *Store) AppendAll(ctx context.Context, writes []domain.Write) (uint64, e
 			return 0, conflict(writes)
 		}
 		if errors.Is(err, ErrClosed) || !transient(err) || attempt >= maxAppendAttempts {
-			return 0, fmt.Errorf("append %s: %w", subject, err)
+			return 0, s.appendFailed(subject, err)
 		}
 		s.log.Debug("append retry", "subject", subject, "attempt", attempt, "err", err)
 		if err := sleepCtx(ctx, backoff(attempt)); err != nil {
 			return 0, fmt.Errorf("append %s: %w", subject, err)
 		}
 	}
+}
+
+// appendFailed is the error of an append that could not be stored. When
+// the store cannot take writes now (no connection or quorum, the stream out
+// of space or failing to write, the store closed) it is EUNAVAILABLE, which
+// callers answer with 503: the atomic append left nothing half-written,
+// and a retry once the store recovers is safe.
+func (s *Store) appendFailed(subject string, err error) error {
+	if !unavailable(err) {
+		return fmt.Errorf("append %s: %w", subject, err)
+	}
+	s.log.Warn("append refused: the event store cannot take writes", "subject", subject, "err", err)
+	return domain.Errorf(domain.EUNAVAILABLE, "store_unavailable", "the event store cannot take writes now; retry later")
+}
+
+// unavailable reports whether err means the store cannot take writes now.
+func unavailable(err error) bool {
+	if transient(err) || errors.Is(err, ErrClosed) || errors.Is(err, nats.ErrConnectionClosed) ||
+		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, jetstream.ErrNoStreamResponse) {
+		return true
+	}
+	switch apiCode(err) {
+	case codeInsufficientResources, codeStorageResourcesExceeded, codeStreamStoreFailed:
+		return true
+	}
+	return false
 }
 
 // appendEach stores a multi-event append on a server without atomic

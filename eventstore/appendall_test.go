@@ -56,3 +56,16 @@ func TestAppendAllIsAtomic(t *testing.T) {
 		t.Fatalf("two writes of one aggregate: err = %v, want bad_event", err)
 	}
 }
+
+// TestAppendWhenTheStoreCannotWrite: an append the store cannot take is
+// EUNAVAILABLE (answered 503), not an internal error, and stores nothing.
+func TestAppendWhenTheStoreCannotWrite(t *testing.T) {
+	s := MustOpenStore(t, func(c *eventstore.Config) { c.NoSync = true })
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Append(testCtx(t), 0, []domain.Envelope{created(t, newKeyID())})
+	if got := domain.ErrorCode(err); got != domain.EUNAVAILABLE {
+		t.Fatalf("append on a closed store: %v (class %s), want %s", err, got, domain.EUNAVAILABLE)
+	}
+}

@@ -33,13 +33,18 @@ const (
 // JetStream error codes this package reacts to (nats-server's
 // jetstream_errors_generated.go).
 const (
-	codeNoMessageFound        jetstream.ErrorCode = 10037
-	codeWrongLastSeq          jetstream.ErrorCode = 10071
-	codeDuplicateInProcess    jetstream.ErrorCode = 10158
-	codeWrongLastSeqConstant  jetstream.ErrorCode = 10164
-	codeBatchIncomplete       jetstream.ErrorCode = 10176
-	codeBatchDuplicateMessage jetstream.ErrorCode = 10201
-	codeBatchTooManyInflight  jetstream.ErrorCode = 10210
+	codeNoMessageFound       jetstream.ErrorCode = 10037
+	codeWrongLastSeq         jetstream.ErrorCode = 10071
+	codeDuplicateInProcess   jetstream.ErrorCode = 10158
+	codeWrongLastSeqConstant jetstream.ErrorCode = 10164
+	codeBatchIncomplete      jetstream.ErrorCode = 10176
+	// The stream cannot store: out of resources or space, or its store
+	// failed (a full disk).
+	codeInsufficientResources    jetstream.ErrorCode = 10023
+	codeStorageResourcesExceeded jetstream.ErrorCode = 10047
+	codeStreamStoreFailed        jetstream.ErrorCode = 10077
+	codeBatchDuplicateMessage    jetstream.ErrorCode = 10201
+	codeBatchTooManyInflight     jetstream.ErrorCode = 10210
 )
 
 // maxAtomicBatch is nats-server's default cap on the messages of one atomic

@@ -503,7 +503,7 @@ var operatorMetrics = []string{
 // count.
 var servedMetrics = []string{
 	"keyledger_http_requests_total", "keyledger_http_request_duration_seconds", "keyledger_verifications_total",
-	"keyledger_usage_publish_duration_seconds", "keyledger_usage_events_published_total",
+	"keyledger_verification_duration_seconds", "keyledger_usage_publish_duration_seconds", "keyledger_usage_events_published_total",
 }
 
 // checkMoved fails unless each family's sum grew from before to after.
@@ -735,8 +735,8 @@ func TestChaosManagedClickHouse(t *testing.T) {
 		}
 	}
 	checkMoved(t, before, after, "keyledger_http_requests_total", "keyledger_http_request_duration_seconds",
-		"keyledger_verifications_total", "keyledger_usage_publish_duration_seconds", "keyledger_usage_events_published_total",
-		"keyledger_events_appended_total", "keyledger_audit_sink_events_total", "keyledger_audit_sink_inserts_total",
+		"keyledger_verifications_total", "keyledger_verification_duration_seconds", "keyledger_usage_publish_duration_seconds",
+		"keyledger_usage_events_published_total", "keyledger_events_appended_total", "keyledger_audit_sink_events_total", "keyledger_audit_sink_inserts_total",
 		"keyledger_audit_sink_insert_errors_total", "keyledger_clickhouse_restarts_total", "keyledger_keystate_applied_seq",
 		"process_cpu_seconds_total")
 	if up, _ := sum(after, "keyledger_clickhouse_up"); up != 1 {
