@@ -128,7 +128,9 @@ func (s *Store) appendFailed(subject string, err error) error {
 		return fmt.Errorf("append %s: %w", subject, err)
 	}
 	s.log.Warn("append refused: the event store cannot take writes", "subject", subject, "err", err)
-	return domain.Errorf(domain.EUNAVAILABLE, "store_unavailable", "the event store cannot take writes now; retry later")
+	// Both: the class callers answer with, and the cause for errors.Is.
+	return fmt.Errorf("append %s: %w: %w", subject,
+		domain.Errorf(domain.EUNAVAILABLE, "store_unavailable", "the event store cannot take writes now; retry later"), err)
 }
 
 // unavailable reports whether err means the store cannot take writes now.
