@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -41,6 +42,7 @@ type committer struct {
 	batcher
 	log      *slog.Logger
 	maxBatch int
+	onCommit func(events int, took time.Duration) // optional
 
 	in      chan *commitReq
 	stop    chan struct{}
@@ -214,6 +216,10 @@ func (c *committer) commit(round []*commitReq) {
 	var msgs []*nats.Msg
 	for _, r := range round {
 		msgs = append(msgs, r.msgs...)
+	}
+	if c.onCommit != nil {
+		start := time.Now()
+		defer func() { c.onCommit(len(msgs), time.Since(start)) }()
 	}
 	if len(round) == 1 || !c.useBatch || len(msgs) < c.minBatch {
 		c.commitEach(ctx, round)

@@ -26,6 +26,9 @@ type UsageConfig struct {
 	// MaxBatch caps the events of one group commit; 500 when zero, at most
 	// 1000 (nats-server's atomic batch limit).
 	MaxBatch int
+	// OnCommit, when set, hears of every group commit of the durable
+	// publisher: how many events it stored and how long it took.
+	OnCommit func(events int, took time.Duration)
 }
 
 // UsageStats counts a UsagePublisher's work.
@@ -75,6 +78,7 @@ func NewUsagePublisher(s *Store, cfg UsageConfig) *UsagePublisher {
 	p := &UsagePublisher{cfg: cfg, log: s.log.With("publisher", "usage"), signer: s.signer}
 	if !cfg.Async {
 		p.c = newCommitter(s.batchPolicy(), p.log, cfg.MaxBatch)
+		p.c.onCommit = cfg.OnCommit
 		p.b = &p.c.batcher
 		return p
 	}

@@ -497,6 +497,8 @@ var operatorMetrics = []string{
 	"keyledger_audit_sink_lag", "keyledger_audit_sink_ack_pending", "keyledger_audit_sink_seq", "keyledger_stream_last_seq",
 	"keyledger_clickhouse_up", "keyledger_clickhouse_restarts_total", "keyledger_usage_buffer_depth",
 	"keyledger_keystate_applied_seq", "keyledger_keys",
+	"keyledger_usage_group_commit_events", "keyledger_usage_group_commit_duration_seconds",
+	"keyledger_alerts_raised_total", "keyledger_alerts_suppressed_total", "keyledger_alerts_pending",
 }
 
 // servedMetrics are the families that appear with the first request they
@@ -736,7 +738,8 @@ func TestChaosManagedClickHouse(t *testing.T) {
 	}
 	checkMoved(t, before, after, "keyledger_http_requests_total", "keyledger_http_request_duration_seconds",
 		"keyledger_verifications_total", "keyledger_verification_duration_seconds", "keyledger_usage_publish_duration_seconds",
-		"keyledger_usage_events_published_total", "keyledger_events_appended_total", "keyledger_audit_sink_events_total", "keyledger_audit_sink_inserts_total",
+		"keyledger_usage_events_published_total", "keyledger_events_appended_total",
+		"keyledger_usage_group_commit_events", "keyledger_usage_group_commit_duration_seconds", "keyledger_audit_sink_events_total", "keyledger_audit_sink_inserts_total",
 		"keyledger_audit_sink_insert_errors_total", "keyledger_clickhouse_restarts_total", "keyledger_keystate_applied_seq",
 		"process_cpu_seconds_total")
 	if up, _ := sum(after, "keyledger_clickhouse_up"); up != 1 {

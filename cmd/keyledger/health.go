@@ -216,7 +216,45 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	wg.Wait()
 }
 
+// groupCommits measures the durable usage publisher's group commits: how
+// many events share one write, and how long it takes.
+type groupCommits struct {
+	once   sync.Once
+	events prometheus.Histogram
+	took   prometheus.Histogram
+}
+
+func (g *groupCommits) init() {
+	g.once.Do(func() {
+		g.events = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "keyledger_usage_group_commit_events", Help: "Usage events stored by one group commit.",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 11),
+		})
+		g.took = prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "keyledger_usage_group_commit_duration_seconds", Help: "Time one usage group commit took to store.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		})
+	})
+}
+
+func (g *groupCommits) observe(events int, took time.Duration) {
+	g.init()
+	g.events.Observe(float64(events))
+	g.took.Observe(took.Seconds())
+}
+
 func (m *Main) registerMetrics(reg *prometheus.Registry) {
+	m.commits.init()
+	reg.MustRegister(m.commits.events, m.commits.took)
+	if e := m.forged.engine; e != nil {
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_alerts_raised_total", Help: "Alerts the rule engine stored on ALERTS."},
+				func() float64 { n, _ := e.Counts(); return float64(n) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_alerts_suppressed_total", Help: "Alerts an incident's suppression window kept quiet."},
+				func() float64 { _, n := e.Counts(); return float64(n) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_alerts_pending", Help: "Alerts waiting for ALERTS to store them."},
+				func() float64 { return float64(e.Pending()) }))
+	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

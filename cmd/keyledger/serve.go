@@ -44,6 +44,7 @@ type Main struct {
 	notary   *notary.Notary
 	hooks    *alerts.Webhooks
 	forged   forgedAlerts
+	commits  groupCommits
 	// usageFrom is where the node's one USAGE subscription starts.
 	usageFrom uint64
 	ln        net.Listener
@@ -98,7 +99,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	m.stack.add(layerKeyState, "key-state projection", keys.Run)
 
-	m.usage = eventstore.NewUsagePublisher(m.store, eventstore.UsageConfig{Async: m.AsyncUsage, BufferSize: m.UsageBuffer})
+	m.usage = eventstore.NewUsagePublisher(m.store, eventstore.UsageConfig{Async: m.AsyncUsage, BufferSize: m.UsageBuffer, OnCommit: m.commits.observe})
 	m.stack.add(layerUsage, "usage publisher", flushUsage(m.usage))
 
 	if err := m.startLastUsed(ctx); err != nil {

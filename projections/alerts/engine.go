@@ -73,8 +73,11 @@ type Engine struct {
 	incident map[string]raised   // stored alerts, by incident: what suppression counts
 	inflight map[string]*pending // the latest queued alert of each incident
 	queue    []*pending          // alerts not yet stored, oldest first
-	pubFails int                 // failed attempts to store the queue's head in a row
-	retryAt  time.Time           // no attempt to store before this (zero: none failed)
+	// raisedN and suppressedN count alerts stored on ALERTS and alerts an
+	// incident's suppression window kept quiet; for metrics.
+	raisedN, suppressedN uint64
+	pubFails             int       // failed attempts to store the queue's head in a row
+	retryAt              time.Time // no attempt to store before this (zero: none failed)
 	// histFails counts failed history queries in a row; the history rules
 	// leave the history alone until histRetry, so that a ClickHouse that
 	// times out costs one event a timeout per back-off, not every event.
@@ -754,7 +757,11 @@ func (e *Engine) last(incident string) (raised, bool) {
 // incident was large, on every event.
 func (e *Engine) quiet(incident, severity string, at time.Time, supp time.Duration) bool {
 	prev, ok := e.last(incident)
-	return ok && at.Sub(prev.at) < supp && domain.SeverityRank(severity) <= domain.SeverityRank(prev.severity)
+	q := ok && at.Sub(prev.at) < supp && domain.SeverityRank(severity) <= domain.SeverityRank(prev.severity)
+	if q {
+		e.suppressedN++
+	}
+	return q
 }
 
 // alertID is derived from the incident and its first evidence (or the
@@ -825,6 +832,7 @@ func (e *Engine) drain(ctx context.Context) error {
 		}
 		e.queue[0] = nil
 		e.queue = e.queue[1:]
+		e.raisedN++
 		e.pubFails, e.retryAt = 0, time.Time{}
 		e.incident[p.Incident] = raised{at: p.at, severity: p.Severity}
 		if e.inflight[p.Incident] == p {
@@ -874,6 +882,14 @@ func (e *Engine) sleep(ctx context.Context, d time.Duration) bool {
 	case <-due:
 		return true
 	}
+}
+
+// Counts returns how many alerts the engine stored on ALERTS and how many
+// their incident's suppression window kept quiet, since it started.
+func (e *Engine) Counts() (raised, suppressed uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.raisedN, e.suppressedN
 }
 
 // Pending returns how many alerts wait to be stored on ALERTS; for

@@ -120,6 +120,13 @@ func TestRefusedAlertIsStoredOnceALERTSAcceptsIt(t *testing.T) {
 		keys: []string{dead}, ips: []string{"203.0.113.91"}, evidence: []string{deadID}, count: 1,
 		at: at(8 * time.Minute), from: at(8 * time.Minute), to: at(8 * time.Minute),
 	})
+	// The metrics' counts: every alert ALERTS holds was counted raised
+	// once, and the denials that came while the brute force was queued or
+	// stored were kept quiet.
+	raised, suppressed := r.engine.Counts()
+	if n := uint64(len(r.tail.snapshot())); raised != n || suppressed == 0 {
+		t.Fatalf("counts: %d raised, %d suppressed; want %d raised (ALERTS holds them) and some suppressed", raised, suppressed, n)
+	}
 }
 
 // stallProxy forwards TCP connections to a server; while stalled, it
