@@ -56,5 +56,6 @@ fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime 30s ./domain
 	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshalEnvelope$$' -fuzztime 30s ./domain
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAllowedIPs$$' -fuzztime 30s ./domain
+	$(GO) test -run '^$$' -fuzz '^FuzzParseWriters$$' -fuzztime 30s ./domain
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLogQuery$$' -fuzztime 30s ./api
 	$(GO) test -run '^$$' -fuzz '^FuzzRowFromMessage$$' -fuzztime 30s ./projections/chlog

@@ -158,3 +158,26 @@ func TestIssueKeyPlanLimit(t *testing.T) {
 		t.Fatalf("default limit %d, want 100", got)
 	}
 }
+
+// FuzzParseWriters: the trusted-writers file is read from the outside; no
+// input may panic, and whatever parses names only valid writer keys that a
+// check with a bad signature refuses.
+func FuzzParseWriters(f *testing.F) {
+	f.Add([]byte(`{"writers":[{"key":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo","retired_at":"2026-12-01T00:00:00Z"}],"unsigned_before":"2026-01-01T00:00:00Z"}`))
+	f.Add([]byte(`{"writers":[{"key":"x"}]}`))
+	f.Add([]byte(`not json`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		w, err := domain.ParseWriters(b)
+		if err != nil {
+			return
+		}
+		for _, x := range w.Writers {
+			if _, err := domain.ParseWriterID(x.ID); err != nil {
+				t.Fatalf("parsed writer %q is not a key: %v", x.ID, err)
+			}
+			if domain.ErrorReason(w.CheckHeaders("keyledger.keys.k.key.created", []byte("{}"), x.ID, "AAAA", time.Time{})) == "" {
+				t.Fatal("a bogus signature was accepted")
+			}
+		}
+	})
+}
