@@ -11,35 +11,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/keyledger/keyledger/api/view"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/projections/keystate"
 )
 
-// KeyView is a key as the API shows it. It never carries a secret or a hash.
-type KeyView struct {
-	KeyID            string            `json:"key_id"`
-	Name             string            `json:"name"`
-	Owner            string            `json:"owner"`
-	Comments         string            `json:"comments"`
-	Role             string            `json:"role,omitempty"`
-	Permissions      []string          `json:"permissions"`
-	AllowedIPs       []string          `json:"allowed_ips"`
-	Metadata         map[string]string `json:"metadata,omitempty"`
-	Status           domain.Status     `json:"status"`
-	LifetimeDays     int               `json:"lifetime_days"`
-	CreatedAt        time.Time         `json:"created_at"`
-	CreatedBy        string            `json:"created_by"`
-	ExpiresAt        time.Time         `json:"expires_at"`
-	RemainingSeconds int64             `json:"remaining_seconds"`
-	UpdatedAt        time.Time         `json:"updated_at"`
-	RevokedAt        *time.Time        `json:"revoked_at,omitempty"`
-	RevokeReason     string            `json:"revoke_reason,omitempty"`
-	DeletedAt        *time.Time        `json:"deleted_at,omitempty"`
-	RotationGraceEnd *time.Time        `json:"previous_secret_valid_until,omitempty"`
-	LastUsedAt       *time.Time        `json:"last_used_at"`
-	LastUsedIP       string            `json:"last_used_ip,omitempty"`
-	Version          uint64            `json:"version"`
-}
+// KeyView is a key as the API shows it (package view holds the wire
+// types the console and the services' client share).
+type KeyView = view.KeyView
 
 func timePtr(t time.Time) *time.Time {
 	if t.IsZero() {
@@ -98,12 +77,8 @@ type createKeyRequest struct {
 	Metadata     map[string]string `json:"metadata"`
 }
 
-// CreatedKey is the response to a key creation or rotation: the only time
-// the token is shown.
-type CreatedKey struct {
-	KeyView
-	Token string `json:"token"`
-}
+// CreatedKey is the response to a key creation or rotation.
+type CreatedKey = view.CreatedKey
 
 func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
 	c, ok := s.auth(w, r, domain.PermKeyCreate)

@@ -2,25 +2,13 @@ package api
 
 import (
 	"net/http"
-	"time"
 
+	"github.com/keyledger/keyledger/api/view"
 	"github.com/keyledger/keyledger/domain"
 )
 
 // PrincipalView is a principal as the API shows it.
-type PrincipalView struct {
-	ID          string    `json:"id"`
-	Name        string    `json:"name"`
-	Email       string    `json:"email,omitempty"`
-	Roles       []string  `json:"roles"`
-	Permissions []string  `json:"permissions"`
-	MaxKeys     int       `json:"max_keys"`
-	ActiveKeys  int       `json:"active_keys"`
-	Disabled    bool      `json:"disabled"`
-	CreatedAt   time.Time `json:"created_at"`
-	CreatedBy   string    `json:"created_by"`
-	Version     uint64    `json:"version"`
-}
+type PrincipalView = view.PrincipalView
 
 func (s *Server) principalView(p domain.Principal) PrincipalView {
 	max := p.MaxKeys

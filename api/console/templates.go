@@ -5,6 +5,8 @@ import (
 	"html/template"
 	"strings"
 	"time"
+
+	"github.com/keyledger/keyledger/domain"
 )
 
 var funcs = template.FuncMap{
@@ -22,8 +24,8 @@ var funcs = template.FuncMap{
 	},
 	"stamp": func(t time.Time) string { return t.UTC().Format("2006-01-02 15:04:05.000") },
 	"iso":   func(t time.Time) string { return t.UTC().Format(time.RFC3339) },
-	"remaining": func(sec int64, status string) string {
-		if status == "revoked" || status == "deleted" {
+	"remaining": func(sec int64, status domain.Status) string {
+		if status == domain.StatusRevoked || status == domain.StatusDeleted {
 			return "—"
 		}
 		if sec <= 0 {
@@ -63,7 +65,9 @@ var funcs = template.FuncMap{
 		return false
 	},
 	"add": func(a, b int) int { return a + b },
-	"ucfirst": func(s string) string {
+	// ucfirst takes any string kind: statuses are domain.Status.
+	"ucfirst": func(v any) string {
+		s := fmt.Sprint(v)
 		if s == "" {
 			return s
 		}

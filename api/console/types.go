@@ -3,6 +3,7 @@ package console
 import (
 	"time"
 
+	"github.com/keyledger/keyledger/api/view"
 	"github.com/keyledger/keyledger/domain"
 )
 
@@ -10,46 +11,16 @@ import (
 // the API like any other (and it cannot import package api, which mounts
 // it).
 
-type key struct {
-	KeyID            string            `json:"key_id"`
-	Name             string            `json:"name"`
-	Owner            string            `json:"owner"`
-	Comments         string            `json:"comments"`
-	Role             string            `json:"role"`
-	Permissions      []string          `json:"permissions"`
-	AllowedIPs       []string          `json:"allowed_ips"`
-	Metadata         map[string]string `json:"metadata"`
-	Status           string            `json:"status"`
-	LifetimeDays     int               `json:"lifetime_days"`
-	CreatedAt        time.Time         `json:"created_at"`
-	CreatedBy        string            `json:"created_by"`
-	ExpiresAt        time.Time         `json:"expires_at"`
-	RemainingSeconds int64             `json:"remaining_seconds"`
-	RevokedAt        *time.Time        `json:"revoked_at"`
-	RevokeReason     string            `json:"revoke_reason"`
-	DeletedAt        *time.Time        `json:"deleted_at"`
-	RotationGraceEnd *time.Time        `json:"previous_secret_valid_until"`
-	LastUsedAt       *time.Time        `json:"last_used_at"`
-	LastUsedIP       string            `json:"last_used_ip"`
-	Token            string            `json:"token"`
-}
+// key is a key as the API shows it, with the token of a creation or
+// rotation answer.
+type key = view.CreatedKey
 
 type keyPage struct {
 	Keys       []key  `json:"keys"`
 	NextCursor string `json:"next_cursor"`
 }
 
-type principal struct {
-	ID          string    `json:"id"`
-	Name        string    `json:"name"`
-	Email       string    `json:"email"`
-	Roles       []string  `json:"roles"`
-	Permissions []string  `json:"permissions"`
-	MaxKeys     int       `json:"max_keys"`
-	ActiveKeys  int       `json:"active_keys"`
-	Disabled    bool      `json:"disabled"`
-	CreatedAt   time.Time `json:"created_at"`
-}
+type principal = view.PrincipalView
 
 type me struct {
 	Principal principal `json:"principal"`
