@@ -49,6 +49,9 @@ type Envelope struct {
 	// event is read back and are not part of the wire format.
 	Stream string `json:"-"`
 	Seq    uint64 `json:"-"`
+	// Index is the event's place in its stored message: 0, unless the
+	// message is a pack of usage events (pack.go).
+	Index int `json:"-"`
 	// Writer is the trusted writer that signed the stored message, and
 	// Forged why it must not be applied (an unsigned message, an untrusted
 	// or retired writer, a bad signature); both are set by the store when

@@ -106,7 +106,22 @@ type meteredUsage struct {
 func (u meteredUsage) Publish(ctx context.Context, envs ...domain.Envelope) error {
 	start := time.Now()
 	err := u.next.Publish(ctx, envs...)
-	took := time.Since(start).Seconds()
+	return u.count(envs, err, time.Since(start))
+}
+
+// PublishOnce meters the services' idempotent path (api.OnceRecorder).
+func (u meteredUsage) PublishOnce(ctx context.Context, envs ...domain.Envelope) error {
+	o, ok := u.next.(api.OnceRecorder)
+	if !ok {
+		return u.Publish(ctx, envs...)
+	}
+	start := time.Now()
+	err := o.PublishOnce(ctx, envs...)
+	return u.count(envs, err, time.Since(start))
+}
+
+func (u meteredUsage) count(envs []domain.Envelope, err error, d time.Duration) error {
+	took := d.Seconds()
 	for _, e := range envs {
 		var d struct {
 			Code string `json:"code"`

@@ -240,23 +240,25 @@ func (s *Sink) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
 // store inserts the batch, retrying with back-off until ClickHouse accepts
 // it. It returns false only when ctx is done first.
 func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats, log *slog.Logger) bool {
-	rows := make([]Row, len(msgs))
+	rows := make([]Row, 0, len(msgs))
 	var last uint64
-	for i, m := range msgs {
+	for _, m := range msgs {
 		var seq uint64
 		var stored time.Time
 		stream := ""
 		if md, err := m.Metadata(); err == nil {
 			seq, stream, stored = md.Sequence.Stream, md.Stream, md.Timestamp
 		}
-		rows[i] = RowFromMessage(stream, seq, m.Data())
-		if rows[i].Type == invalidType {
-			log.Error("message is not an event; stored as invalid", "seq", seq, "subject", m.Subject())
-		}
-		if rows[i].Time.IsZero() {
-			// A non-event has no time of its own; when JetStream
-			// stored it is the next best thing for range searches.
-			rows[i].Time = stored.UTC().Truncate(time.Millisecond)
+		for _, r := range RowsFromMessage(stream, seq, m.Headers().Get(domain.HdrEvents), m.Data()) {
+			if r.Type == invalidType {
+				log.Error("message is not an event; stored as invalid", "seq", seq, "subject", m.Subject())
+			}
+			if r.Time.IsZero() {
+				// A non-event has no time of its own; when JetStream
+				// stored it is the next best thing for range searches.
+				r.Time = stored.UTC().Truncate(time.Millisecond)
+			}
+			rows = append(rows, r)
 		}
 		last = max(last, seq)
 	}
