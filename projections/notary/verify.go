@@ -312,9 +312,9 @@ type decoded struct {
 	data  []byte
 	msg   Message
 	first bool
-	env  domain.Envelope
-	err  error
-	hash string
+	env   domain.Envelope
+	err   error
+	hash  string
 }
 
 // readDecoded calls fn with every message of a stream, in order, decoded
