@@ -55,13 +55,18 @@ func BenchmarkVerifyServe(b *testing.B) {
 	})
 	servers := map[string]*e2eServer{}
 	verifiers := map[string]string{}
-	for _, leg := range []struct {
+	type benchLeg struct {
 		name string
 		args []string
-	}{
-		{"durable", nil},
-		{"async", []string{"--async-usage"}},
-	} {
+		bin  string
+	}
+	legs := []benchLeg{{"durable", nil, e2eServerBin}, {"async", []string{"--async-usage"}, e2eServerBin}}
+	// KEYLEDGER_BENCH_BASELINE=path/to/keyledger adds the same two legs
+	// run by another build (the code before a change), in the same run.
+	if base := os.Getenv("KEYLEDGER_BENCH_BASELINE"); base != "" {
+		legs = append(legs, benchLeg{"durable-baseline", nil, base}, benchLeg{"async-baseline", []string{"--async-usage"}, base})
+	}
+	for _, leg := range legs {
 		b.Run(leg.name, func(b *testing.B) {
 			args := leg.args
 			// KEYLEDGER_BENCH_PROFILE=dir writes a 5 s CPU profile of each
@@ -73,7 +78,7 @@ func BenchmarkVerifyServe(b *testing.B) {
 			srv := servers[leg.name]
 			if srv == nil {
 				var root string
-				srv, root = startBenchServer(outer, args...)
+				srv, root = startBenchServer(outer, leg.bin, args...)
 				servers[leg.name], verifiers[leg.name] = srv, benchPrincipal(outer, srv.url, root)
 			}
 			if prof != "" && b.N > 1 {
@@ -160,11 +165,11 @@ func startBare(b testing.TB) (string, []int) {
 
 // startBenchServer starts the built binary on a fresh data dir with a
 // fixed root token.
-func startBenchServer(b testing.TB, args ...string) (*e2eServer, string) {
+func startBenchServer(b testing.TB, bin string, args ...string) (*e2eServer, string) {
 	root := domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{4, 2})
 	dir := b.TempDir()
 	s := &e2eServer{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
-	s.cmd = exec.Command(e2eServerBin, append([]string{"serve", "--http-addr", "127.0.0.1:0", "--data-dir", dir}, args...)...)
+	s.cmd = exec.Command(bin, append([]string{"serve", "--http-addr", "127.0.0.1:0", "--data-dir", dir}, args...)...)
 	s.cmd.Env = e2eEnv("KEYLEDGER_ROOT_TOKEN=" + root)
 	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
 	if err := s.cmd.Start(); err != nil {

@@ -167,7 +167,8 @@ func (s *Sink) runStream(ctx context.Context, stream string) {
 		if len(msgs) == 0 {
 			continue
 		}
-		if !s.store(ctx, msgs, st, log) {
+		rows, ok := s.store(ctx, msgs, st, log)
+		if !ok {
 			// ctx is done: hand the batch back at once rather than
 			// after AckWait, so the next sink starts where this one
 			// stopped.
@@ -184,7 +185,7 @@ func (s *Sink) runStream(ctx context.Context, stream string) {
 			}
 		}
 		st.batches.Add(1)
-		st.events.Add(uint64(len(msgs)))
+		st.events.Add(uint64(rows))
 	}
 }
 
@@ -237,9 +238,10 @@ func (s *Sink) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
 	return msgs, nil
 }
 
-// store inserts the batch, retrying with back-off until ClickHouse accepts
-// it. It returns false only when ctx is done first.
-func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats, log *slog.Logger) bool {
+// store inserts the batch's events (a pack is many), retrying with back-off
+// until ClickHouse accepts them, and returns how many rows it inserted. It
+// returns false only when ctx is done first.
+func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats, log *slog.Logger) (int, bool) {
 	rows := make([]Row, 0, len(msgs))
 	var last uint64
 	for _, m := range msgs {
@@ -295,10 +297,10 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 				log.Info("clickhouse insert succeeded after retries", "attempts", attempt, "events", len(rows))
 			}
 			st.lastSeq.Store(last)
-			return true
+			return len(rows), true
 		}
 		if ctx.Err() != nil {
-			return false
+			return 0, false
 		}
 		st.failures.Add(1)
 		// Say it once, then every tenth attempt: an outage of hours
@@ -307,7 +309,7 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 			log.Warn("clickhouse insert failed; events wait in jetstream", "attempt", attempt, "events", len(rows), "err", err)
 		}
 		if !back.wait(ctx) {
-			return false
+			return 0, false
 		}
 	}
 }
