@@ -5,7 +5,7 @@ GO        ?= go
 DATA_DIR  ?= ./data
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test chaos bench bench-verify build deps fuzz vet clickhouse-deps chromium-deps
+.PHONY: run test chaos bench bench-verify bench-coldstart build deps fuzz vet clickhouse-deps chromium-deps
 
 build: deps
 	$(GO) build -o bin/keyledger ./cmd/keyledger
@@ -50,6 +50,18 @@ bench: deps clickhouse-deps
 # connection count; KEYLEDGER_BENCH_PROFILE=DIR writes CPU profiles.
 bench-verify: deps clickhouse-deps
 	$(GO) test -run '^$$' -bench '^BenchmarkVerifyServe$$' -benchtime 20000x -timeout 20m ./cmd/keyledger/
+
+# bench-coldstart times the real binary's start (exec to /readyz 200, then
+# to caught up: audit sink lag 0, key state and last used current, the
+# newest events under a signed checkpoint) on a ledger of 100k keys, 1M
+# KEYS events and 10M USAGE events in packs of 500, written straight
+# through the event store; it measures at a tenth of USAGE, grows it, and
+# measures again, with the node's RSS, so a start that grows with USAGE
+# shows. The full size needs about 6 GB under $$TMPDIR and long minutes;
+# KEYLEDGER_BENCH_KEYS, KEYLEDGER_BENCH_KEYS_EVENTS and KEYLEDGER_BENCH_USAGE
+# change the sizes, KEYLEDGER_BENCH_PROFILE=DIR keeps CPU profiles and logs.
+bench-coldstart: deps clickhouse-deps
+	$(GO) test -run '^$$' -bench '^BenchmarkColdStart$$' -benchtime 1x -timeout 4h ./cmd/keyledger/
 
 # fuzz runs each fuzz target of the parsers that face the outside for a while.
 fuzz: deps

@@ -72,7 +72,7 @@ func BenchmarkColdStart(b *testing.B) {
 	// trust file and bootstraps the super administrator.
 	root := domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{7, 7})
 	first := startColdNode(b, dir, args, "KEYLEDGER_ROOT_TOKEN="+root)
-	waitCold(b, first, 2*time.Minute, first.ready)
+	waitCold(b, first, 2*time.Minute, 5*time.Millisecond, first.ready)
 	var me struct {
 		Principal struct {
 			ID string `json:"id"`
@@ -111,8 +111,11 @@ func BenchmarkColdStart(b *testing.B) {
 				// then saves every snapshot and checkpoint at SIGTERM.
 				t0 = time.Now()
 				n := startColdNode(b, dir, args)
-				waitCold(b, n, 10*time.Minute, n.ready)
-				waitCold(b, n, 4*time.Hour, func() error { return n.caughtUp(l, root) })
+				waitCold(b, n, 10*time.Minute, 5*time.Millisecond, n.ready)
+				if prof != "" {
+					coldProfile(b, filepath.Join(prof, fmt.Sprintf("warm-%d.pprof", size)))
+				}
+				waitCold(b, n, 4*time.Hour, time.Second, func() error { return n.caughtUp(l, root) })
 				warm = time.Since(t0)
 				fmt.Printf("coldstart: warm start caught up in %v\n", warm.Round(time.Millisecond))
 				n.stopCold(b)
@@ -121,7 +124,7 @@ func BenchmarkColdStart(b *testing.B) {
 			for i := 0; i < b.N; i++ {
 				b.StartTimer()
 				n := startColdNode(b, dir, args)
-				waitCold(b, n, 10*time.Minute, n.ready)
+				waitCold(b, n, 10*time.Minute, 5*time.Millisecond, n.ready)
 				b.StopTimer()
 				r = row{usage: l.usage, msgs: l.usageMsgs, warm: warm}
 				r.ready = time.Since(n.started)
@@ -134,7 +137,7 @@ func BenchmarkColdStart(b *testing.B) {
 						coldProfile(b, filepath.Join(prof, fmt.Sprintf("coldstart-%d.pprof", size)))
 					}()
 				}
-				waitCold(b, n, 30*time.Minute, func() error { return n.caughtUp(l, root) })
+				waitCold(b, n, 30*time.Minute, 100*time.Millisecond, func() error { return n.caughtUp(l, root) })
 				r.caught = time.Since(n.started)
 				r.settled, r.cpu = n.settle(b)
 				r.hwm = procStatusMB(n.cmd.Process.Pid, "VmHWM")
@@ -524,11 +527,11 @@ func startColdNode(b *testing.B, dir string, args []string, env ...string) *cold
 	return n
 }
 
-// waitCold polls f until it succeeds, failing the benchmark if the node
+// waitCold polls f every interval until it succeeds, failing the benchmark if the node
 // exits or total passes.
-func waitCold(b *testing.B, n *coldNode, total time.Duration, f func() error) {
+func waitCold(b *testing.B, n *coldNode, total, every time.Duration, f func() error) {
 	b.Helper()
-	checkFor(b, total, 5*time.Millisecond, func() error {
+	checkFor(b, total, every, func() error {
 		select {
 		case <-n.exited:
 			b.Fatalf("keyledger serve exited (%v):\n%s", n.waitErr, tail(n.stderr.String(), 4000))
@@ -587,7 +590,8 @@ func (n *coldNode) getJSON(token, path string, out any) error {
 // caughtUp succeeds once the node has everything of l: the audit sink's
 // lag is 0 on every stream, key state has applied the whole of KEYS, last
 // used shows the newest use and the newest KEYS and USAGE events are
-// covered by a signed checkpoint.
+// covered by a signed checkpoint. Every API call stores a use of the root
+// key in USAGE, so those checks come last and are polled slowly.
 func (n *coldNode) caughtUp(l *coldLedger, root string) error {
 	res, err := n.client.Get(n.url + "/metrics")
 	if err != nil {
@@ -647,9 +651,16 @@ func (n *coldNode) settle(b *testing.B) (time.Duration, float64) {
 	}
 }
 
-// stopCold sends SIGTERM and requires a clean exit.
+// stopCold sends SIGTERM and requires a clean exit. With
+// KEYLEDGER_BENCH_PROFILE the node's log is kept there too.
 func (n *coldNode) stopCold(b *testing.B) {
 	b.Helper()
+	if dir := os.Getenv("KEYLEDGER_BENCH_PROFILE"); dir != "" {
+		defer func() {
+			path := filepath.Join(dir, fmt.Sprintf("node-%s.log", n.started.Format("150405.000")))
+			_ = os.WriteFile(path, []byte(n.stderr.String()), 0o644)
+		}()
+	}
 	if err := n.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		b.Fatal(err)
 	}
