@@ -162,6 +162,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	nc, err := nats.Connect(cfg.URL, append(opts,
 		nats.Name("keyledger"),
 		nats.MaxReconnects(-1),
+		// While the connection is down a publish fails at once instead of
+		// waiting in a buffer: an append or a verification is retried
+		// for a moment and then answered 503, rather than holding its
+		// caller for the whole request timeout, and nothing the caller
+		// was refused is sent behind its back once NATS is back.
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				s.log.Warn("nats disconnected", "err", err)
