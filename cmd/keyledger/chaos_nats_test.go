@@ -173,6 +173,31 @@ func startNATS(t *testing.T, n int, users []*server.NkeyUser) []*natsServer {
 	return out
 }
 
+// connectedServer returns the server keyledger says it is connected to,
+// or nil.
+func connectedServer(n *chaosNode, servers []*natsServer) *natsServer {
+	log := n.srv.Load().stderr.String()
+	var line struct {
+		NATS string `json:"nats"`
+		URL  string `json:"url"`
+	}
+	url := ""
+	if logLine(log, "keyledger serving", &line) {
+		url = line.NATS
+	}
+	if logLine(log, "nats reconnected", &line) {
+		url = line.URL
+	}
+	for _, s := range servers {
+		if strings.HasSuffix(url, fmt.Sprintf(":%d", s.opts().Port)) {
+			return s
+		}
+	}
+	return nil
+}
+
+func (s *natsServer) String() string { return s.name }
+
 // natsURLs is the comma list of the servers' client URLs.
 func natsURLs(servers []*natsServer) string {
 	var urls []string
@@ -324,6 +349,7 @@ func TestChaosNATSCluster(t *testing.T) {
 	l := chaosSetup(t, n, root)
 
 	var victim *natsServer
+	var what string
 	var elected time.Duration
 	var target map[string]uint64
 	r := chaosResult{}
@@ -332,15 +358,31 @@ func TestChaosNATSCluster(t *testing.T) {
 		must(t, err)
 		keys, err := streamInfo(js, domain.StreamKeys)
 		must(t, err)
+		// The server keyledger is connected to, when it leads a stream,
+		// makes the harder fault: the node loses its connection and a
+		// stream its leader at once. Otherwise the leader of USAGE.
+		conn := connectedServer(n, cluster)
 		for _, s := range cluster {
-			if s.name == usage.Cluster.Leader {
+			if s.name == usage.Cluster.Leader && victim == nil {
+				victim = s
+			}
+			if s == conn && (s.name == usage.Cluster.Leader || s.name == keys.Cluster.Leader) {
 				victim = s
 			}
 		}
 		if victim == nil {
 			t.Fatalf("USAGE leader %q is none of the cluster", usage.Cluster.Leader)
 		}
-		t.Logf("stopping %s, the leader of USAGE (KEYS is led by %s)", victim.name, keys.Cluster.Leader)
+		what = "leader of"
+		for _, st := range []*jetstream.StreamInfo{usage, keys} {
+			if st.Cluster.Leader == victim.name {
+				what += " " + st.Config.Name
+			}
+		}
+		if victim == conn {
+			what += ", keyledger's server,"
+		}
+		t.Logf("stopping %s, %s (USAGE led by %s, KEYS by %s, keyledger connected to %v)", victim.name, what, usage.Cluster.Leader, keys.Cluster.Leader, conn)
 		down := time.Now()
 		victim.stop()
 		// The two that are left elect a leader and take writes again.
@@ -351,8 +393,8 @@ func TestChaosNATSCluster(t *testing.T) {
 			return nil
 		})
 		elected = time.Since(down)
-		t.Logf("writes succeed again %s after %s went down", elected.Round(time.Millisecond), victim.name)
-		waitFor(chaosPhase())
+		t.Logf("a write sent as %s went down was answered after %s", victim.name, elected.Round(time.Millisecond))
+		waitFor(time.Until(down.Add(chaosPhase())))
 		// What the restarted node must hold before it counts as current.
 		target = map[string]uint64{}
 		for _, stream := range []string{domain.StreamKeys, domain.StreamUsage} {
@@ -387,8 +429,8 @@ func TestChaosNATSCluster(t *testing.T) {
 		}
 		return nil
 	})
-	r.Fault = fmt.Sprintf("R3 cluster: USAGE leader %s down %s, restarted (writes again %s after it went down)",
-		victim.name, chaosPhase(), elected.Round(time.Millisecond))
+	r.Fault = fmt.Sprintf("R3 cluster: %s, %s down %s, restarted (a write sent as it went down answered after %s)",
+		victim.name, what, chaosPhase(), elected.Round(time.Millisecond))
 	l.check(t, backend, database, &r)
 	// Every member holds the same streams once the load has stopped: the
 	// restarted one lost nothing and gained nothing.
