@@ -148,18 +148,20 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 		expect := uint64(1)
 		err := readDecoded(ctx, js, stream, func(m *decoded) error {
 			seq, data := m.seq, m.data
-			if seq != expect {
-				fail = &Failure{Stream: stream, Seq: expect, Why: fmt.Sprintf("sequence %d is missing from the stream (next stored is %d)", expect, seq)}
-				return errStop
+			if m.first {
+				if seq != expect {
+					fail = &Failure{Stream: stream, Seq: expect, Why: fmt.Sprintf("sequence %d is missing from the stream (next stored is %d)", expect, seq)}
+					return errStop
+				}
+				expect++
 			}
-			expect++
 			env := m.env
 			if m.err != nil {
 				fail = &Failure{Stream: stream, Seq: seq, Why: "stored bytes are not a valid event: " + m.err.Error()}
 				return errStop
 			}
 			id := env.ID.String()
-			if why := opt.provenance(m.msg); why != "" {
+			if why := opt.provenance(m.msg); m.first && why != "" {
 				fail = &Failure{Stream: stream, Seq: seq, EventID: id, Why: why}
 				return errStop
 			}
@@ -303,14 +305,16 @@ func (stopErr) Error() string { return "stop" }
 
 var errStop error = stopErr{}
 
-// decoded is a stored message with its decoding and its recomputed hash.
+// decoded is a stored event with its decoding and its recomputed hash:
+// a message, or one event of a pack (first marks a message's first event).
 type decoded struct {
-	seq  uint64
-	data []byte
-	msg  Message
-	env  domain.Envelope
-	err  error
-	hash string
+	seq   uint64
+	data  []byte
+	msg   Message
+	first bool
+	env   domain.Envelope
+	err   error
+	hash  string
 }
 
 // readDecoded calls fn with every message of a stream, in order, decoded
@@ -337,9 +341,11 @@ func readDecoded(ctx context.Context, js jetstream.JetStream, stream string, fn 
 			}
 		}
 		readErr = ReadMessages(ctx, js, stream, 1, false, func(m Message) error {
-			cur = append(cur, decoded{seq: m.Seq, data: m.Data, msg: m})
-			if len(cur) == batch && !send() {
-				return ctx.Err()
+			for i, data := range m.Events {
+				cur = append(cur, decoded{seq: m.Seq, data: data, msg: m, first: i == 0})
+				if len(cur) >= batch && !send() {
+					return ctx.Err()
+				}
 			}
 			return nil
 		})
