@@ -495,21 +495,27 @@ func TestChaosNATSGone(t *testing.T) {
 		// A verification is answered only once it is stored, so it is
 		// refused too, or answered (and checked below) if the server
 		// came back within its wait.
-		status, ct, b := n.callH(l.admin, "POST", "/v1/keys", map[string]any{"name": "while-down", "permissions": []string{"orders.read"}})
-		var p api.Problem
-		if status != http.StatusServiceUnavailable || ct != "application/problem+json" || json.Unmarshal(b, &p) != nil || (p.Code != "store_unavailable" && p.Code != "unavailable") {
-			t.Errorf("create key with NATS down: %d %s %s; want 503 problem+json store_unavailable or unavailable", status, ct, b)
-		}
-		t.Logf("a write with NATS down answered %d %s after %s", status, p.Code, time.Since(down).Round(time.Millisecond))
-		vdown := time.Now()
-		v, status, ct, b := l.verify(k.Token)
-		switch {
-		case status == http.StatusOK && v.EventID != "":
-		case status == http.StatusServiceUnavailable && ct == "application/problem+json" && json.Unmarshal(b, &p) == nil && p.Code == "unavailable":
-		default:
-			t.Errorf("verify with NATS down: %d %s %s; want 503 problem+json unavailable", status, ct, b)
-		}
-		t.Logf("a verification with NATS down answered %d after %s", status, time.Since(vdown).Round(time.Millisecond))
+		var probes sync.WaitGroup
+		probes.Go(func() {
+			status, ct, b := n.callH(l.admin, "POST", "/v1/keys", map[string]any{"name": "while-down", "permissions": []string{"orders.read"}})
+			var p api.Problem
+			if status != http.StatusServiceUnavailable || ct != "application/problem+json" || json.Unmarshal(b, &p) != nil || (p.Code != "store_unavailable" && p.Code != "unavailable") {
+				t.Errorf("create key with NATS down: %d %s %s; want 503 problem+json store_unavailable or unavailable", status, ct, b)
+			}
+			t.Logf("a write with NATS down answered %d %s after %s", status, p.Code, time.Since(down).Round(time.Millisecond))
+		})
+		probes.Go(func() {
+			v, status, ct, b := l.verify(k.Token)
+			var p api.Problem
+			switch {
+			case status == http.StatusOK && v.EventID != "":
+			case status == http.StatusServiceUnavailable && ct == "application/problem+json" && json.Unmarshal(b, &p) == nil && p.Code == "unavailable":
+			default:
+				t.Errorf("verify with NATS down: %d %s %s; want 503 problem+json unavailable", status, ct, b)
+			}
+			t.Logf("a verification with NATS down answered %d after %s", status, time.Since(down).Round(time.Millisecond))
+		})
+		probes.Wait()
 		// The node says it is not ready: it can neither read KEYS nor
 		// store anything.
 		if status, rd := readiness(n, ""); status != http.StatusServiceUnavailable || rd.Checks["key_state"] == "ok" {
