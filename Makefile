@@ -41,7 +41,7 @@ test: deps clickhouse-deps chromium-deps vet
 # comes back (writes and verifications answer 503 meanwhile); and a webhook
 # receiver is down for two minutes (its alerts arrive once it is back).
 # After each fault nothing acknowledged may be lost or shown twice. `make
-# test` runs the short version (TestChaos*, about 90 seconds).
+# test` runs the short version (TestChaos*, about two minutes).
 chaos: deps clickhouse-deps
 	./scripts/with-clickhouse.sh $(GO) test -count=1 -timeout 20m -run '^TestChaos' -v ./cmd/keyledger -args -chaos.long
 
