@@ -133,33 +133,40 @@ func (d *diskSupervisor) problem() string {
 	return h.Status
 }
 
-// recover closes the gate and restarts JetStream, with back-off, until
-// the server is healthy again.
+// recover closes the gate and restarts JetStream once the disk has room,
+// until the server is healthy again. Room is probed every half second
+// (a probe on a full disk fails at once); restarts that do not help back
+// off, doubling up to 15s.
 func (d *diskSupervisor) recover(why string) {
 	s := d.s
 	s.gate.down.Store(&why)
 	began := time.Now()
 	s.log.Error("the event store cannot write; writes are refused until it recovers", "err", why)
 	before := d.lastSeqs()
-	for attempt := 1; ; attempt++ {
+	wait, failed := 500*time.Millisecond, 0
+	for probe := 1; ; probe++ {
 		select {
 		case <-d.stop:
 			return
-		case <-time.After(domain.Backoff(attempt, 250*time.Millisecond, 15*time.Second)):
+		case <-time.After(wait):
 		}
 		if err := probeSpace(s.storeDir(), spaceProbe); err != nil {
-			if attempt == 1 || attempt%20 == 0 {
-				s.log.Warn("the event store is waiting for disk space", "dir", s.storeDir(), "err", err, "attempt", attempt)
+			if probe == 1 || probe%60 == 0 {
+				s.log.Warn("the event store is waiting for disk space", "dir", s.storeDir(), "err", err)
 			}
 			continue
 		}
-		if err := d.restartJetStream(); err != nil {
-			s.log.Warn("restart JetStream", "err", err, "attempt", attempt)
-			continue
+		err := d.restartJetStream()
+		if err == nil {
+			if p := d.problem(); p != "" {
+				err = errors.New(p)
+			}
 		}
-		if p := d.problem(); p != "" {
-			s.log.Warn("JetStream restarted but still cannot write", "err", p, "attempt", attempt)
-			why = p
+		if err != nil {
+			failed++
+			wait = domain.Backoff(failed, 500*time.Millisecond, 15*time.Second)
+			s.log.Warn("JetStream restarted but still cannot write", "err", err, "restarts", failed)
+			why = err.Error()
 			s.gate.down.Store(&why)
 			continue
 		}
@@ -176,7 +183,7 @@ func (d *diskSupervisor) recover(why string) {
 		}
 		d.restarts.Add(1)
 		s.gate.down.Store(nil)
-		s.log.Info("the event store writes again", "after", time.Since(began).Round(time.Millisecond), "restarts", attempt)
+		s.log.Info("the event store writes again", "after", time.Since(began).Round(time.Millisecond))
 		return
 	}
 }
