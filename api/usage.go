@@ -1,6 +1,7 @@
 package api
 
 import (
+	"context"
 	"net/http"
 	"net/netip"
 	"slices"
@@ -112,7 +113,7 @@ func (s *Server) publishUsage(w http.ResponseWriter, r *http.Request) {
 		}
 		out.Results[i] = res
 	}
-	if err := s.cfg.Usage.Publish(r.Context(), envs...); err != nil {
+	if err := s.publishOnce(r.Context(), envs); err != nil {
 		s.log.ErrorContext(r.Context(), "publish service usage", "records", len(envs), "err", err)
 		s.problem(w, r, errUnavailable)
 		return
@@ -192,4 +193,19 @@ func checkText(field, v string, minLen, maxLen int) error {
 		return domain.Errorf(domain.EINVALID, "invalid_"+field, "%s must not contain control characters", field)
 	}
 	return nil
+}
+
+// OnceRecorder is a usage recorder that also stores events idempotently:
+// a batch of records retried with the same record ids stores none twice
+// (eventstore.UsagePublisher.PublishOnce).
+type OnceRecorder interface {
+	PublishOnce(ctx context.Context, envs ...domain.Envelope) error
+}
+
+// publishOnce stores the events of services' usage records, once each.
+func (s *Server) publishOnce(ctx context.Context, envs []domain.Envelope) error {
+	if o, ok := s.cfg.Usage.(OnceRecorder); ok {
+		return o.PublishOnce(ctx, envs...)
+	}
+	return s.cfg.Usage.Publish(ctx, envs...)
 }

@@ -81,7 +81,7 @@ func IdentityPermissions(identity string) (Permissions, bool) {
 		// chunks; the ledger streams deny purges in their own settings.
 		p.Publish = append(p.Publish, "$JS.API.STREAM.PURGE."+snapshotStream)
 	case IdentityVerifier:
-		p.Publish = []string{"keyledger.usage.*.used", "keyledger.usage.*.denied"}
+		p.Publish = []string{"keyledger.usage.*.used", "keyledger.usage.*.denied", domain.PackSubject}
 		p.Publish = append(p.Publish, readStream(domain.StreamKeys)...)
 		p.Subscribe = streamSubjects[domain.StreamKeys]
 	case IdentityAlerts:

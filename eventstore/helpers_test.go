@@ -131,7 +131,7 @@ func mustAppend(tb testing.TB, s *eventstore.Store, expected uint64, envs ...dom
 
 func mustCount(tb testing.TB, s *eventstore.Store, stream string) uint64 {
 	tb.Helper()
-	n, err := s.Count(testCtx(tb), stream)
+	n, err := s.CountEvents(testCtx(tb), stream)
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -418,3 +418,43 @@ func (s *Store) streamState(ctx context.Context, stream string) (jetstream.Strea
 	}
 	return st.CachedInfo().State, nil
 }
+
+// CountEvents returns how many events stream holds: its messages, where a
+// pack of usage events counts as the events it holds. It reads every
+// message's headers, so it costs a pass over the stream.
+func (s *Store) CountEvents(ctx context.Context, stream string) (uint64, error) {
+	st, err := s.streamState(ctx, stream)
+	if err != nil || st.Msgs == 0 {
+		return 0, err
+	}
+	cons, err := s.js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{HeadersOnly: true})
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", stream, err)
+	}
+	it, err := cons.Messages(jetstream.PullMaxMessages(2000))
+	if err != nil {
+		return 0, fmt.Errorf("count %s: %w", stream, err)
+	}
+	defer it.Stop()
+	var n uint64
+	for {
+		msg, err := it.Next(jetstream.NextContext(ctx))
+		if err != nil {
+			return 0, fmt.Errorf("count %s: %w", stream, err)
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return 0, fmt.Errorf("count %s: %w", stream, err)
+		}
+		k := uint64(1)
+		if c := msg.Headers().Get(domain.HdrEvents); c != "" {
+			if v, err := strconv.ParseUint(c, 10, 32); err == nil && v > 0 {
+				k = v
+			}
+		}
+		n += k
+		if md.NumPending == 0 || md.Sequence.Stream >= st.LastSeq {
+			return n, nil
+		}
+	}
+}

@@ -38,69 +38,6 @@ func (s *Store) Subscribe(ctx context.Context, stream string, fromSeq uint64, fn
 	return s.subscribe(ctx, stream, cfg, fn)
 }
 
-// SubscribeLastPerSubject calls fn with the last event of every subject
-// matching filter, then with each new matching event as it is stored. A
-// projection that needs only the newest event per key (last used) starts
-// from one message per key instead of replaying the stream.
-func (s *Store) SubscribeLastPerSubject(ctx context.Context, stream, filter string, fn func(domain.Envelope) error) (*Subscription, error) {
-	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, FilterSubjects: []string{filter}}
-	return s.subscribe(ctx, stream, cfg, fn)
-}
-
-// ReadLastPerSubject calls fn with the last event of every subject matching
-// filter whose last event is stored at or before upTo, oldest first, and
-// returns once it has delivered them all (a subject written again after
-// upTo is left to a subscription from upTo+1, which delivers its newer
-// event): the
-// one-shot start of a projection that needs only the newest event per key
-// (last used) and follows the stream through a subscription it shares with
-// others. Messages that are not valid events are skipped.
-func (s *Store) ReadLastPerSubject(ctx context.Context, stream, filter string, upTo uint64, fn func(domain.Envelope) error) error {
-	octx, ocancel := context.WithTimeout(ctx, s.cfg.Timeout)
-	cons, err := s.js.OrderedConsumer(octx, stream, jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverLastPerSubjectPolicy, FilterSubjects: []string{filter},
-	})
-	ocancel()
-	if err != nil {
-		return fmt.Errorf("read %s: %w", stream, err)
-	}
-	info, err := cons.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("read %s: %w", stream, err)
-	}
-	if info.NumPending == 0 || upTo == 0 {
-		return nil
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2000))
-	if err != nil {
-		return fmt.Errorf("read %s: %w", stream, err)
-	}
-	defer it.Stop()
-	for {
-		msg, err := it.Next(jetstream.NextContext(ctx))
-		if err != nil {
-			return fmt.Errorf("read %s: %w", stream, err)
-		}
-		md, err := msg.Metadata()
-		if err != nil {
-			return fmt.Errorf("read %s: %w", stream, err)
-		}
-		seq := md.Sequence.Stream
-		if seq > upTo {
-			return nil // stored after the start: the caller follows those
-		}
-		if env, err := domain.UnmarshalEnvelope(msg.Data()); err == nil {
-			env.Stream, env.Seq = stream, seq
-			if err := fn(env); err != nil {
-				return err
-			}
-		}
-		if md.NumPending == 0 || seq == upTo {
-			return nil
-		}
-	}
-}
-
 func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig, fn func(domain.Envelope) error) (*Subscription, error) {
 	octx, ocancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	cons, err := s.js.OrderedConsumer(octx, stream, cfg)
@@ -152,25 +89,36 @@ func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.Orde
 				sub.skipped.Add(1)
 				continue
 			}
-			env, err := domain.UnmarshalEnvelope(msg.Data())
-			if err != nil {
-				log.Warn("subscription skipped invalid event", "seq", md.Sequence.Stream, "subject", msg.Subject(), "err", err)
-				sub.skipped.Add(1)
-				continue
-			}
-			env.Stream, env.Seq = stream, md.Sequence.Stream
 			// Provenance decides what the ledger applies: key state and
 			// checkpoints. Usage messages are signed too, and audit verify
 			// checks them, but a forged one grants nothing, so the hot
 			// path's followers do not pay for the check.
+			var forged error
+			var writer string
 			if w := s.cfg.Writers; w != nil && (stream == domain.StreamKeys || stream == domain.StreamCheckpoints) {
-				if env.Forged = CheckProvenance(*w, msg.Subject(), msg.Data(), msg.Headers(), md.Timestamp); env.Forged == nil {
-					env.Writer = msg.Headers().Get(HdrWriter)
+				if forged = CheckProvenance(*w, msg.Subject(), msg.Data(), msg.Headers(), md.Timestamp); forged == nil {
+					writer = msg.Headers().Get(HdrWriter)
 				}
 			}
-			if err := fn(env); err != nil {
-				sub.err = err
-				return
+			events, err := domain.Unpack(msg.Headers().Get(domain.HdrEvents), msg.Data())
+			if err != nil {
+				log.Warn("subscription skipped invalid pack", "seq", md.Sequence.Stream, "subject", msg.Subject(), "err", err)
+				sub.skipped.Add(1)
+				continue
+			}
+			for i, raw := range events {
+				env, err := domain.UnmarshalEnvelope(raw)
+				if err != nil {
+					log.Warn("subscription skipped invalid event", "seq", md.Sequence.Stream, "index", i, "subject", msg.Subject(), "err", err)
+					sub.skipped.Add(1)
+					continue
+				}
+				env.Stream, env.Seq, env.Index = stream, md.Sequence.Stream, i
+				env.Forged, env.Writer = forged, writer
+				if err := fn(env); err != nil {
+					sub.err = err
+					return
+				}
 			}
 		}
 	}()

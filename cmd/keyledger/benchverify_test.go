@@ -55,25 +55,33 @@ func BenchmarkVerifyServe(b *testing.B) {
 	})
 	servers := map[string]*e2eServer{}
 	verifiers := map[string]string{}
-	for _, leg := range []struct {
+	type benchLeg struct {
 		name string
 		args []string
-	}{
-		{"durable", nil},
-		{"async", []string{"--async-usage"}},
-	} {
+		bin  string
+	}
+	legs := []benchLeg{{"durable", nil, e2eServerBin}, {"async", []string{"--async-usage"}, e2eServerBin}}
+	// KEYLEDGER_BENCH_BASELINE=path/to/keyledger adds the same two legs
+	// run by another build (the code before a change), in the same run.
+	if base := os.Getenv("KEYLEDGER_BENCH_BASELINE"); base != "" {
+		legs = append(legs, benchLeg{"durable-baseline", nil, base}, benchLeg{"async-baseline", []string{"--async-usage"}, base})
+	}
+	for i, leg := range legs {
+		// Every leg's server keeps running until the end: each listens
+		// for pprof on a port of its own.
+		pprofAddr := fmt.Sprintf("127.0.0.1:%d", 6061+i)
 		b.Run(leg.name, func(b *testing.B) {
 			args := leg.args
 			// KEYLEDGER_BENCH_PROFILE=dir writes a 5 s CPU profile of each
 			// leg, taken while the load runs, to dir/<leg>.pprof.
 			prof := os.Getenv("KEYLEDGER_BENCH_PROFILE")
 			if prof != "" {
-				args = append(args, "--pprof", "127.0.0.1:6061")
+				args = append(slices.Clone(args), "--pprof", pprofAddr)
 			}
 			srv := servers[leg.name]
 			if srv == nil {
 				var root string
-				srv, root = startBenchServer(outer, args...)
+				srv, root = startBenchServer(outer, leg.bin, args...)
 				servers[leg.name], verifiers[leg.name] = srv, benchPrincipal(outer, srv.url, root)
 			}
 			if prof != "" && b.N > 1 {
@@ -82,7 +90,7 @@ func BenchmarkVerifyServe(b *testing.B) {
 				go func() {
 					defer close(done)
 					time.Sleep(time.Second)
-					res, err := http.Get("http://127.0.0.1:6061/debug/pprof/profile?seconds=5")
+					res, err := http.Get("http://" + pprofAddr + "/debug/pprof/profile?seconds=5")
 					if err != nil {
 						b.Logf("profile: %v", err)
 						return
@@ -160,11 +168,11 @@ func startBare(b testing.TB) (string, []int) {
 
 // startBenchServer starts the built binary on a fresh data dir with a
 // fixed root token.
-func startBenchServer(b testing.TB, args ...string) (*e2eServer, string) {
+func startBenchServer(b testing.TB, bin string, args ...string) (*e2eServer, string) {
 	root := domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{4, 2})
 	dir := b.TempDir()
 	s := &e2eServer{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
-	s.cmd = exec.Command(e2eServerBin, append([]string{"serve", "--http-addr", "127.0.0.1:0", "--data-dir", dir}, args...)...)
+	s.cmd = exec.Command(bin, append([]string{"serve", "--http-addr", "127.0.0.1:0", "--data-dir", dir}, args...)...)
 	s.cmd.Env = e2eEnv("KEYLEDGER_ROOT_TOKEN=" + root)
 	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
 	if err := s.cmd.Start(); err != nil {

@@ -200,6 +200,9 @@ func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) erro
 		sub, err := m.store.Subscribe(bg, stream, from, func(env domain.Envelope) error {
 			if env.Stream == domain.StreamUsage {
 				m.lastUsed.Apply(env)
+				if env.Seq <= m.usageLast {
+					return nil // replayed for last used; the engine saw it before
+				}
 			}
 			if err := engine.Observe(bg, env); err != nil {
 				m.Logger.Error("alert engine", "err", err)
@@ -251,24 +254,67 @@ func clickHouse(ch *chlog.Store, local *chlog.Supervisor) func(context.Context) 
 	}
 }
 
-// startLastUsed folds the last use of every key from USAGE: at start only
-// the newest event of each key's subjects is read; the alert engine's
-// USAGE subscription, which starts right after, keeps it current.
+// startLastUsed restores last used from its snapshot; the node's one USAGE
+// subscription (the alert engine's) then replays the tail stored since and
+// keeps it current, and a snapshot is saved every lastUsedEvery and at
+// shutdown. A start reads the snapshot and that tail, never the whole of
+// USAGE.
 func (m *Main) startLastUsed(ctx context.Context) error {
 	m.lastUsed = lastused.New()
 	last, err := m.store.LastSeq(ctx, domain.StreamUsage)
 	if err != nil {
 		return fmt.Errorf("read USAGE position: %w", err)
 	}
-	m.usageFrom = last + 1
-	err = m.store.ReadLastPerSubject(ctx, domain.StreamUsage, "keyledger.usage.>", last, func(env domain.Envelope) error {
-		m.lastUsed.Apply(env)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("last used: %w", err)
+	m.usageLast, m.usageFrom = last, 1
+	lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	seq, data, found, err := m.store.Snapshots().LoadSnapshot(lctx, lastused.SnapshotName)
+	cancel()
+	switch {
+	case err != nil:
+		m.Logger.Warn("load last-used snapshot; replaying USAGE from the start", "err", err)
+	case found && seq <= last:
+		if err := m.lastUsed.Restore(seq, data); err != nil {
+			m.Logger.Warn("unusable last-used snapshot; replaying USAGE from the start", "err", err)
+			m.lastUsed = lastused.New()
+			break
+		}
+		m.usageFrom = seq + 1
+		m.Logger.Info("last-used snapshot restored", "seq", seq, "tail", last-seq)
 	}
+	m.stack.add(layerKeyState, "last-used snapshots", func(ctx context.Context) error {
+		t := time.NewTicker(lastUsedEvery)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				m.saveLastUsed(ctx)
+			case <-ctx.Done():
+				m.saveLastUsed(context.WithoutCancel(ctx))
+				return nil
+			}
+		}
+	})
 	return nil
+}
+
+// lastUsedEvery is how often last used is saved: at most this much of USAGE
+// is replayed at the next start (plus what came after a kill -9).
+const lastUsedEvery = 30 * time.Second
+
+func (m *Main) saveLastUsed(ctx context.Context) {
+	seq, data, changed, err := m.lastUsed.Snapshot()
+	if err == nil && changed {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err = m.store.Snapshots().SaveSnapshot(sctx, lastused.SnapshotName, seq, data)
+		cancel()
+		if err == nil {
+			m.lastUsed.Saved(seq)
+		}
+	}
+	if err != nil {
+		// A failure only costs a longer replay at the next start.
+		m.Logger.Warn("save last-used snapshot", "err", err)
+	}
 }
 
 // startAuditLog connects to ClickHouse (starting a local server when no

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -107,18 +108,47 @@ type meteredUsage struct {
 func (u meteredUsage) Publish(ctx context.Context, envs ...domain.Envelope) error {
 	start := time.Now()
 	err := u.next.Publish(ctx, envs...)
-	took := time.Since(start).Seconds()
-	for _, e := range envs {
-		var d struct {
-			Code string `json:"code"`
+	return u.count(envs, err, time.Since(start))
+}
+
+// PublishOnce meters the services' idempotent path (api.OnceRecorder).
+func (u meteredUsage) PublishOnce(ctx context.Context, envs ...domain.Envelope) error {
+	o, ok := u.next.(api.OnceRecorder)
+	if !ok {
+		return u.Publish(ctx, envs...)
+	}
+	start := time.Now()
+	err := o.PublishOnce(ctx, envs...)
+	return u.count(envs, err, time.Since(start))
+}
+
+// usageCode is the outcome code of a usage event's data. The events this
+// node writes start with it ({"code":"VALID",...}), which spares the hot
+// path a decode; anything else is decoded.
+func usageCode(data []byte) string {
+	const prefix = `{"code":"`
+	if rest, ok := bytes.CutPrefix(data, []byte(prefix)); ok {
+		if i := bytes.IndexByte(rest, '"'); i >= 0 && bytes.IndexByte(rest[:i], '\\') < 0 {
+			return string(rest[:i])
 		}
-		_ = json.Unmarshal(e.Data, &d)
+	}
+	var d struct {
+		Code string `json:"code"`
+	}
+	_ = json.Unmarshal(data, &d)
+	return d.Code
+}
+
+func (u meteredUsage) count(envs []domain.Envelope, err error, d time.Duration) error {
+	took := d.Seconds()
+	for _, e := range envs {
+		code := usageCode(e.Data)
 		if err != nil {
-			u.m.usageFailures.WithLabelValues(d.Code).Inc()
+			u.m.usageFailures.WithLabelValues(code).Inc()
 			continue
 		}
-		u.m.usagePublished.WithLabelValues(d.Code).Inc()
-		u.m.usageDuration.WithLabelValues(d.Code).Observe(took)
+		u.m.usagePublished.WithLabelValues(code).Inc()
+		u.m.usageDuration.WithLabelValues(code).Observe(took)
 	}
 	if err == nil {
 		u.m.appended.WithLabelValues(domain.StreamUsage).Add(float64(len(envs)))

@@ -45,10 +45,12 @@ type Main struct {
 	hooks    *alerts.Webhooks
 	forged   forgedAlerts
 	commits  groupCommits
-	// usageFrom is where the node's one USAGE subscription starts.
-	usageFrom uint64
-	ln        net.Listener
-	stack     stack
+	// usageFrom is where the node's one USAGE subscription starts: after
+	// last used's snapshot. usageLast is USAGE's last sequence at start:
+	// the alert engine observes only what comes after it.
+	usageFrom, usageLast uint64
+	ln                   net.Listener
+	stack                stack
 
 	// stop ends the running stack; done is closed once it has returned err.
 	stop     context.CancelFunc

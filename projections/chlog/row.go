@@ -3,6 +3,7 @@ package chlog
 import (
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -51,6 +52,34 @@ type Row struct {
 // cannot stall the sink.
 const invalidType = "invalid"
 
+// RowsFromMessage maps a stored message to the rows of its events: one,
+// unless the message is a pack of usage events (count is its
+// domain.HdrEvents header), whose every event gets its own row. A pack
+// that does not split into its events is stored whole as one invalid row,
+// like any other message that is not an event.
+func RowsFromMessage(stream string, seq uint64, count string, raw []byte) []Row {
+	events, err := domain.Unpack(count, raw)
+	if err != nil {
+		return []Row{invalidRow(stream, seq, raw)}
+	}
+	rows := make([]Row, len(events))
+	for i, e := range events {
+		rows[i] = rowFromEvent(stream, seq, i, e)
+	}
+	return rows
+}
+
+func invalidRow(stream string, seq uint64, raw []byte) Row {
+	return Row{
+		EventID: fmt.Sprintf("%s:%s:%d", invalidType, stream, seq),
+		Stream:  stream,
+		Seq:     seq,
+		Type:    invalidType,
+		Action:  invalidType,
+		Raw:     string(raw),
+	}
+}
+
 // RowFromMessage maps a message of a stream to its row. raw is the message
 // body; stream and seq say where it is stored. It never fails: an event of a
 // type this code does not know (an alert type added later, say) still gets
@@ -58,24 +87,27 @@ const invalidType = "invalid"
 // that is not an envelope at all gets a row of type "invalid" keyed by its
 // stream and sequence.
 func RowFromMessage(stream string, seq uint64, raw []byte) Row {
+	return rowFromEvent(stream, seq, 0, raw)
+}
+
+// rowFromEvent maps the event at index of the message at seq; an invalid
+// event of a pack is named by its index too.
+func rowFromEvent(stream string, seq uint64, index int, raw []byte) Row {
 	env, err := domain.UnmarshalEnvelope(raw)
 	if err != nil {
 		// UnmarshalEnvelope is strict about types and fields it does
 		// not know; the log is not, as long as there is an event id.
 		var loose domain.Envelope
 		if json.Unmarshal(raw, &loose) != nil || loose.Type == "" || loose.ID == uuid.Nil {
-			return Row{
-				EventID: fmt.Sprintf("%s:%s:%d", invalidType, stream, seq),
-				Stream:  stream,
-				Seq:     seq,
-				Type:    invalidType,
-				Action:  invalidType,
-				Raw:     string(raw),
+			r := invalidRow(stream, seq, raw)
+			if index > 0 {
+				r.EventID += ":" + strconv.Itoa(index)
 			}
+			return r
 		}
 		env = loose
 	}
-	env.Stream, env.Seq = stream, seq
+	env.Stream, env.Seq, env.Index = stream, seq, index
 	return RowFromEnvelope(env, raw)
 }
 

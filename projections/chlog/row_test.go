@@ -2,6 +2,7 @@ package chlog_test
 
 import (
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -109,4 +110,39 @@ func FuzzRowFromMessage(f *testing.F) {
 			t.Fatalf("row without id or with changed raw: %+v", r)
 		}
 	})
+}
+
+// A pack of usage events is a row per event, each with its own id, hash and
+// raw encoding, all at the pack's sequence; a pack that does not split is
+// one invalid row holding the whole message.
+func TestRowsFromMessagePack(t *testing.T) {
+	var raws [][]byte
+	var envs []domain.Envelope
+	for _, e := range everyEventType(t, "k_pack") {
+		if e.StreamName() != domain.StreamUsage {
+			continue
+		}
+		b, err := e.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raws, envs = append(raws, b), append(envs, e)
+	}
+	if len(raws) < 2 {
+		t.Fatalf("%d usage events to pack", len(raws))
+	}
+	packed := domain.Pack(raws)
+	rows := chlog.RowsFromMessage(domain.StreamUsage, 7, strconv.Itoa(len(raws)), packed)
+	if len(rows) != len(raws) {
+		t.Fatalf("%d rows for a pack of %d", len(rows), len(raws))
+	}
+	for i, r := range rows {
+		if r.EventID != envs[i].ID.String() || r.Raw != string(raws[i]) || r.Seq != 7 || r.Hash != envs[i].Hash || r.Type != envs[i].Type {
+			t.Errorf("row %d: %+v, want event %s", i, r, envs[i].ID)
+		}
+	}
+	bad := chlog.RowsFromMessage(domain.StreamUsage, 8, strconv.Itoa(len(raws)+1), packed)
+	if len(bad) != 1 || bad[0].EventID != "invalid:USAGE:8" || bad[0].Raw != string(packed) {
+		t.Errorf("a pack whose count lies: %+v", bad)
+	}
 }

@@ -29,8 +29,11 @@ type SinkConfig struct {
 	Streams []string
 	// Durable is the name of the durable consumer on each stream.
 	Durable string
-	// BatchSize is the most events one insert carries (1000).
-	BatchSize int
+	// BatchBytes is the most message bytes one fetch, and so one insert,
+	// carries (2 MiB, above NATS's largest message: a message is never
+	// too big to fetch). A pack of usage events is one message of many
+	// events, so bytes, not messages, bound a batch's rows and memory.
+	BatchBytes int
 	// BatchWait is the longest an event waits for its batch to fill
 	// (200ms); a batch goes as soon as it is full.
 	BatchWait time.Duration
@@ -62,8 +65,8 @@ func (c SinkConfig) withDefaults() SinkConfig {
 	if c.Durable == "" {
 		c.Durable = DefaultDurable
 	}
-	if c.BatchSize <= 0 {
-		c.BatchSize = 1000
+	if c.BatchBytes <= 0 {
+		c.BatchBytes = 2 << 20
 	}
 	if c.BatchWait <= 0 {
 		c.BatchWait = 200 * time.Millisecond
@@ -167,7 +170,8 @@ func (s *Sink) runStream(ctx context.Context, stream string) {
 		if len(msgs) == 0 {
 			continue
 		}
-		if !s.store(ctx, msgs, st, log) {
+		rows, ok := s.store(ctx, msgs, st, log)
+		if !ok {
 			// ctx is done: hand the batch back at once rather than
 			// after AckWait, so the next sink starts where this one
 			// stopped.
@@ -184,7 +188,7 @@ func (s *Sink) runStream(ctx context.Context, stream string) {
 			}
 		}
 		st.batches.Add(1)
-		st.events.Add(uint64(len(msgs)))
+		st.events.Add(uint64(rows))
 	}
 }
 
@@ -201,7 +205,9 @@ func (s *Sink) consumer(ctx context.Context, stream string, log *slog.Logger) (j
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       s.cfg.AckWait,
 			MaxDeliver:    -1,
-			MaxAckPending: max(1000, 2*s.cfg.Workers*s.cfg.BatchSize),
+			// A fetch of BatchBytes holds at most some 4000 small
+			// messages; room for every worker's batch.
+			MaxAckPending: max(10000, 2*s.cfg.Workers*(s.cfg.BatchBytes/256)),
 		})
 		if err == nil {
 			log.Info("clickhouse sink consuming", "durable", s.cfg.Durable)
@@ -220,10 +226,10 @@ func (s *Sink) consumer(ctx context.Context, stream string, log *slog.Logger) (j
 	}
 }
 
-// fetch returns up to BatchSize messages, waiting at most BatchWait for the
-// batch to fill. Messages received before an error are returned with it.
+// fetch returns up to BatchBytes of messages, waiting at most BatchWait for
+// the batch to fill. Messages received before an error are returned with it.
 func (s *Sink) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
-	batch, err := cons.Fetch(s.cfg.BatchSize, jetstream.FetchMaxWait(s.cfg.BatchWait))
+	batch, err := cons.FetchBytes(s.cfg.BatchBytes, jetstream.FetchMaxWait(s.cfg.BatchWait))
 	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}
@@ -237,26 +243,29 @@ func (s *Sink) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
 	return msgs, nil
 }
 
-// store inserts the batch, retrying with back-off until ClickHouse accepts
-// it. It returns false only when ctx is done first.
-func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats, log *slog.Logger) bool {
-	rows := make([]Row, len(msgs))
+// store inserts the batch's events (a pack is many), retrying with back-off
+// until ClickHouse accepts them, and returns how many rows it inserted. It
+// returns false only when ctx is done first.
+func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats, log *slog.Logger) (int, bool) {
+	rows := make([]Row, 0, len(msgs))
 	var last uint64
-	for i, m := range msgs {
+	for _, m := range msgs {
 		var seq uint64
 		var stored time.Time
 		stream := ""
 		if md, err := m.Metadata(); err == nil {
 			seq, stream, stored = md.Sequence.Stream, md.Stream, md.Timestamp
 		}
-		rows[i] = RowFromMessage(stream, seq, m.Data())
-		if rows[i].Type == invalidType {
-			log.Error("message is not an event; stored as invalid", "seq", seq, "subject", m.Subject())
-		}
-		if rows[i].Time.IsZero() {
-			// A non-event has no time of its own; when JetStream
-			// stored it is the next best thing for range searches.
-			rows[i].Time = stored.UTC().Truncate(time.Millisecond)
+		for _, r := range RowsFromMessage(stream, seq, m.Headers().Get(domain.HdrEvents), m.Data()) {
+			if r.Type == invalidType {
+				log.Error("message is not an event; stored as invalid", "seq", seq, "subject", m.Subject())
+			}
+			if r.Time.IsZero() {
+				// A non-event has no time of its own; when JetStream
+				// stored it is the next best thing for range searches.
+				r.Time = stored.UTC().Truncate(time.Millisecond)
+			}
+			rows = append(rows, r)
 		}
 		last = max(last, seq)
 	}
@@ -293,10 +302,10 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 				log.Info("clickhouse insert succeeded after retries", "attempts", attempt, "events", len(rows))
 			}
 			st.lastSeq.Store(last)
-			return true
+			return len(rows), true
 		}
 		if ctx.Err() != nil {
-			return false
+			return 0, false
 		}
 		st.failures.Add(1)
 		// Say it once, then every tenth attempt: an outage of hours
@@ -305,7 +314,7 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 			log.Warn("clickhouse insert failed; events wait in jetstream", "attempt", attempt, "events", len(rows), "err", err)
 		}
 		if !back.wait(ctx) {
-			return false
+			return 0, false
 		}
 	}
 }

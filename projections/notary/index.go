@@ -37,14 +37,15 @@ func appendEntry(seg []byte, id uuid.UUID, seq uint64) []byte {
 	return binary.BigEndian.AppendUint64(seg, seq)
 }
 
-// findEntry returns the sequence of id in a segment, or 0.
-func findEntry(seg []byte, id uuid.UUID) uint64 {
+// findEntry returns the sequence of id in a segment and its place there,
+// or 0.
+func findEntry(seg []byte, id uuid.UUID) (uint64, uint64) {
 	for i := 0; i+entrySize <= len(seg); i += entrySize {
 		if bytes.Equal(seg[i:i+16], id[:]) {
-			return binary.BigEndian.Uint64(seg[i+16 : i+entrySize])
+			return binary.BigEndian.Uint64(seg[i+16 : i+entrySize]), uint64(i / entrySize)
 		}
 	}
-	return 0
+	return 0, 0
 }
 
 // idTime is what orders UUIDv7s by time: their first 6 bytes.
@@ -54,10 +55,20 @@ func idTime(b []byte) []byte { return b[:6] }
 // (there are complete of them) and the incomplete one, or returns 0.
 // Reading every segment is serialised on scan: the requests for unknown
 // ids share one reader.
-func locate(ctx context.Context, store stateStore, stream string, complete uint64, partial []byte, id uuid.UUID, scan *sync.Mutex) (uint64, error) {
-	if seq := findEntry(partial, id); seq != 0 {
-		return seq, nil
+//
+// It returns the event's message sequence and its leaf index in the tree.
+func locate(ctx context.Context, store stateStore, stream string, complete uint64, partial []byte, id uuid.UUID, scan *sync.Mutex) (uint64, uint64, error) {
+	if seq, at := findEntry(partial, id); seq != 0 {
+		return seq, complete*SegmentSize + at, nil
 	}
+	var leaf uint64
+	seq, err := locateComplete(ctx, store, stream, complete, id, scan, &leaf)
+	return seq, leaf, err
+}
+
+// locateComplete searches the complete segments, setting *leaf when it
+// finds id.
+func locateComplete(ctx context.Context, store stateStore, stream string, complete uint64, id uuid.UUID, scan *sync.Mutex, leaf *uint64) (uint64, error) {
 	segs := map[uint64][]byte{}
 	get := func(k uint64) ([]byte, uint64, error) {
 		if seg, ok := segs[k]; ok {
@@ -68,7 +79,11 @@ func locate(ctx context.Context, store stateStore, stream string, complete uint6
 			return nil, 0, err
 		}
 		segs[k] = seg
-		return seg, findEntry(seg, id), nil
+		seq, at := findEntry(seg, id)
+		if seq != 0 {
+			*leaf = k*SegmentSize + at
+		}
+		return seg, seq, nil
 	}
 	if id.Version() == 7 && complete > 0 {
 		// Segments whose first id is of the same millisecond as id or

@@ -65,9 +65,9 @@ func TestIndexLocatesEveryEvent(t *testing.T) {
 	maxOrdered := 0
 	for i, id := range ids {
 		store.gets = 0
-		seq, err := locate(ctx, store, "USAGE", complete, seg, id, &scan)
-		if err != nil || seq != uint64(i+1) {
-			t.Fatalf("id %d (v%d): seq %d (%v)", i, id.Version(), seq, err)
+		seq, leaf, err := locate(ctx, store, "USAGE", complete, seg, id, &scan)
+		if err != nil || seq != uint64(i+1) || leaf != uint64(i) {
+			t.Fatalf("id %d (v%d): seq %d, leaf %d (%v)", i, id.Version(), seq, leaf, err)
 		}
 		if i%997 != 5 && i%4001 != 7 {
 			maxOrdered = max(maxOrdered, store.gets)
@@ -76,7 +76,7 @@ func TestIndexLocatesEveryEvent(t *testing.T) {
 	if maxOrdered > 10 {
 		t.Fatalf("a time-ordered id took %d segment reads of %d", maxOrdered, complete)
 	}
-	if seq, err := locate(ctx, store, "USAGE", complete, seg, uuid.Must(uuid.NewV7()), &scan); err != nil || seq != 0 {
+	if seq, _, err := locate(ctx, store, "USAGE", complete, seg, uuid.Must(uuid.NewV7()), &scan); err != nil || seq != 0 {
 		t.Fatalf("an unknown id: seq %d (%v)", seq, err)
 	}
 	t.Logf("time-ordered ids: at most %d of %d segments read", maxOrdered, complete)

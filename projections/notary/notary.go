@@ -256,8 +256,8 @@ func (n *Notary) follow(ctx context.Context, stream string) {
 		n.mu.RLock()
 		from := n.folded[stream] + 1
 		n.mu.RUnlock()
-		err := ReadStream(ctx, n.js, stream, from, true, func(seq uint64, data []byte) error {
-			n.add(ctx, stream, seq, data)
+		err := ReadMessages(ctx, n.js, stream, from, true, func(m Message) error {
+			n.add(ctx, stream, m.Seq, m.Events)
 			return nil
 		})
 		if err != nil && ctx.Err() == nil {
@@ -270,7 +270,10 @@ func (n *Notary) follow(ctx context.Context, stream string) {
 	}
 }
 
-func (n *Notary) add(ctx context.Context, stream string, seq uint64, data []byte) {
+// add folds the events of the message at seq (one, or the events of a
+// pack), each a leaf of the tree, under one hold of the lock: a saved state
+// never ends inside a message.
+func (n *Notary) add(ctx context.Context, stream string, seq uint64, events [][]byte) {
 	n.mu.Lock()
 	t := n.trees[stream]
 	if want := n.folded[stream] + 1; seq != want {
@@ -279,6 +282,36 @@ func (n *Notary) add(ctx context.Context, stream string, seq uint64, data []byte
 	}
 	n.folded[stream] = seq
 	n.read[stream]++
+	for _, data := range events {
+		n.addLeaf(ctx, stream, seq, data)
+	}
+	for len(n.earlier[stream]) > 0 && n.earlier[stream][0].Size <= t.Size() {
+		c := n.earlier[stream][0]
+		n.earlier[stream] = n.earlier[stream][1:]
+		if c.Size < t.Size() {
+			continue // an older checkpoint of a size already passed (they are stored in order)
+		}
+		if hex.EncodeToString(t.Root()) != c.Root {
+			n.markBroken(fmt.Sprintf("%s:%d", stream, seq), fmt.Sprintf(
+				"the tree of the first %d events of %s does not match the checkpoint signed at %s: an event at or before sequence %d was altered, removed, inserted or reordered",
+				c.Size, stream, c.At.Format(time.RFC3339Nano), seq))
+			continue
+		}
+		if c.Size > n.latest[stream].Size {
+			n.latest[stream] = c
+		}
+	}
+	n.pending[stream] += len(events)
+	due := n.pending[stream] >= n.cfg.Every
+	n.mu.Unlock()
+	if due {
+		n.checkpoint(ctx, stream)
+	}
+}
+
+// addLeaf folds one event of the message at seq; n.mu is held.
+func (n *Notary) addLeaf(ctx context.Context, stream string, seq uint64, data []byte) {
+	t := n.trees[stream]
 	if err := t.Append(data); err != nil {
 		n.log.Error("notary tree", "stream", stream, "seq", seq, "err", err)
 	}
@@ -302,28 +335,6 @@ func (n *Notary) add(ctx context.Context, stream string, seq uint64, data []byte
 		if why := checkEvent(env, n.chains, stream); why != "" {
 			n.markBroken(env.ID.String(), why)
 		}
-	}
-	for len(n.earlier[stream]) > 0 && n.earlier[stream][0].Size <= t.Size() {
-		c := n.earlier[stream][0]
-		n.earlier[stream] = n.earlier[stream][1:]
-		if c.Size < t.Size() {
-			continue // an older checkpoint of a size already passed (they are stored in order)
-		}
-		if hex.EncodeToString(t.Root()) != c.Root {
-			n.markBroken(fmt.Sprintf("%s:%d", stream, seq), fmt.Sprintf(
-				"the tree of the first %d events of %s does not match the checkpoint signed at %s: an event at or before sequence %d was altered, removed, inserted or reordered",
-				c.Size, stream, c.At.Format(time.RFC3339Nano), seq))
-			continue
-		}
-		if c.Size > n.latest[stream].Size {
-			n.latest[stream] = c
-		}
-	}
-	n.pending[stream]++
-	due := n.pending[stream] >= n.cfg.Every
-	n.mu.Unlock()
-	if due {
-		n.checkpoint(ctx, stream)
 	}
 }
 
@@ -521,7 +532,7 @@ func (n *Notary) resume(ctx context.Context, stream string) (c domain.Checkpoint
 			return fail(fmt.Errorf("saved state: hash %d is not a hash", i))
 		}
 	}
-	if st.Size == 0 || st.Folded < st.Size || st.Gen == "" {
+	if st.Size == 0 || st.Folded == 0 || st.Gen == "" {
 		return fail(fmt.Errorf("saved state of %d events at sequence %d", st.Size, st.Folded))
 	}
 	var partial [][]byte
@@ -579,7 +590,8 @@ func (n *Notary) resume(ctx context.Context, stream string) (c domain.Checkpoint
 	if err != nil {
 		return fail(err)
 	}
-	if !bytes.Equal(leaf, LeafHash(m.Data)) {
+	events, err := domain.Unpack(m.Header.Get(domain.HdrEvents), m.Data)
+	if err != nil || !bytes.Equal(leaf, LeafHash(events[len(events)-1])) {
 		return fail(fmt.Errorf("sequence %d is not the message the saved tree ends with", st.Folded))
 	}
 	if err := n.putChains(ctx, st.Gen, st.Chains); err != nil {
@@ -617,23 +629,25 @@ func (n *Notary) recheck(ctx context.Context, stream string, c domain.Checkpoint
 			broken("", fmt.Sprintf("missing from the stream (next stored is %d)", m.Seq))
 			return errStop
 		}
-		env, err := domain.UnmarshalEnvelope(m.Data)
-		if err != nil {
-			broken("", "stored bytes are not a valid event: "+err.Error())
-			return errStop
-		}
-		if why := checkEvent(env, chains, stream); why != "" {
-			broken(env.ID.String(), why)
-			return errStop
-		}
-		_ = r.Append(LeafHash(m.Data), nil)
-		expect++
-		if r.End() == c.Size {
-			if root, _ := r.GetRootHash(nil); hex.EncodeToString(root) != c.Root {
-				broken(env.ID.String(), fmt.Sprintf("the first %d events do not match the checkpoint signed at %s", c.Size, c.At.Format(time.RFC3339Nano)))
+		for _, data := range m.Events {
+			env, err := domain.UnmarshalEnvelope(data)
+			if err != nil {
+				broken("", "stored bytes are not a valid event: "+err.Error())
+				return errStop
 			}
-			return errStop
+			if why := checkEvent(env, chains, stream); why != "" {
+				broken(env.ID.String(), why)
+				return errStop
+			}
+			_ = r.Append(LeafHash(data), nil)
+			if r.End() == c.Size {
+				if root, _ := r.GetRootHash(nil); hex.EncodeToString(root) != c.Root {
+					broken(env.ID.String(), fmt.Sprintf("the first %d events do not match the checkpoint signed at %s", c.Size, c.At.Format(time.RFC3339Nano)))
+				}
+				return errStop
+			}
 		}
+		expect++
 		return nil
 	})
 	if err != nil && err != errStop && ctx.Err() == nil {
@@ -706,7 +720,7 @@ func (n *Notary) ProofFor(eventID string) (Proof, error) {
 	if store == nil {
 		return Proof{}, notFound
 	}
-	s, seq, err := n.locate(ctx, store, id)
+	s, seq, leaf, err := n.locate(ctx, store, id)
 	if err != nil {
 		return Proof{}, fmt.Errorf("proof of %s: %w", eventID, err)
 	}
@@ -717,49 +731,65 @@ func (n *Notary) ProofFor(eventID string) (Proof, error) {
 	t := n.trees[s]
 	c, ok := n.latest[s]
 	var pr Prover
-	if t != nil && ok && c.Size >= seq {
+	if t != nil && ok && c.Size > leaf {
 		pr = t.Prover(tiles(store, s))
 	}
 	n.mu.RUnlock()
 	if t == nil {
 		return Proof{}, notFound
 	}
-	if !ok || c.Size < seq {
+	if !ok || c.Size <= leaf {
 		return Proof{}, domain.Errorf(domain.ENOTFOUND, "not_yet_checkpointed", "event %s is not covered by a checkpoint yet", eventID)
 	}
 	// The index is the notary's own, kept outside the log: the message at
-	// its sequence must be the event (a refolded, rewritten stream may
+	// its sequence must hold the event (a refolded, rewritten stream may
 	// have left an entry behind).
 	if st, err := n.js.Stream(ctx, s); err != nil {
 		return Proof{}, fmt.Errorf("proof of %s: %w", eventID, err)
 	} else if m, err := st.GetMsg(ctx, seq); err != nil {
 		return Proof{}, fmt.Errorf("proof of %s: %w", eventID, err)
-	} else if env, err := domain.UnmarshalEnvelope(m.Data); err != nil || env.ID != id {
+	} else if !holds(m.Header.Get(domain.HdrEvents), m.Data, id) {
 		return Proof{}, notFound
 	}
-	hs, err := pr.InclusionProof(ctx, seq-1, c.Size)
+	hs, err := pr.InclusionProof(ctx, leaf, c.Size)
 	if err != nil {
 		return Proof{}, fmt.Errorf("proof of %s: %w", eventID, err)
 	}
-	p := Proof{Stream: s, Seq: seq, Index: seq - 1, EventID: eventID, Checkpoint: c}
+	p := Proof{Stream: s, Seq: seq, Index: leaf, EventID: eventID, Checkpoint: c}
 	for _, h := range hs {
 		p.Hashes = append(p.Hashes, hex.EncodeToString(h))
 	}
 	return p, nil
 }
 
-// locate finds the stream and sequence of an event, or returns a 0 seq.
-func (n *Notary) locate(ctx context.Context, store stateStore, id uuid.UUID) (string, uint64, error) {
+// holds reports whether the stored message (count is its HdrEvents
+// header) holds the event id.
+func holds(count string, data []byte, id uuid.UUID) bool {
+	events, err := domain.Unpack(count, data)
+	if err != nil {
+		return false
+	}
+	for _, e := range events {
+		if env, err := domain.UnmarshalEnvelope(e); err == nil && env.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// locate finds the stream, message sequence and leaf index of an event, or
+// returns a 0 seq.
+func (n *Notary) locate(ctx context.Context, store stateStore, id uuid.UUID) (string, uint64, uint64, error) {
 	for _, s := range Streams {
 		n.mu.RLock()
 		complete, partial := n.trees[s].Size()/SegmentSize, bytes.Clone(n.ids[s])
 		n.mu.RUnlock()
-		seq, err := locate(ctx, store, s, complete, partial, id, &n.scan)
+		seq, leaf, err := locate(ctx, store, s, complete, partial, id, &n.scan)
 		if err != nil || seq != 0 {
-			return s, seq, err
+			return s, seq, leaf, err
 		}
 	}
-	return "", 0, nil
+	return "", 0, 0, nil
 }
 
 // Latest returns the latest checkpoint of every stream that has one.
@@ -810,9 +840,12 @@ func ReadStream(ctx context.Context, js jetstream.JetStream, stream string, from
 // Message is one stored message: where it is, its bytes, the writer that
 // signed it and when the server stored it.
 type Message struct {
-	Seq               uint64
-	Subject           string
-	Data              []byte
+	Seq     uint64
+	Subject string
+	Data    []byte
+	// Events are the message's events: Data, or the events of a pack
+	// (domain.Unpack), each a leaf of the stream's tree.
+	Events            [][]byte
 	Writer, Signature string
 	Stored            time.Time
 }
@@ -858,7 +891,13 @@ func ReadMessages(ctx context.Context, js jetstream.JetStream, stream string, fr
 			return fmt.Errorf("read %s: %w", stream, err)
 		}
 		h := msg.Headers()
-		if err := fn(Message{Seq: md.Sequence.Stream, Subject: msg.Subject(), Data: msg.Data(),
+		events, err := domain.Unpack(h.Get(domain.HdrEvents), msg.Data())
+		if err != nil {
+			// A pack that does not split is one leaf, which no event
+			// decodes from: the readers name it as not an event.
+			events = [][]byte{msg.Data()}
+		}
+		if err := fn(Message{Seq: md.Sequence.Stream, Subject: msg.Subject(), Data: msg.Data(), Events: events,
 			Writer: h.Get(domain.HdrWriter), Signature: h.Get(domain.HdrSignature), Stored: md.Timestamp}); err != nil {
 			return err
 		}

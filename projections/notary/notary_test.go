@@ -20,6 +20,8 @@ import (
 	"github.com/keyledger/keyledger/projections/chlog"
 	"github.com/keyledger/keyledger/projections/chlog/chlogtest"
 	"github.com/keyledger/keyledger/projections/notary"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 const marker = "tamper-marker-zz"
@@ -86,15 +88,22 @@ func newLedger(t *testing.T) *ledger {
 			}
 		}
 	}
+	// USAGE holds packs of several events (a group commit), as a node
+	// writes it: 1, 5 and 6 events, each event a leaf of the tree.
 	pub := eventstore.NewUsagePublisher(l.store, eventstore.UsageConfig{})
-	for i := range 12 {
-		env, _ := domain.NewEnvelope(uuid.Must(uuid.NewV7()), uuid.NewString(), domain.KeyUsed{Code: domain.OutcomeValid}, time.Now(), "svc",
-			&domain.RequestContext{SourceIP: fmt.Sprintf("10.0.0.%d", i)})
-		env.Seal("")
-		if err := pub.Publish(ctx, env); err != nil {
+	for _, n := range usagePacks {
+		var pack []domain.Envelope
+		for range n {
+			i := len(l.usage)
+			env, _ := domain.NewEnvelope(uuid.Must(uuid.NewV7()), uuid.NewString(), domain.KeyUsed{Code: domain.OutcomeValid}, time.Now(), "svc",
+				&domain.RequestContext{SourceIP: fmt.Sprintf("10.0.0.%d", i)})
+			env.Seal("")
+			pack = append(pack, env)
+			l.usage = append(l.usage, env.ID.String())
+		}
+		if err := pub.Publish(ctx, pack...); err != nil {
 			t.Fatal(err)
 		}
-		l.usage = append(l.usage, env.ID.String())
 	}
 	_ = pub.Close(ctx)
 	var err error
@@ -113,11 +122,13 @@ func newLedger(t *testing.T) *ledger {
 			return fmt.Errorf("%d streams checkpointed", got)
 		}
 		for _, c := range l.notary.Latest() {
-			want := uint64(len(l.keyEvents))
+			want := uint64(len(l.keyEvents)) / 5 * 5
 			if c.Stream == domain.StreamUsage {
+				// A checkpoint falls between messages: after the pack
+				// that brings 5 events or more since the last one.
 				want = uint64(len(l.usage))
 			}
-			if c.Size != want/5*5 {
+			if c.Size != want {
 				return fmt.Errorf("%s checkpointed at %d", c.Stream, c.Size)
 			}
 		}
@@ -126,6 +137,9 @@ func newLedger(t *testing.T) *ledger {
 	l.notary.Flush(ctx)
 	return l
 }
+
+// usagePacks are the sizes of the ledger's USAGE messages.
+var usagePacks = []int{1, 5, 6}
 
 func ptr[T any](v T) *T { return &v }
 
@@ -186,24 +200,43 @@ func TestUntouchedLogVerifiesAndProofsHold(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if err := notary.CheckProof(p, m.Data, pub); err != nil {
+			event := eventIn(t, m, id)
+			if err := notary.CheckProof(p, event, pub); err != nil {
 				t.Fatalf("proof of %s: %v", id, err)
 			}
-			bad := bytes.Replace(m.Data, []byte(`"actor":"`), []byte(`"actor":"x`), 1)
+			bad := bytes.Replace(event, []byte(`"actor":"`), []byte(`"actor":"x`), 1)
 			if err := notary.CheckProof(p, bad, pub); err == nil {
 				t.Fatalf("proof of a modified %s verifies", id)
 			}
 			other, _, _ := ed25519.GenerateKey(nil)
-			if err := notary.CheckProof(p, m.Data, other); err == nil {
+			if err := notary.CheckProof(p, event, other); err == nil {
 				t.Fatal("proof verifies under another key")
 			}
 		}
 	}
 }
 
+// eventIn returns the stored bytes of event id in message m (a pack, or
+// a message of one event).
+func eventIn(t *testing.T, m *jetstream.RawStreamMsg, id string) []byte {
+	t.Helper()
+	events, err := domain.Unpack(m.Header.Get(domain.HdrEvents), m.Data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range events {
+		if env, err := domain.UnmarshalEnvelope(e); err == nil && env.ID.String() == id {
+			return e
+		}
+	}
+	t.Fatalf("message %d does not hold event %s", m.Sequence, id)
+	return nil
+}
+
 // copyLedger rewrites history the way an operator with disk access could:
-// every message copied, in order, into a fresh store, after transform has
-// had its way with the list.
+// every event copied, in order, into a fresh store, after transform has
+// had its way with the list. A pack's events are copied as messages of one
+// event each, which leaves the tree as it was: its leaves are events.
 func copyLedger(t *testing.T, l *ledger, stream string, transform func([]msg) []msg) *eventstore.Store {
 	t.Helper()
 	ctx := context.Background()
@@ -211,9 +244,11 @@ func copyLedger(t *testing.T, l *ledger, stream string, transform func([]msg) []
 	t.Cleanup(func() { _ = dst.Close() })
 	for _, s := range []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts, domain.StreamCheckpoints} {
 		var ms []msg
-		err := notary.ReadStream(ctx, l.store.JetStream(), s, 1, false, func(seq uint64, data []byte) error {
-			env, _ := domain.UnmarshalEnvelope(data)
-			ms = append(ms, msg{subject: env.Subject(), data: bytes.Clone(data), id: env.ID.String()})
+		err := notary.ReadMessages(ctx, l.store.JetStream(), s, 1, false, func(m notary.Message) error {
+			for _, data := range m.Events {
+				env, _ := domain.UnmarshalEnvelope(data)
+				ms = append(ms, msg{subject: env.Subject(), data: bytes.Clone(data), id: env.ID.String()})
+			}
 			return nil
 		})
 		if err != nil {
@@ -245,7 +280,7 @@ func TestDeletedEventIsCaught(t *testing.T) {
 	wantFailure(t, verify(t, dst, pub, nil), l.keyEvents[2], "prev_hash")
 	// A usage event removed: the tree no longer matches its checkpoint.
 	dst = copyLedger(t, l, domain.StreamUsage, func(ms []msg) []msg { return append(ms[:3:3], ms[4:]...) })
-	wantFailure(t, verify(t, dst, pub, nil), l.usage[5], "does not match the checkpoint")
+	wantFailure(t, verify(t, dst, pub, nil), l.usage[6], "does not match the checkpoint")
 }
 
 func TestSwappedEventsAreCaught(t *testing.T) {
@@ -260,7 +295,7 @@ func TestSwappedEventsAreCaught(t *testing.T) {
 		ms[1], ms[2] = ms[2], ms[1]
 		return ms
 	})
-	wantFailure(t, verify(t, dst, pub, nil), l.usage[4], "does not match the checkpoint")
+	wantFailure(t, verify(t, dst, pub, nil), l.usage[5], "does not match the checkpoint")
 }
 
 func TestForgedCheckpointIsCaught(t *testing.T) {
@@ -473,4 +508,68 @@ func TestRestartedNotaryChecksEarlierCheckpoints(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestAlteredEventInsidePackIsCaught copies the ledger message for message,
+// packs kept, with one event in the middle of a pack altered, and then with
+// a pack whose count header lies: verify names the altered event, and the
+// pack that does not split.
+func TestAlteredEventInsidePackIsCaught(t *testing.T) {
+	l := newLedger(t)
+	pub := l.key.Public().(ed25519.PublicKey)
+	ctx := context.Background()
+	copyPacks := func(alter func(seq uint64, count string, data []byte) (string, []byte)) *eventstore.Store {
+		dst := open(t, t.TempDir())
+		t.Cleanup(func() { _ = dst.Close() })
+		for _, s := range []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts, domain.StreamCheckpoints} {
+			st, err := l.store.JetStream().Stream(ctx, s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			info, _ := st.Info(ctx)
+			for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
+				m, err := st.GetMsg(ctx, seq)
+				if err != nil {
+					t.Fatal(err)
+				}
+				count, data := m.Header.Get(domain.HdrEvents), m.Data
+				if s == domain.StreamUsage {
+					count, data = alter(seq, count, bytes.Clone(data))
+				}
+				out := nats.NewMsg(m.Subject)
+				out.Data = data
+				if count != "" {
+					out.Header.Set(domain.HdrEvents, count)
+				}
+				if _, err := dst.JetStream().PublishMsg(ctx, out); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		return dst
+	}
+	// Message 2 is the pack of 5 holding usage events 1 to 5; its third
+	// event is l.usage[3].
+	dst := copyPacks(func(seq uint64, count string, data []byte) (string, []byte) {
+		if seq != 2 {
+			return count, data
+		}
+		events, err := domain.Unpack(count, data)
+		if err != nil || len(events) != 5 {
+			t.Fatalf("message 2 holds %d events (%v), want the pack of 5", len(events), err)
+		}
+		events[2] = bytes.Replace(events[2], []byte(`"actor":"svc"`), []byte(`"actor":"svx"`), 1)
+		return count, domain.Pack(events)
+	})
+	wantFailure(t, verify(t, dst, pub, nil), l.usage[3], "contents hash to")
+	dst = copyPacks(func(seq uint64, count string, data []byte) (string, []byte) {
+		if seq == 2 {
+			return "4", data
+		}
+		return count, data
+	})
+	f := verify(t, dst, pub, nil)
+	if f == nil || f.Stream != domain.StreamUsage || f.Seq != 2 || !strings.Contains(f.Why, "not a valid event") {
+		t.Fatalf("a pack whose count lies: failure %v, want USAGE sequence 2 not a valid event", f)
+	}
 }

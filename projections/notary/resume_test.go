@@ -62,17 +62,30 @@ func TestRestartedNotaryResumesFromItsCheckpoint(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := notary.CheckProof(p, m.Data, pub); err != nil {
+		if err := notary.CheckProof(p, eventIn(t, m, id), pub); err != nil {
 			t.Fatalf("proof of %s: %v", id, err)
 		}
 		return p
 	}
+	// The ledger's first usage events are packs (usagePacks), the rest
+	// one event a message: event i is leaf i and in message seqOf(i).
+	seqOf := func(i int) uint64 {
+		seq := 0
+		for _, n := range usagePacks {
+			seq++
+			if i < n {
+				return uint64(seq)
+			}
+			i -= n
+		}
+		return uint64(seq + i + 1)
+	}
 	if p := proven(l.keyEvents[0]); p.Seq != 1 || p.Checkpoint.Size != uint64(len(l.keyEvents)) {
 		t.Fatalf("proof of the first event: seq %d against a checkpoint of %d", p.Seq, p.Checkpoint.Size)
 	}
-	for _, i := range []int{0, 11, 12, notary.SegmentSize, 2*notary.SegmentSize + 17, len(l.usage) - 1} {
-		if p := proven(l.usage[i]); p.Seq != uint64(i+1) || p.Checkpoint.Size != uint64(len(l.usage)) {
-			t.Fatalf("proof of usage event %d: seq %d against a checkpoint of %d", i, p.Seq, p.Checkpoint.Size)
+	for _, i := range []int{0, 1, 3, 5, 6, 11, 12, notary.SegmentSize, 2*notary.SegmentSize + 17, len(l.usage) - 1} {
+		if p := proven(l.usage[i]); p.Seq != seqOf(i) || p.Index != uint64(i) || p.Checkpoint.Size != uint64(len(l.usage)) {
+			t.Fatalf("proof of usage event %d: seq %d, leaf %d, against a checkpoint of %d", i, p.Seq, p.Index, p.Checkpoint.Size)
 		}
 	}
 	for _, s := range notary.Streams {

@@ -1,6 +1,7 @@
 package notary
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections/chlog"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -50,9 +52,15 @@ type VerifyOptions struct {
 	// cannot hide behind the first.
 	Rows func(ctx context.Context, fn func(Row) error) error
 	// Live says the deployment is running: rows of events stored after
-	// Verify read a stream are skipped, and events after the last row of
-	// their stream count as the log's lag, not as missing rows.
+	// Verify read a stream are skipped, and events the audit sink has not
+	// acknowledged yet (after its durable consumer's ack floor, read
+	// before the rows: the sink inserts before it acks) count as the
+	// log's lag, not as missing rows. Without that consumer, events after
+	// the last row of their stream count as lag.
 	Live bool
+	// SinkDurable names the audit sink's durable consumer
+	// (chlog.DefaultDurable when empty).
+	SinkDurable string
 	// Progress is called every ProgressEvery events.
 	Progress      func(stream string, events uint64)
 	ProgressEvery uint64
@@ -148,18 +156,20 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 		expect := uint64(1)
 		err := readDecoded(ctx, js, stream, func(m *decoded) error {
 			seq, data := m.seq, m.data
-			if seq != expect {
-				fail = &Failure{Stream: stream, Seq: expect, Why: fmt.Sprintf("sequence %d is missing from the stream (next stored is %d)", expect, seq)}
-				return errStop
+			if m.first {
+				if seq != expect {
+					fail = &Failure{Stream: stream, Seq: expect, Why: fmt.Sprintf("sequence %d is missing from the stream (next stored is %d)", expect, seq)}
+					return errStop
+				}
+				expect++
 			}
-			expect++
 			env := m.env
 			if m.err != nil {
 				fail = &Failure{Stream: stream, Seq: seq, Why: "stored bytes are not a valid event: " + m.err.Error()}
 				return errStop
 			}
 			id := env.ID.String()
-			if why := opt.provenance(m.msg); why != "" {
+			if why := opt.provenance(m.msg); m.first && why != "" {
 				fail = &Failure{Stream: stream, Seq: seq, EventID: id, Why: why}
 				return errStop
 			}
@@ -210,6 +220,19 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 	if opt.Rows == nil {
 		return sum, nil, nil
 	}
+	// The sink's ack floors, read before the rows: every event at or
+	// before one has its row in what the walk below reads.
+	floors := map[string]uint64{}
+	if opt.Live {
+		durable := cmp.Or(opt.SinkDurable, chlog.DefaultDurable)
+		for _, stream := range Streams {
+			if c, err := js.Consumer(ctx, stream, durable); err == nil {
+				if info, err := c.Info(ctx); err == nil {
+					floors[stream] = info.AckFloor.Stream
+				}
+			}
+		}
+	}
 	// Every row must be an event of JetStream, byte for byte, and every
 	// event must have its row. Rows arrive in no particular order, so the
 	// walk goes on after a bad row to name the first one in log order.
@@ -253,7 +276,8 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 			if e.seen {
 				continue
 			}
-			if opt.Live && e.seq > last[stream] {
+			floor, ok := floors[stream]
+			if opt.Live && ((ok && e.seq > floor) || (!ok && e.seq > last[stream])) {
 				sum.Lagging++
 				continue
 			}
@@ -303,14 +327,16 @@ func (stopErr) Error() string { return "stop" }
 
 var errStop error = stopErr{}
 
-// decoded is a stored message with its decoding and its recomputed hash.
+// decoded is a stored event with its decoding and its recomputed hash:
+// a message, or one event of a pack (first marks a message's first event).
 type decoded struct {
-	seq  uint64
-	data []byte
-	msg  Message
-	env  domain.Envelope
-	err  error
-	hash string
+	seq   uint64
+	data  []byte
+	msg   Message
+	first bool
+	env   domain.Envelope
+	err   error
+	hash  string
 }
 
 // readDecoded calls fn with every message of a stream, in order, decoded
@@ -337,9 +363,11 @@ func readDecoded(ctx context.Context, js jetstream.JetStream, stream string, fn 
 			}
 		}
 		readErr = ReadMessages(ctx, js, stream, 1, false, func(m Message) error {
-			cur = append(cur, decoded{seq: m.Seq, data: m.Data, msg: m})
-			if len(cur) == batch && !send() {
-				return ctx.Err()
+			for i, data := range m.Events {
+				cur = append(cur, decoded{seq: m.Seq, data: data, msg: m, first: i == 0})
+				if len(cur) >= batch && !send() {
+					return ctx.Err()
+				}
 			}
 			return nil
 		})
