@@ -115,6 +115,15 @@ func TestFullDiskRefusesThenRecovers(t *testing.T) {
 		t.Fatalf("usage on a full disk: %v, want ErrNotWritable", err)
 	}
 	t.Logf("usage refused in %s", time.Since(start))
+	// Buffered (async) usage waits for the disk instead: none is lost.
+	async := eventstore.NewUsagePublisher(s, eventstore.UsageConfig{Async: true})
+	usageBefore := mustCount(t, s, domain.StreamUsage)
+	const buffered = 50
+	for range buffered {
+		if err := async.Publish(ctx, used(t, newKeyID())); err != nil {
+			t.Fatalf("async usage on a full disk: %v", err)
+		}
+	}
 
 	// Space returns: the store recovers without being reopened.
 	if err := os.Remove(filler); err != nil {
@@ -131,6 +140,12 @@ func TestFullDiskRefusesThenRecovers(t *testing.T) {
 	acked[id] = true
 	if err := usage.Publish(ctx, used(t, id)); err != nil {
 		t.Fatalf("usage after recovery: %v", err)
+	}
+	if err := async.Close(ctx); err != nil {
+		t.Fatalf("async usage after recovery: %v", err)
+	}
+	if got, want := mustCount(t, s, domain.StreamUsage), usageBefore+buffered+1; got != want {
+		t.Errorf("USAGE holds %d events after recovery, want %d: buffered events were lost", got, want)
 	}
 
 	// Each refused append is stored whole or not at all, and the
