@@ -320,7 +320,9 @@ func (p *UsagePublisher) store(events []usageEvent, giveUp func() bool) error {
 	for attempt := 1; ; attempt++ {
 		p.batches.Add(1)
 		_, err := p.pub.publishOne(context.Background(), m)
-		if err == nil || !transient(err) {
+		// A store that cannot write now (a full disk) fails a durable
+		// caller at once (503); buffered events wait for it to recover.
+		if err == nil || !(transient(err) || (p.cfg.Async && errors.Is(err, ErrNotWritable))) {
 			return err
 		}
 		if giveUp() {

@@ -19,6 +19,7 @@ import (
 // readyChecks are the checks of /readyz; api.Check says what each means.
 func (m *Main) readyChecks() []api.Check {
 	return []api.Check{
+		{Name: "event_store", Run: m.store.Writable},
 		{Name: "key_state", Run: m.projectionReady},
 		{Name: "audit_chain", Run: m.auditReady},
 		{Name: "audit_log", Optional: true, Run: m.auditLogReady},
@@ -297,6 +298,8 @@ func (m *Main) registerMetrics(reg *prometheus.Registry) {
 	gauge("keyledger_usage_buffer_depth", "Usage events waiting to be stored.", func() float64 { return float64(m.usage.Depth()) })
 	gauge("keyledger_keystate_applied_seq", "Last KEYS sequence applied by the key-state projection.", func() float64 { return float64(m.state.Applied()) })
 	gauge("keyledger_keys", "Keys in the key-state projection.", func() float64 { return float64(m.state.Len()) })
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_event_store_restarts_total", Help: "Restarts of the embedded JetStream after it could not write to its disk (a full disk)."},
+		func() float64 { return float64(m.store.DiskRestarts()) }))
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_forged_events_total", Help: "KEYS events refused because no trusted writer signed them."},
 		func() float64 { return float64(m.state.Forged()) }))
 }
