@@ -33,11 +33,15 @@ test: deps clickhouse-deps chromium-deps vet
 	KEYLEDGER_TEST_CHROMIUM="$$(./scripts/ensure-chromium.sh --path)" \
 		./scripts/with-clickhouse.sh $(GO) test -race -count=1 -timeout 12m ./...
 
-# chaos runs the fault suite's long version (a few minutes): the real binary
-# under a steady mixed load while keyledger, then its clickhouse-server, is
-# killed with SIGKILL and ClickHouse is slowed behind a delaying proxy; after
-# each fault nothing acknowledged may be lost or shown twice. `make test` runs
-# the short version (TestChaos*, about 40 seconds).
+# chaos runs the fault suite's long version (about ten minutes): the real
+# binary under a steady mixed load while, one at a time, keyledger, then its
+# clickhouse-server, is killed with SIGKILL; ClickHouse is slowed behind a
+# delaying proxy; the stream leader of a 3-node JetStream cluster (R3
+# streams) is shut down and restarted; an external nats-server goes away and
+# comes back (writes and verifications answer 503 meanwhile); and a webhook
+# receiver is down for two minutes (its alerts arrive once it is back).
+# After each fault nothing acknowledged may be lost or shown twice. `make
+# test` runs the short version (TestChaos*, about two minutes).
 chaos: deps clickhouse-deps
 	./scripts/with-clickhouse.sh $(GO) test -count=1 -timeout 20m -run '^TestChaos' -v ./cmd/keyledger -args -chaos.long
 

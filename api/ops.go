@@ -25,6 +25,9 @@ func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
 //
 // The checks a node runs (cmd/keyledger wires them; README "Health and
 // metrics" says what each means to an operator):
+//   - event_store: the event store can take writes (the embedded server's
+//     disk is not full, the connection to NATS is up), so commands and
+//     durable verifications can be stored;
 //   - key_state: the key-state projection has applied every KEYS event, so
 //     verifications and commands answer from current state;
 //   - audit_chain: the notary has found no event that fails to verify;

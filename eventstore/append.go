@@ -135,7 +135,7 @@ func (s *Store) appendFailed(subject string, err error) error {
 
 // unavailable reports whether err means the store cannot take writes now.
 func unavailable(err error) bool {
-	if transient(err) || errors.Is(err, ErrClosed) || errors.Is(err, nats.ErrConnectionClosed) ||
+	if transient(err) || errors.Is(err, ErrClosed) || errors.Is(err, ErrNotWritable) || errors.Is(err, nats.ErrConnectionClosed) ||
 		errors.Is(err, nats.ErrDisconnected) || errors.Is(err, jetstream.ErrNoStreamResponse) {
 		return true
 	}

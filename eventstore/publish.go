@@ -141,17 +141,30 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 type publisher struct {
 	nc      *nats.Conn
 	timeout time.Duration
+	// gate, with the embedded server, refuses publishes at once while the
+	// server cannot write to its disk, and hears of publishes that suggest
+	// it cannot.
+	gate *writeGate
 }
 
 // publishOne publishes a single message and returns its ack.
 func (p publisher) publishOne(ctx context.Context, m *nats.Msg) (pubAck, error) {
+	if err := p.gate.check(); err != nil {
+		return pubAck{}, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	resp, err := p.nc.RequestMsgWithContext(ctx, m)
-	if err != nil {
-		return pubAck{}, err
+	if err == nil {
+		var ack pubAck
+		if ack, err = parseAck(resp); err == nil {
+			return ack, nil
+		}
 	}
-	return parseAck(resp)
+	if suspicious(err) {
+		p.gate.suspect()
+	}
+	return pubAck{}, err
 }
 
 // publishAtomic stores msgs as one atomic batch: all of them or none. Only
@@ -162,6 +175,9 @@ func (p publisher) publishOne(ctx context.Context, m *nats.Msg) (pubAck, error) 
 // sequence of the last message; the batch occupies the sequences right
 // before it.
 func (p publisher) publishAtomic(ctx context.Context, msgs []*nats.Msg) (pubAck, error) {
+	if err := p.gate.check(); err != nil {
+		return pubAck{}, err
+	}
 	id := nuid.Next()
 	last := len(msgs) - 1
 	for i, m := range msgs[:last] {

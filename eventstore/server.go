@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strconv"
 	"time"
 
@@ -27,7 +26,7 @@ func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*server.S
 		ServerName: "keyledger",
 		DontListen: true,
 		JetStream:  true,
-		StoreDir:   filepath.Join(cfg.DataDir, "jetstream"),
+		StoreDir:   jetstreamDir(cfg.DataDir),
 		// An acknowledged event must survive a power cut, so every write
 		// is fsynced unless the operator explicitly trades that away.
 		SyncAlways: !cfg.NoSync,

@@ -111,6 +111,11 @@ type Store struct {
 
 	appends   *committer
 	snapshots *SnapshotStore
+	// gate refuses writes at once while the embedded server cannot write
+	// to its disk; disk restarts JetStream when there is room again. Both
+	// nil with an external server.
+	gate *writeGate
+	disk *diskSupervisor
 
 	mu     sync.Mutex
 	closed bool
@@ -145,6 +150,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return nil, err
 		}
 		s.ns, s.creds, s.unlock = ns, creds, unlock
+		s.gate = newWriteGate()
 		opts = s.inProcessOptions()
 		if cfg.Listen != "" {
 			s.log.Info("nats listening; every connection must authenticate",
@@ -162,6 +168,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	nc, err := nats.Connect(cfg.URL, append(opts,
 		nats.Name("keyledger"),
 		nats.MaxReconnects(-1),
+		// While the connection is down a publish fails at once instead of
+		// waiting in a buffer: an append or a verification is retried
+		// for a moment and then answered 503, rather than holding its
+		// caller for the whole request timeout, and nothing the caller
+		// was refused is sent behind its back once NATS is back.
+		nats.ReconnectBufSize(-1),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if err != nil {
 				s.log.Warn("nats disconnected", "err", err)
@@ -189,7 +201,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, fmt.Errorf("connect nats: %w", err)
 	}
 	s.nc = nc
-	s.pub = publisher{nc: nc, timeout: cfg.Timeout}
+	s.pub = publisher{nc: nc, timeout: cfg.Timeout, gate: s.gate}
 	if s.js, err = jetstream.New(nc); err != nil {
 		s.closeConn()
 		return nil, fmt.Errorf("jetstream: %w", err)
@@ -199,6 +211,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		return nil, err
 	}
 	s.appends = newCommitter(s.batchPolicy(), s.log, maxAtomicBatch)
+	if s.ns != nil {
+		s.superviseDisk()
+	}
 	return s, nil
 }
 
@@ -215,7 +230,7 @@ func (s *Store) batchPolicy() batchPolicy {
 func (s *Store) setup(ctx context.Context) error {
 	wantAtomic := serverAtLeast(s.nc.ConnectedServerVersion(), 2, 12)
 	s.atomic = wantAtomic
-	for _, name := range []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts, domain.StreamCheckpoints} {
+	for _, name := range ledgerStreams {
 		cfg := ledgerStream(name, s.cfg.Replicas, wantAtomic)
 		st, err := createOrUpdateStream(ctx, s.js, cfg)
 		if err != nil {
@@ -318,6 +333,9 @@ func (s *Store) Close() error {
 	}
 	if s.appends != nil {
 		s.appends.close()
+	}
+	if s.disk != nil {
+		s.disk.close()
 	}
 	s.closeConn()
 	return nil

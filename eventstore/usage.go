@@ -68,6 +68,7 @@ type UsagePublisher struct {
 	cfg      UsageConfig
 	log      *slog.Logger
 	pub      publisher
+	wait     time.Duration // how long a durable Publish waits at most
 	signer   *signer
 	maxBytes int
 
@@ -102,7 +103,7 @@ func NewUsagePublisher(s *Store, cfg UsageConfig) *UsagePublisher {
 		cfg.MaxBatch = 500
 	}
 	p := &UsagePublisher{cfg: cfg, log: s.log.With("publisher", "usage"), pub: s.pub, signer: s.signer,
-		maxBytes: maxPackBytes, quit: make(chan struct{}), done: make(chan struct{})}
+		wait: 2 * s.cfg.Timeout, maxBytes: maxPackBytes, quit: make(chan struct{}), done: make(chan struct{})}
 	p.once = newCommitter(s.batchPolicy(), p.log, min(cfg.MaxBatch, maxAtomicBatch))
 	if mp := s.nc.MaxPayload(); mp > 0 {
 		// Room for the headers: Msg-Id, signature, count.
@@ -119,7 +120,10 @@ func NewUsagePublisher(s *Store, cfg UsageConfig) *UsagePublisher {
 }
 
 // Publish stores usage events (key.used, key.denied). In sync mode it
-// returns once they are durably stored; in async mode once they are
+// returns once they are durably stored, or with the last error once they
+// could not be for twice the store's Timeout (NATS away, no quorum: their
+// outcome is then unknown, and no caller may take them as stored); in
+// async mode once they are
 // buffered, blocking while the buffer is full until there is room or ctx
 // ends, so an event is never dropped silently.
 //
@@ -145,6 +149,11 @@ func (p *UsagePublisher) Publish(ctx context.Context, envs ...domain.Envelope) e
 	if p.cfg.Async {
 		return p.enqueue(ctx, events)
 	}
+	// A caller waits for its events within a deadline, queued and
+	// retried, then fails (a verification answers 503): waiting until it
+	// hangs up would hold every request for as long as NATS is away.
+	ctx, cancel := context.WithTimeout(ctx, p.wait)
+	defer cancel()
 	r := &usageReq{ctx: ctx, events: events, done: make(chan error, 1)}
 	p.pending.Add(int64(len(events)))
 	select {
@@ -311,7 +320,9 @@ func (p *UsagePublisher) store(events []usageEvent, giveUp func() bool) error {
 	for attempt := 1; ; attempt++ {
 		p.batches.Add(1)
 		_, err := p.pub.publishOne(context.Background(), m)
-		if err == nil || !transient(err) {
+		// A store that cannot write now (a full disk) fails a durable
+		// caller at once (503); buffered events wait for it to recover.
+		if err == nil || !(transient(err) || (p.cfg.Async && errors.Is(err, ErrNotWritable))) {
 			return err
 		}
 		if giveUp() {

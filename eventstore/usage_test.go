@@ -220,6 +220,39 @@ func TestUsageAsyncBackPressure(t *testing.T) {
 	}
 }
 
+// TestUsageSyncGivesUpWhileAway cuts the connection to the server: a
+// durable Publish whose caller set no deadline of its own fails within the
+// publisher's, rather than holding its caller (a verification) for as long
+// as NATS is away, and the publisher stores again once it is back.
+func TestUsageSyncGivesUpWhileAway(t *testing.T) {
+	embedded, asNode := MustOpenListening(t)
+	px := newProxy(t, strings.TrimPrefix(embedded.ClientURL(), "nats://"))
+	s := MustOpenStore(t, asNode, func(c *eventstore.Config) {
+		c.URL = "nats://" + px.addr()
+		c.Timeout = 200 * time.Millisecond
+	})
+	p := NewUsage(t, s, eventstore.UsageConfig{})
+	k := newKeyID()
+	if err := p.Publish(testCtx(t), used(t, k)); err != nil {
+		t.Fatal(err)
+	}
+	px.cut()
+	done := make(chan error, 1)
+	go func() { done <- p.Publish(context.Background(), used(t, k)) }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("Publish succeeded with the server away")
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Publish still waiting with the server away")
+	}
+	px.restore()
+	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+		return p.Publish(testCtx(t), used(t, k))
+	})
+}
+
 // proxy forwards TCP connections to a server until cut, then refuses them
 // until restored.
 type proxy struct {

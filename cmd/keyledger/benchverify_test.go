@@ -66,14 +66,17 @@ func BenchmarkVerifyServe(b *testing.B) {
 	if base := os.Getenv("KEYLEDGER_BENCH_BASELINE"); base != "" {
 		legs = append(legs, benchLeg{"durable-baseline", nil, base}, benchLeg{"async-baseline", []string{"--async-usage"}, base})
 	}
-	for _, leg := range legs {
+	for i, leg := range legs {
+		// Every leg's server keeps running until the end: each listens
+		// for pprof on a port of its own.
+		pprofAddr := fmt.Sprintf("127.0.0.1:%d", 6061+i)
 		b.Run(leg.name, func(b *testing.B) {
 			args := leg.args
 			// KEYLEDGER_BENCH_PROFILE=dir writes a 5 s CPU profile of each
 			// leg, taken while the load runs, to dir/<leg>.pprof.
 			prof := os.Getenv("KEYLEDGER_BENCH_PROFILE")
 			if prof != "" {
-				args = append(args, "--pprof", "127.0.0.1:6061")
+				args = append(slices.Clone(args), "--pprof", pprofAddr)
 			}
 			srv := servers[leg.name]
 			if srv == nil {
@@ -87,7 +90,7 @@ func BenchmarkVerifyServe(b *testing.B) {
 				go func() {
 					defer close(done)
 					time.Sleep(time.Second)
-					res, err := http.Get("http://127.0.0.1:6061/debug/pprof/profile?seconds=5")
+					res, err := http.Get("http://" + pprofAddr + "/debug/pprof/profile?seconds=5")
 					if err != nil {
 						b.Logf("profile: %v", err)
 						return

@@ -57,10 +57,27 @@ type chaosNode struct {
 	env     []string
 	srv     atomic.Pointer[e2eServer]
 	natsURL string
+	// external is set when the node uses a NATS server of the test's
+	// rather than its embedded one.
+	external bool
 }
 
 func startChaosNode(t *testing.T, dir string, env ...string) *chaosNode {
-	n := &chaosNode{t: t, dir: dir, env: append(env, "KEYLEDGER_NATS_LISTEN=127.0.0.1:0")}
+	return startChaosNodeOn(t, dir, "", env...)
+}
+
+// startChaosNodeOn starts a node on the external NATS at natsURL (its
+// credentials given in env), or on its embedded server, listening, when
+// natsURL is empty. Audit verify reaches NATS at natsURL as the auditor
+// whose seed is under <dir>/nats/credentials, where the embedded server
+// keeps it; a test with an external server writes it there.
+func startChaosNodeOn(t *testing.T, dir, natsURL string, env ...string) *chaosNode {
+	n := &chaosNode{t: t, dir: dir, natsURL: natsURL, external: natsURL != ""}
+	if n.external {
+		n.env = append(env, "KEYLEDGER_NATS_URL="+natsURL)
+	} else {
+		n.env = append(env, "KEYLEDGER_NATS_LISTEN=127.0.0.1:0")
+	}
 	n.start()
 	t.Cleanup(func() {
 		if t.Failed() {
@@ -88,7 +105,9 @@ func (n *chaosNode) start() {
 		NATS string `json:"nats"`
 	}
 	logLine(s.stderr.String(), "keyledger serving", &line)
-	n.natsURL = line.NATS
+	if !n.external {
+		n.natsURL = line.NATS
+	}
 	n.srv.Store(s)
 }
 

@@ -196,7 +196,7 @@ func runAuditCheckProof(ctx context.Context, g *globals, name string, args []str
 	var proofFile, eventFile, pubFile string
 	fs := g.flags(name)
 	fs.StringVar(&proofFile, "proof", "", "proof JSON from keyledger audit prove")
-	fs.StringVar(&eventFile, "event", "", "the event's stored bytes (its JSON exactly as stored)")
+	fs.StringVar(&eventFile, "event", "", "the event's stored bytes: its JSON exactly as stored (for an event of a pack, its own line; the raw column of its audit-log row)")
 	fs.StringVar(&pubFile, "public-key", "", "notary public key (base64, or the JSON of /v1/audit/public-key)")
 	if _, err := g.parseCommand(fs, args, auditCheckProofArgs, 0); err != nil {
 		return err
@@ -226,7 +226,7 @@ func runAuditCheckProof(ctx context.Context, g *globals, name string, args []str
 	if err := notary.CheckProof(p, event, pub); err != nil {
 		return &apiError{Code: "proof_failed", Detail: err.Error()}
 	}
-	fmt.Fprintf(g.stdout, "OK: event %s is %s entry %d of the tree of %d signed at %s\n", pv.EventID, pv.Stream, pv.Seq,
+	fmt.Fprintf(g.stdout, "OK: event %s is %s entry %d (message %d) of the tree of %d signed at %s\n", pv.EventID, pv.Stream, pv.Index+1, pv.Seq,
 		pv.Checkpoint.Size, pv.Checkpoint.At.Format(time.RFC3339))
 	return nil
 }

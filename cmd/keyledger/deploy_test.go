@@ -8,7 +8,11 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	amconfig "github.com/prometheus/alertmanager/config"
+	"github.com/prometheus/alertmanager/dispatch"
+	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -21,6 +25,7 @@ const (
 	deployDatasource = "deploy/grafana/provisioning/datasources/prometheus.yml"
 	deployProvider   = "deploy/grafana/provisioning/dashboards/keyledger.yml"
 	deployCompose    = "docker-compose.yml"
+	deployAlertmgr   = "deploy/alertmanager/alertmanager.yml"
 )
 
 // metricRef finds the metric names a PromQL expression (or an annotation
@@ -300,8 +305,9 @@ func TestDeployPrometheus(t *testing.T) {
 	}
 
 	mounts := map[string][]string{
-		"prometheus": {"./" + deployPrometheus + ":/etc/prometheus/prometheus.yml:ro", "./" + deployAlerts + ":/etc/prometheus/alerts.yml:ro"},
-		"grafana":    {"./deploy/grafana/provisioning:/etc/grafana/provisioning:ro", "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro"},
+		"prometheus":   {"./" + deployPrometheus + ":/etc/prometheus/prometheus.yml:ro", "./" + deployAlerts + ":/etc/prometheus/alerts.yml:ro"},
+		"grafana":      {"./deploy/grafana/provisioning:/etc/grafana/provisioning:ro", "./deploy/grafana/dashboards:/var/lib/grafana/dashboards:ro"},
+		"alertmanager": {"./" + deployAlertmgr + ":/etc/alertmanager/alertmanager.yml:ro"},
 	}
 	if !slices.Contains(prom.RuleFiles, "/etc/prometheus/alerts.yml") {
 		t.Errorf("%s: rule_files %v does not load the mounted alerts.yml", deployPrometheus, prom.RuleFiles)
@@ -329,4 +335,110 @@ func TestDeployPrometheus(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestDeployAlertmanager loads the Alertmanager configuration with
+// Alertmanager's own parser (which refuses a route naming an undefined
+// receiver), routes every alert of the rules through its routing tree as
+// Prometheus would send it, and checks that each reaches a receiver that
+// posts it to a webhook, that Prometheus sends its alerts to the compose
+// stack's Alertmanager, and that the service runs the parser's version
+// with the file mounted.
+func TestDeployAlertmanager(t *testing.T) {
+	cfg, err := amconfig.Load(string(readRepoFile(t, deployAlertmgr)))
+	if err != nil {
+		t.Fatalf("%s: %v", deployAlertmgr, err)
+	}
+	webhooks := map[string][]string{}
+	for _, r := range cfg.Receivers {
+		for _, w := range r.WebhookConfigs {
+			if u := string(w.URL) + w.URLFile; u != "" {
+				webhooks[r.Name] = append(webhooks[r.Name], u)
+			}
+		}
+	}
+	root := dispatch.NewRoute(cfg.Route, nil)
+	var rules alertRules
+	decodeYAML(t, deployAlerts, &rules)
+	routed := 0
+	for _, g := range rules.Groups {
+		for _, r := range g.Rules {
+			lset := model.LabelSet{"alertname": model.LabelValue(r.Alert), "instance": "keyledger-1:8080", "job": "keyledger"}
+			for k, v := range r.Labels {
+				lset[model.LabelName(k)] = model.LabelValue(v)
+			}
+			matched := root.Match(lset)
+			if len(matched) == 0 {
+				t.Errorf("%s: alert %s reaches no route", deployAlertmgr, r.Alert)
+				continue
+			}
+			for _, m := range matched {
+				if m == root {
+					t.Errorf("%s: alert %s falls through to the default route; route keyledger's alerts", deployAlertmgr, r.Alert)
+				}
+				if len(webhooks[m.RouteOpts.Receiver]) == 0 {
+					t.Errorf("%s: alert %s goes to receiver %q, which posts to no webhook", deployAlertmgr, r.Alert, m.RouteOpts.Receiver)
+				}
+				if r.Labels["severity"] == "critical" && m.RouteOpts.RepeatInterval > 4*time.Hour {
+					t.Errorf("%s: critical alert %s repeats only every %s", deployAlertmgr, r.Alert, m.RouteOpts.RepeatInterval)
+				}
+			}
+			routed++
+		}
+	}
+	if routed == 0 {
+		t.Fatalf("%s has no alert to route", deployAlerts)
+	}
+
+	var prom struct {
+		Alerting struct {
+			Alertmanagers []struct {
+				StaticConfigs []struct {
+					Targets []string `yaml:"targets"`
+				} `yaml:"static_configs"`
+			} `yaml:"alertmanagers"`
+		} `yaml:"alerting"`
+	}
+	decodeYAML(t, deployPrometheus, &prom)
+	var targets []string
+	for _, am := range prom.Alerting.Alertmanagers {
+		for _, sc := range am.StaticConfigs {
+			targets = append(targets, sc.Targets...)
+		}
+	}
+	if !slices.Equal(targets, []string{"alertmanager:9093"}) {
+		t.Errorf("%s sends alerts to %v, want the compose stack's alertmanager:9093", deployPrometheus, targets)
+	}
+	var compose struct {
+		Services map[string]struct {
+			Image     string   `yaml:"image"`
+			Command   []string `yaml:"command"`
+			DependsOn []string `yaml:"depends_on"`
+		} `yaml:"services"`
+	}
+	decodeYAML(t, deployCompose, &compose)
+	am, ok := compose.Services["alertmanager"]
+	if !ok {
+		t.Fatalf("%s has no alertmanager service", deployCompose)
+	}
+	if !slices.Contains(am.Command, "--config.file=/etc/alertmanager/alertmanager.yml") {
+		t.Errorf("%s: alertmanager does not load the mounted configuration: %v", deployCompose, am.Command)
+	}
+	// The image runs the version whose parser this test uses.
+	if want := "prom/alertmanager:" + alertmanagerVersion(t); am.Image != want {
+		t.Errorf("%s: alertmanager image %q, want %q (the version go.mod parses its configuration with)", deployCompose, am.Image, want)
+	}
+	if !slices.Contains(compose.Services["prometheus"].DependsOn, "alertmanager") {
+		t.Errorf("%s: prometheus does not depend on alertmanager", deployCompose)
+	}
+}
+
+// alertmanagerVersion is the Alertmanager module version go.mod requires.
+func alertmanagerVersion(t *testing.T) string {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^\s*github\.com/prometheus/alertmanager (v[0-9.]+)`).FindSubmatch(readRepoFile(t, "go.mod"))
+	if m == nil {
+		t.Fatal("go.mod does not require github.com/prometheus/alertmanager")
+	}
+	return string(m[1])
 }

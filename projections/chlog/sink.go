@@ -29,8 +29,11 @@ type SinkConfig struct {
 	Streams []string
 	// Durable is the name of the durable consumer on each stream.
 	Durable string
-	// BatchSize is the most events one insert carries (1000).
-	BatchSize int
+	// BatchBytes is the most message bytes one fetch, and so one insert,
+	// carries (2 MiB, above NATS's largest message: a message is never
+	// too big to fetch). A pack of usage events is one message of many
+	// events, so bytes, not messages, bound a batch's rows and memory.
+	BatchBytes int
 	// BatchWait is the longest an event waits for its batch to fill
 	// (200ms); a batch goes as soon as it is full.
 	BatchWait time.Duration
@@ -62,8 +65,8 @@ func (c SinkConfig) withDefaults() SinkConfig {
 	if c.Durable == "" {
 		c.Durable = DefaultDurable
 	}
-	if c.BatchSize <= 0 {
-		c.BatchSize = 1000
+	if c.BatchBytes <= 0 {
+		c.BatchBytes = 2 << 20
 	}
 	if c.BatchWait <= 0 {
 		c.BatchWait = 200 * time.Millisecond
@@ -202,7 +205,9 @@ func (s *Sink) consumer(ctx context.Context, stream string, log *slog.Logger) (j
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       s.cfg.AckWait,
 			MaxDeliver:    -1,
-			MaxAckPending: max(1000, 2*s.cfg.Workers*s.cfg.BatchSize),
+			// A fetch of BatchBytes holds at most some 4000 small
+			// messages; room for every worker's batch.
+			MaxAckPending: max(10000, 2*s.cfg.Workers*(s.cfg.BatchBytes/256)),
 		})
 		if err == nil {
 			log.Info("clickhouse sink consuming", "durable", s.cfg.Durable)
@@ -221,10 +226,10 @@ func (s *Sink) consumer(ctx context.Context, stream string, log *slog.Logger) (j
 	}
 }
 
-// fetch returns up to BatchSize messages, waiting at most BatchWait for the
-// batch to fill. Messages received before an error are returned with it.
+// fetch returns up to BatchBytes of messages, waiting at most BatchWait for
+// the batch to fill. Messages received before an error are returned with it.
 func (s *Sink) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
-	batch, err := cons.Fetch(s.cfg.BatchSize, jetstream.FetchMaxWait(s.cfg.BatchWait))
+	batch, err := cons.FetchBytes(s.cfg.BatchBytes, jetstream.FetchMaxWait(s.cfg.BatchWait))
 	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}

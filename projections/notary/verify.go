@@ -1,6 +1,7 @@
 package notary
 
 import (
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections/chlog"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -50,9 +52,15 @@ type VerifyOptions struct {
 	// cannot hide behind the first.
 	Rows func(ctx context.Context, fn func(Row) error) error
 	// Live says the deployment is running: rows of events stored after
-	// Verify read a stream are skipped, and events after the last row of
-	// their stream count as the log's lag, not as missing rows.
+	// Verify read a stream are skipped, and events the audit sink has not
+	// acknowledged yet (after its durable consumer's ack floor, read
+	// before the rows: the sink inserts before it acks) count as the
+	// log's lag, not as missing rows. Without that consumer, events after
+	// the last row of their stream count as lag.
 	Live bool
+	// SinkDurable names the audit sink's durable consumer
+	// (chlog.DefaultDurable when empty).
+	SinkDurable string
 	// Progress is called every ProgressEvery events.
 	Progress      func(stream string, events uint64)
 	ProgressEvery uint64
@@ -212,6 +220,19 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 	if opt.Rows == nil {
 		return sum, nil, nil
 	}
+	// The sink's ack floors, read before the rows: every event at or
+	// before one has its row in what the walk below reads.
+	floors := map[string]uint64{}
+	if opt.Live {
+		durable := cmp.Or(opt.SinkDurable, chlog.DefaultDurable)
+		for _, stream := range Streams {
+			if c, err := js.Consumer(ctx, stream, durable); err == nil {
+				if info, err := c.Info(ctx); err == nil {
+					floors[stream] = info.AckFloor.Stream
+				}
+			}
+		}
+	}
 	// Every row must be an event of JetStream, byte for byte, and every
 	// event must have its row. Rows arrive in no particular order, so the
 	// walk goes on after a bad row to name the first one in log order.
@@ -255,7 +276,8 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 			if e.seen {
 				continue
 			}
-			if opt.Live && e.seq > last[stream] {
+			floor, ok := floors[stream]
+			if opt.Live && ((ok && e.seq > floor) || (!ok && e.seq > last[stream])) {
 				sum.Lagging++
 				continue
 			}

@@ -1,0 +1,176 @@
+package eventstore_test
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
+)
+
+// mustSmallFS mounts a tmpfs of size bytes on a fresh directory and
+// unmounts it when the test ends. It fails the test, rather than skip
+// it, where the file system cannot be made (not root).
+func mustSmallFS(tb testing.TB, size int) string {
+	tb.Helper()
+	dir := tb.TempDir()
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0700", size), "keyledger-test", dir).CombinedOutput()
+	if err != nil {
+		tb.Fatalf("mount a %d-byte tmpfs (the full-disk tests need root): %v: %s", size, err, out)
+	}
+	tb.Cleanup(func() {
+		// Lazily: a server that was shut down on a full disk may take a
+		// moment to close its last file.
+		if out, err := exec.Command("umount", "--lazy", dir).CombinedOutput(); err != nil {
+			tb.Errorf("umount %s: %v: %s", dir, err, out)
+		}
+	})
+	return dir
+}
+
+// fillDisk writes a file into dir until the file system has no byte left,
+// and returns its path.
+func fillDisk(tb testing.TB, dir string) string {
+	tb.Helper()
+	path := filepath.Join(dir, "filler")
+	f, err := os.Create(path)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for _, n := range []int{len(buf), 4096, 1} {
+		for {
+			if _, err := f.Write(buf[:n]); err != nil {
+				break
+			}
+		}
+	}
+	return path
+}
+
+// TestFullDiskRefusesThenRecovers: on a full disk appends and usage fail
+// with EUNAVAILABLE and store nothing half; once space returns the store
+// restarts JetStream by itself, its subscription goes on, and everything
+// acknowledged before is still there.
+func TestFullDiskRefusesThenRecovers(t *testing.T) {
+	dir := mustSmallFS(t, 16<<20)
+	s := MustOpenStore(t, func(c *eventstore.Config) { c.DataDir, c.Timeout = dir, 500*time.Millisecond })
+	ctx := testCtx(t)
+	keys := newCollector()
+	sub, err := s.Subscribe(ctx, domain.StreamKeys, 0, keys.fn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Stop()
+	usage := eventstore.NewUsagePublisher(s, eventstore.UsageConfig{})
+	defer usage.Close(ctx)
+
+	acked := map[string]bool{} // key ids whose creation was acknowledged
+	for range 5 {
+		id := newKeyID()
+		mustAppend(t, s, 0, created(t, id))
+		acked[id] = true
+	}
+	keys.next(t, len(acked))
+
+	filler := fillDisk(t, dir)
+	// The first writes find the disk full; from then on every write is
+	// refused at once, with the class callers answer 503 with.
+	// A single append reaches the stream itself, whose write error then
+	// stays; a two-key append is staged first and refused whole.
+	var refused [][2]string // the two keys of each refused two-key append
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
+		one := newKeyID()
+		if _, err := s.Append(ctx, 0, []domain.Envelope{created(t, one)}); err == nil {
+			acked[one] = true
+		} else if domain.ErrorCode(err) != domain.EUNAVAILABLE {
+			t.Fatalf("append on a full disk: %v, want %s", err, domain.EUNAVAILABLE)
+		}
+		a, b := newKeyID(), newKeyID()
+		_, err := s.AppendAll(ctx, []domain.Write{{Events: []domain.Envelope{created(t, a)}}, {Events: []domain.Envelope{created(t, b)}}})
+		if err == nil {
+			acked[a], acked[b] = true, true
+			return errors.New("append still succeeds")
+		}
+		if domain.ErrorCode(err) != domain.EUNAVAILABLE {
+			t.Fatalf("two-key append on a full disk: %v, want %s", err, domain.EUNAVAILABLE)
+		}
+		refused = append(refused, [2]string{a, b})
+		if !errors.Is(err, eventstore.ErrNotWritable) {
+			return fmt.Errorf("append refused, but not yet at once: %v", err)
+		}
+		return nil
+	})
+	if err := s.Writable(ctx); !errors.Is(err, eventstore.ErrNotWritable) {
+		t.Fatalf("Writable on a full disk = %v, want ErrNotWritable", err)
+	}
+	start := time.Now()
+	if err := usage.Publish(ctx, used(t, newKeyID())); !errors.Is(err, eventstore.ErrNotWritable) {
+		t.Fatalf("usage on a full disk: %v, want ErrNotWritable", err)
+	}
+	t.Logf("usage refused in %s", time.Since(start))
+	// Buffered (async) usage waits for the disk instead: none is lost.
+	async := eventstore.NewUsagePublisher(s, eventstore.UsageConfig{Async: true})
+	usageBefore := mustCount(t, s, domain.StreamUsage)
+	const buffered = 50
+	for range buffered {
+		if err := async.Publish(ctx, used(t, newKeyID())); err != nil {
+			t.Fatalf("async usage on a full disk: %v", err)
+		}
+	}
+
+	// Space returns: the store recovers without being reopened.
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error { return s.Writable(ctx) })
+	t.Logf("writable again %s after the space returned (%d restarts)", time.Since(start), s.DiskRestarts())
+	if s.DiskRestarts() == 0 {
+		t.Error("the store did not restart JetStream")
+	}
+	id := newKeyID()
+	mustAppend(t, s, 0, created(t, id))
+	acked[id] = true
+	if err := usage.Publish(ctx, used(t, id)); err != nil {
+		t.Fatalf("usage after recovery: %v", err)
+	}
+	if err := async.Close(ctx); err != nil {
+		t.Fatalf("async usage after recovery: %v", err)
+	}
+	if got, want := mustCount(t, s, domain.StreamUsage), usageBefore+buffered+1; got != want {
+		t.Errorf("USAGE holds %d events after recovery, want %d: buffered events were lost", got, want)
+	}
+
+	// Each refused append is stored whole or not at all, and the
+	// subscription delivers everything stored.
+	for id := range acked {
+		envs, err := s.Load(ctx, domain.KindKey, id)
+		if err != nil || len(envs) != 1 {
+			t.Errorf("acknowledged key %s: %d events (err %v) after recovery, want 1", id, len(envs), err)
+		}
+	}
+	for _, pair := range refused {
+		var n [2]int
+		for i, id := range pair {
+			envs, err := s.Load(ctx, domain.KindKey, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n[i] = len(envs)
+		}
+		if n[0] != n[1] {
+			t.Errorf("refused append of %s and %s is half stored: %d and %d events", pair[0], pair[1], n[0], n[1])
+		}
+	}
+	total := mustCount(t, s, domain.StreamKeys)
+	if got := len(keys.next(t, int(total)-5)) + 5; uint64(got) != total {
+		t.Fatalf("the subscription delivered %d of %d events", got, total)
+	}
+}
