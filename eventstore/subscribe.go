@@ -12,6 +12,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// pullBytes bounds what one pull request of a reader asks for: a few
+// of the largest messages (a pack is under 1 MB).
+const pullBytes = 4 << 20
+
 // Subscription delivers a stream's events to a function, in stream order.
 type Subscription struct {
 	cancel  context.CancelFunc
@@ -49,7 +53,11 @@ func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.Orde
 	// The default (5s) let a pull request lost while a fresh consumer was
 	// still being placed on a cluster stall delivery for 10s in tests;
 	// idle heartbeats cost one tiny message a second.
-	it, err := cons.Messages(jetstream.PullHeartbeat(time.Second))
+	// Pulls are bounded in bytes: a message may be a pack of hundreds of
+	// events, and a pull of the default 500 of them (a catch-up of
+	// USAGE) would ask the one in-process connection for over 100 MB at
+	// once, and get it dropped as a slow consumer.
+	it, err := cons.Messages(jetstream.PullHeartbeat(time.Second), jetstream.PullMaxBytes(pullBytes))
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", stream, err)
 	}

@@ -873,7 +873,9 @@ func ReadMessages(ctx context.Context, js jetstream.JetStream, stream string, fr
 	if err != nil {
 		return fmt.Errorf("read %s: %w", stream, err)
 	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(2000))
+	// Bounded in bytes, not messages: 2000 packs of usage events would
+	// be hundreds of MB asked of the node's one connection at once.
+	it, err := cons.Messages(jetstream.PullMaxBytes(8 << 20))
 	if err != nil {
 		return fmt.Errorf("read %s: %w", stream, err)
 	}
