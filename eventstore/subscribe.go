@@ -12,9 +12,14 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// pullBytes bounds what one pull request of a reader asks for: a few
-// of the largest messages (a pack is under 1 MB).
-const pullBytes = 4 << 20
+// pullMessages and pullBytes bound what one pull request of a reader asks
+// for: both, since PullMaxBytes alone asks for a million messages and
+// nats.go sizes its buffers for them. 4 MB is a few of the largest
+// messages (a pack is under 1 MB).
+const (
+	pullMessages = 500
+	pullBytes    = 4 << 20
+)
 
 // Subscription delivers a stream's events to a function, in stream order.
 type Subscription struct {
@@ -57,7 +62,7 @@ func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.Orde
 	// events, and a pull of the default 500 of them (a catch-up of
 	// USAGE) would ask the one in-process connection for over 100 MB at
 	// once, and get it dropped as a slow consumer.
-	it, err := cons.Messages(jetstream.PullHeartbeat(time.Second), jetstream.PullMaxBytes(pullBytes))
+	it, err := cons.Messages(jetstream.PullHeartbeat(time.Second), jetstream.PullMaxMessagesWithBytesLimit(pullMessages, pullBytes))
 	if err != nil {
 		return nil, fmt.Errorf("subscribe %s: %w", stream, err)
 	}

@@ -205,9 +205,7 @@ func (s *Sink) consumer(ctx context.Context, stream string, log *slog.Logger) (j
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       s.cfg.AckWait,
 			MaxDeliver:    -1,
-			// A fetch of BatchBytes holds at most some 4000 small
-			// messages; room for every worker's batch.
-			MaxAckPending: max(10000, 2*s.cfg.Workers*(s.cfg.BatchBytes/256)),
+			MaxAckPending: max(1000, 2*s.cfg.Workers*fetchMessages),
 		})
 		if err == nil {
 			log.Info("clickhouse sink consuming", "durable", s.cfg.Durable)
@@ -226,10 +224,15 @@ func (s *Sink) consumer(ctx context.Context, stream string, log *slog.Logger) (j
 	}
 }
 
+// fetchMessages caps the messages of one fetch (BatchBytes caps its bytes).
+const fetchMessages = 1000
+
 // fetch returns up to BatchBytes of messages, waiting at most BatchWait for
 // the batch to fill. Messages received before an error are returned with it.
 func (s *Sink) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
-	batch, err := cons.FetchBytes(s.cfg.BatchBytes, jetstream.FetchMaxWait(s.cfg.BatchWait))
+	// Both limits: FetchBytes alone asks for a million messages, and
+	// nats.go sizes its channel for them on every fetch.
+	batch, err := cons.Fetch(fetchMessages, jetstream.FetchMaxBytes(s.cfg.BatchBytes), jetstream.FetchMaxWait(s.cfg.BatchWait))
 	if err != nil {
 		return nil, fmt.Errorf("fetch: %w", err)
 	}

@@ -875,7 +875,7 @@ func ReadMessages(ctx context.Context, js jetstream.JetStream, stream string, fr
 	}
 	// Bounded in bytes, not messages: 2000 packs of usage events would
 	// be hundreds of MB asked of the node's one connection at once.
-	it, err := cons.Messages(jetstream.PullMaxBytes(8 << 20))
+	it, err := cons.Messages(jetstream.PullMaxMessagesWithBytesLimit(2000, 8<<20))
 	if err != nil {
 		return fmt.Errorf("read %s: %w", stream, err)
 	}
