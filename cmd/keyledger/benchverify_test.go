@@ -22,6 +22,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // BenchmarkVerifyServe is `make bench-verify`: the real binary, with
@@ -71,7 +73,8 @@ func BenchmarkVerifyServe(b *testing.B) {
 		// for pprof on a port of its own.
 		pprofAddr := fmt.Sprintf("127.0.0.1:%d", 6061+i)
 		b.Run(leg.name, func(b *testing.B) {
-			args := leg.args
+			// KEYLEDGER_BENCH_ARGS adds serve flags to every keyledger leg.
+			args := append(slices.Clone(leg.args), strings.Fields(os.Getenv("KEYLEDGER_BENCH_ARGS"))...)
 			// KEYLEDGER_BENCH_PROFILE=dir writes a 5 s CPU profile of each
 			// leg, taken while the load runs, to dir/<leg>.pprof.
 			prof := os.Getenv("KEYLEDGER_BENCH_PROFILE")
@@ -105,9 +108,17 @@ func BenchmarkVerifyServe(b *testing.B) {
 			}
 			verifier := verifiers[leg.name]
 			body, _ := json.Marshal(map[string]string{"token": verifier, "permission": "api.verify", "ip": "10.0.0.1"})
+			before := scrapeCommits(b, srv.url)
 			r := verifyLoad(b, srv.url+"/v1/verify", verifier, body, conc, processTree(srv.cmd.Process.Pid))
 			if bare > 0 {
 				b.ReportMetric(r.rps/bare, "x-bare")
+			}
+			// The durable legs' group commits: events per pack and how
+			// long one took to store (its fsync).
+			if after := scrapeCommits(b, srv.url); after.n > before.n {
+				n := after.n - before.n
+				b.ReportMetric((after.events-before.events)/n, "events/commit")
+				b.ReportMetric((after.seconds-before.seconds)/n*1000, "ms/commit")
 			}
 		})
 	}
@@ -353,4 +364,31 @@ func statField(pid, i int) (int, error) {
 		return 0, errors.New("no such field")
 	}
 	return strconv.Atoi(fields[k])
+}
+
+// commitStats are the sums of the node's group-commit histograms.
+type commitStats struct{ n, events, seconds float64 }
+
+func scrapeCommits(b testing.TB, url string) commitStats {
+	res, err := http.Get(url + "/metrics")
+	if err != nil {
+		b.Logf("metrics: %v", err)
+		return commitStats{}
+	}
+	defer res.Body.Close()
+	parser := expfmt.NewTextParser(model.LegacyValidation)
+	fams, err := parser.TextToMetricFamilies(res.Body)
+	if err != nil {
+		b.Logf("metrics: %v", err)
+		return commitStats{}
+	}
+	var c commitStats
+	if f := fams["keyledger_usage_group_commit_events"]; f != nil && len(f.Metric) > 0 {
+		h := f.Metric[0].GetHistogram()
+		c.n, c.events = float64(h.GetSampleCount()), h.GetSampleSum()
+	}
+	if f := fams["keyledger_usage_group_commit_duration_seconds"]; f != nil && len(f.Metric) > 0 {
+		c.seconds = f.Metric[0].GetHistogram().GetSampleSum()
+	}
+	return c
 }
