@@ -177,7 +177,7 @@ func newStatsCollector(m *Main) *statsCollector {
 		sinkEvents:     d("keyledger_audit_sink_events_total", "Events this node's sink inserted into ClickHouse and acked, by stream.", "stream"),
 		sinkBatches:    d("keyledger_audit_sink_inserts_total", "Batch inserts into ClickHouse that succeeded, by stream.", "stream"),
 		sinkErrors:     d("keyledger_audit_sink_insert_errors_total", "Batch inserts into ClickHouse that failed and were retried, by stream.", "stream"),
-		sinkLag:        d("keyledger_audit_sink_lag", "Events stored in JetStream but not yet acknowledged into ClickHouse, by stream.", "stream"),
+		sinkLag:        d("keyledger_audit_sink_lag", "Messages stored in JetStream but not yet acknowledged into ClickHouse, by stream (a pack of usage events is one message).", "stream"),
 		sinkAckPending: d("keyledger_audit_sink_ack_pending", "Events handed to a sink and not yet acked: being inserted, or waiting to be handed out again after a sink died.", "stream"),
 		sinkSeq:        d("keyledger_audit_sink_seq", "Highest stream sequence this node's sink inserted, by stream.", "stream"),
 		chUp:           d("keyledger_clickhouse_up", "1 when ClickHouse answers a ping (1s), else 0."),
@@ -342,7 +342,7 @@ func (m *Main) sinkReady(ctx context.Context) error {
 		return fmt.Errorf("audit sink: %w", err)
 	}
 	if lag > m.MaxSinkLag {
-		return fmt.Errorf("audit log %d events behind JetStream (limit %d)", lag, m.MaxSinkLag)
+		return fmt.Errorf("audit log %d messages behind JetStream (limit %d)", lag, m.MaxSinkLag)
 	}
 	return nil
 }
