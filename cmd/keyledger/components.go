@@ -337,7 +337,7 @@ func (m *Main) startAuditLog(ctx context.Context) error {
 		return fmt.Errorf("open ClickHouse log at %s: %w", addr, err)
 	}
 	m.ch = ch
-	m.sink = chlog.NewSink(m.store.JetStream(), ch, chlog.SinkConfig{}, m.Logger)
+	m.sink = chlog.NewSink(m.store.JetStream(), ch, chlog.SinkConfig{BatchWait: m.AuditBatchWait}, m.Logger)
 	m.stack.add(layerConsumers, "audit sink", m.sink.Run)
 	return nil
 }

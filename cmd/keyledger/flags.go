@@ -41,6 +41,8 @@ type Config struct {
 	// ClickHousePassword comes from KEYLEDGER_CLICKHOUSE_PASSWORD only.
 	ClickHousePassword string
 	MaxSinkLag         uint64
+	// AuditBatchWait is how long the audit sink lets a batch fill.
+	AuditBatchWait time.Duration
 	// Notary signs checkpoints of the streams; one node of a deployment
 	// should. Its key is NotaryKeyFile, else <data-dir>/notary.key.
 	Notary             bool
@@ -101,6 +103,7 @@ func (c *Config) flagSet(stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.ClickHouse, "clickhouse", "", "host:port of ClickHouse's native protocol; empty starts a local clickhouse-server under the data dir")
 	fs.StringVar(&c.ClickHouseDatabase, "clickhouse-database", chlog.DefaultDatabase, "ClickHouse database of the audit log")
 	fs.StringVar(&c.ClickHouseUser, "clickhouse-user", "default", "ClickHouse user; the password comes from KEYLEDGER_CLICKHOUSE_PASSWORD")
+	fs.DurationVar(&c.AuditBatchWait, "audit-batch-wait", 200*time.Millisecond, "longest an event waits for its audit-log insert to fill (fewer, larger ClickHouse inserts cost ClickHouse less)")
 	fs.Uint64Var(&c.MaxSinkLag, "max-sink-lag", 100000, "messages the audit log may trail JetStream by before /readyz fails (a pack of usage events is one)")
 	fs.BoolVar(&c.Notary, "notary", true, "fold the streams into Merkle trees and publish signed checkpoints; run it on one node")
 	fs.StringVar(&c.NotaryKeyFile, "notary-key-file", "", "the notary's Ed25519 key, created when missing (default <data-dir>/notary.key)")
@@ -176,6 +179,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("--checkpoint-every %d: at least 1", c.CheckpointEvery)
 	case c.CheckpointInterval <= 0:
 		return fmt.Errorf("--checkpoint-interval %v: must be positive", c.CheckpointInterval)
+	case c.AuditBatchWait <= 0 || c.AuditBatchWait > time.Minute:
+		return fmt.Errorf("--audit-batch-wait %v: between 0 and 1m", c.AuditBatchWait)
 	case !slices.Contains(domain.Severities, c.WebhookMinSev):
 		return fmt.Errorf("--webhook-min-severity %q: use low, medium, high or critical", c.WebhookMinSev)
 	}

@@ -48,6 +48,7 @@ func TestConfigRejectsMalformedEnvironment(t *testing.T) {
 		{map[string]string{"KEYLEDGER_NOTARY": "yes please"}, nil, "KEYLEDGER_NOTARY"},
 		{map[string]string{"KEYLEDGER_CHECKPOINT_INTERVAL": "soon"}, nil, "KEYLEDGER_CHECKPOINT_INTERVAL"},
 		{map[string]string{"KEYLEDGER_CHECKPOINT_INTERVAL": "-5s"}, nil, "--checkpoint-interval"},
+		{nil, []string{"--audit-batch-wait", "0s"}, "--audit-batch-wait"},
 		{map[string]string{"KEYLEDGER_USAGE_BUFFER": "1.5"}, nil, "KEYLEDGER_USAGE_BUFFER"},
 		{map[string]string{"KEYLEDGER_MAX_SINK_LAG": "-1"}, nil, "KEYLEDGER_MAX_SINK_LAG"},
 		{nil, []string{"--max-sink-lag", "-1"}, "max-sink-lag"},
