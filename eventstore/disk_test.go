@@ -174,3 +174,37 @@ func TestFullDiskRefusesThenRecovers(t *testing.T) {
 		t.Fatalf("the subscription delivered %d of %d events", got, total)
 	}
 }
+
+// TestStoreUsesTheWholeDisk: the embedded server's own limit (left to
+// itself, 75% of the space free when JetStream starts) must not refuse
+// writes with the disk far from full: the ledger may fill its disk up to
+// the disk, and there the full-disk handling takes over.
+func TestStoreUsesTheWholeDisk(t *testing.T) {
+	const size = 32 << 20
+	dir := mustSmallFS(t, size)
+	// Half the disk is taken before the node starts: the server's own
+	// limit would then be 75% of the other half.
+	filler := filepath.Join(dir, "taken")
+	if err := os.WriteFile(filler, make([]byte, size/2), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := MustOpenStore(t, func(c *eventstore.Config) { c.DataDir = dir })
+	ctx := testCtx(t)
+	p := eventstore.NewUsagePublisher(s, eventstore.UsageConfig{})
+	defer p.Close(ctx)
+	// About 13 MB of events: more than 75% of the 16 MB left, less than
+	// all of it.
+	k := newKeyID()
+	var stored int
+	for stored < 13<<20 {
+		batch := make([]domain.Envelope, 200)
+		for i := range batch {
+			batch[i] = used(t, k)
+		}
+		if err := p.Publish(ctx, batch...); err != nil {
+			t.Fatalf("publish with %d of %d bytes of the disk used: %v", stored+size/2, size, err)
+		}
+		raw, _ := batch[0].Marshal()
+		stored += len(raw) * len(batch)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"strconv"
 	"time"
 
@@ -32,6 +33,18 @@ func startEmbedded(ctx context.Context, cfg Config, log *slog.Logger) (*server.S
 		SyncAlways: !cfg.NoSync,
 		// The embedding process owns signal handling.
 		NoSigs: true,
+	}
+	// Left to itself the server caps its store at 75% of the space free
+	// when JetStream starts (and again at each restart after a full
+	// disk): a ledger that grew past that refuses every write with
+	// "insufficient resources" for good, with the disk far from full.
+	// The only limit is the disk itself, whose filling keyledger detects
+	// and recovers from (recover.go).
+	if err := os.MkdirAll(opts.StoreDir, 0o700); err != nil {
+		return nil, nil, fmt.Errorf("start nats: %w", err)
+	}
+	if size := fsSize(opts.StoreDir); size > 0 {
+		opts.JetStreamMaxStore = size
 	}
 	var creds credentials
 	if cfg.Listen != "" {
