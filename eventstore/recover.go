@@ -199,9 +199,10 @@ func (d *diskSupervisor) restartJetStream() error {
 			return fmt.Errorf("stop JetStream: %w", err)
 		}
 	}
-	// The limits are computed again as at start; SyncAlways comes from the
-	// server's options.
-	if err := ns.EnableJetStream(&server.JetStreamConfig{StoreDir: d.s.storeDir()}); err != nil {
+	// The store's limit is the disk, as at start (startEmbedded): left
+	// to the server it would be 75% of what is free now. SyncAlways
+	// comes from the server's options.
+	if err := ns.EnableJetStream(&server.JetStreamConfig{StoreDir: d.s.storeDir(), MaxStore: fsSize(d.s.storeDir())}); err != nil {
 		return fmt.Errorf("start JetStream: %w", err)
 	}
 	return nil
