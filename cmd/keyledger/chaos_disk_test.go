@@ -77,7 +77,10 @@ func TestChaosFullDisk(t *testing.T) {
 	}
 	dir := mustSmallFS(t, size)
 	root := domain.FormatToken(uuid.Must(uuid.NewV7()), randomSecret(t))
-	n := startChaosNode(t, dir, "KEYLEDGER_ROOT_TOKEN="+root, "KEYLEDGER_CLICKHOUSE="+backend, "KEYLEDGER_CLICKHOUSE_DATABASE="+database)
+	// The recovery probe creates keys: the long version's load must not
+	// bring its principal to the plan limit first.
+	n := startChaosNode(t, dir, "KEYLEDGER_ROOT_TOKEN="+root, "KEYLEDGER_CLICKHOUSE="+backend, "KEYLEDGER_CLICKHOUSE_DATABASE="+database,
+		"KEYLEDGER_MAX_ACTIVE_KEYS=1000000")
 	pid := n.srv.Load().cmd.Process.Pid
 	l := chaosSetup(t, n, root)
 
