@@ -103,7 +103,7 @@ func (c *Config) flagSet(stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.ClickHouse, "clickhouse", "", "host:port of ClickHouse's native protocol; empty starts a local clickhouse-server under the data dir")
 	fs.StringVar(&c.ClickHouseDatabase, "clickhouse-database", chlog.DefaultDatabase, "ClickHouse database of the audit log")
 	fs.StringVar(&c.ClickHouseUser, "clickhouse-user", "default", "ClickHouse user; the password comes from KEYLEDGER_CLICKHOUSE_PASSWORD")
-	fs.DurationVar(&c.AuditBatchWait, "audit-batch-wait", 200*time.Millisecond, "longest an event waits for its audit-log insert to fill (fewer, larger ClickHouse inserts cost ClickHouse less)")
+	fs.DurationVar(&c.AuditBatchWait, "audit-batch-wait", time.Second, "longest an event waits for its audit-log insert to fill (fewer, larger ClickHouse inserts cost ClickHouse less)")
 	fs.Uint64Var(&c.MaxSinkLag, "max-sink-lag", 100000, "messages the audit log may trail JetStream by before /readyz fails (a pack of usage events is one)")
 	fs.BoolVar(&c.Notary, "notary", true, "fold the streams into Merkle trees and publish signed checkpoints; run it on one node")
 	fs.StringVar(&c.NotaryKeyFile, "notary-key-file", "", "the notary's Ed25519 key, created when missing (default <data-dir>/notary.key)")
