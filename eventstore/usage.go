@@ -557,26 +557,18 @@ func usageEvents(envs []domain.Envelope) ([]usageEvent, error) {
 	return out, nil
 }
 
-// usageMsgs turns usage events into messages carrying their Msg-Id.
+// usageMsgs turns usage events into messages of one event each, carrying
+// their Msg-Id (PublishOnce).
 func usageMsgs(envs []domain.Envelope, sg *signer) ([]*nats.Msg, error) {
+	events, err := usageEvents(envs)
+	if err != nil {
+		return nil, err
+	}
 	msgs := make([]*nats.Msg, len(envs))
-	for i, env := range envs {
-		if env.StreamName() != domain.StreamUsage {
-			return nil, domain.Errorf(domain.EINVALID, "bad_event", "event type %q is not a usage event", env.Type)
-		}
-		if env.ID == uuid.Nil {
-			return nil, domain.Errorf(domain.EINVALID, "bad_event", "event without id")
-		}
-		if env.KeyID != "" && !validToken(env.KeyID) {
-			return nil, domain.Errorf(domain.EINVALID, "bad_event", "invalid key id %q", env.KeyID)
-		}
-		b, err := env.Marshal()
-		if err != nil {
-			return nil, fmt.Errorf("publish %s: %w", env.Subject(), err)
-		}
-		m := nats.NewMsg(env.Subject())
-		m.Data = b
-		m.Header.Set(hdrMsgID, env.ID.String())
+	for i, e := range events {
+		m := nats.NewMsg(envs[i].Subject())
+		m.Data = e.raw
+		m.Header.Set(hdrMsgID, e.id.String())
 		m.Header.Set(hdrExpectedStream, domain.StreamUsage)
 		sg.sign(m)
 		msgs[i] = m
