@@ -80,7 +80,9 @@ func (b *browser) until(what, js string) {
 		time.Sleep(30 * time.Millisecond)
 	}
 	loc, _ := chromedp.Run(b.ctx, chromedp.Location())
-	b.t.Fatalf("%s: still not true at %s after 15s (%v): %s", what, loc, last, js)
+	// What the page says (an error message, a problem) tells why.
+	text, _ := chromedp.Run(b.ctx, chromedp.Evaluate[string](`document.body ? document.body.innerText.slice(0, 2000) : ""`))
+	b.t.Fatalf("%s: still not true at %s after 15s (%v): %s\npage:\n%s", what, loc, last, js, text)
 }
 
 func (b *browser) open(path, ready string) {
