@@ -137,13 +137,9 @@ func (p *UsagePublisher) Publish(ctx context.Context, envs ...domain.Envelope) e
 	if err != nil {
 		return err
 	}
-	p.mu.RLock()
-	if p.closed {
-		p.mu.RUnlock()
+	if !p.enter() {
 		return ErrClosed
 	}
-	p.senders.Add(1)
-	p.mu.RUnlock()
 	defer p.senders.Done()
 
 	if p.cfg.Async {
@@ -177,6 +173,18 @@ func (p *UsagePublisher) Publish(ctx context.Context, envs ...domain.Envelope) e
 	return nil
 }
 
+// enter counts a caller in, for Close to wait for; false once closed. A
+// caller that entered calls p.senders.Done when it returns.
+func (p *UsagePublisher) enter() bool {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return false
+	}
+	p.senders.Add(1)
+	return true
+}
+
 // PublishOnce stores usage events durably, each as a message of its own
 // whose Msg-Id is the event's id, so that a call retried with the same
 // events (a service resending a batch of records) stores none of them
@@ -191,13 +199,9 @@ func (p *UsagePublisher) PublishOnce(ctx context.Context, envs ...domain.Envelop
 	if err != nil {
 		return err
 	}
-	p.mu.RLock()
-	if p.closed {
-		p.mu.RUnlock()
+	if !p.enter() {
 		return ErrClosed
 	}
-	p.senders.Add(1)
-	p.mu.RUnlock()
 	defer p.senders.Done()
 	for attempt := 1; ; attempt++ {
 		_, err := p.once.submit(ctx, msgs, nil, false)
