@@ -4,62 +4,21 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
+	"github.com/keyledger/keyledger/eventstore/disktest"
 )
-
-// mustSmallFS mounts a tmpfs of size bytes on a fresh directory and
-// unmounts it when the test ends. It fails the test, rather than skip
-// it, where the file system cannot be made (not root).
-func mustSmallFS(tb testing.TB, size int) string {
-	tb.Helper()
-	dir := tb.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0700", size), "keyledger-test", dir).CombinedOutput()
-	if err != nil {
-		tb.Fatalf("mount a %d-byte tmpfs (the full-disk tests need root): %v: %s", size, err, out)
-	}
-	tb.Cleanup(func() {
-		// Lazily: a server that was shut down on a full disk may take a
-		// moment to close its last file.
-		if out, err := exec.Command("umount", "--lazy", dir).CombinedOutput(); err != nil {
-			tb.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
-
-// fillDisk writes a file into dir until the file system has no byte left,
-// and returns its path.
-func fillDisk(tb testing.TB, dir string) string {
-	tb.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for _, n := range []int{len(buf), 4096, 1} {
-		for {
-			if _, err := f.Write(buf[:n]); err != nil {
-				break
-			}
-		}
-	}
-	return path
-}
 
 // TestFullDiskRefusesThenRecovers: on a full disk appends and usage fail
 // with EUNAVAILABLE and store nothing half; once space returns the store
 // restarts JetStream by itself, its subscription goes on, and everything
 // acknowledged before is still there.
 func TestFullDiskRefusesThenRecovers(t *testing.T) {
-	dir := mustSmallFS(t, 16<<20)
+	dir := disktest.SmallFS(t, 16<<20)
 	s := MustOpenStore(t, func(c *eventstore.Config) { c.DataDir, c.Timeout = dir, 500*time.Millisecond })
 	ctx := testCtx(t)
 	keys := newCollector()
@@ -79,7 +38,7 @@ func TestFullDiskRefusesThenRecovers(t *testing.T) {
 	}
 	keys.next(t, len(acked))
 
-	filler := fillDisk(t, dir)
+	filler := disktest.Fill(t, dir)
 	// The first writes find the disk full; from then on every write is
 	// refused at once, with the class callers answer 503 with.
 	// A single append reaches the stream itself, whose write error then
@@ -181,7 +140,7 @@ func TestFullDiskRefusesThenRecovers(t *testing.T) {
 // the disk, and there the full-disk handling takes over.
 func TestStoreUsesTheWholeDisk(t *testing.T) {
 	const size = 32 << 20
-	dir := mustSmallFS(t, size)
+	dir := disktest.SmallFS(t, size)
 	// Half the disk is taken before the node starts: the server's own
 	// limit would then be 75% of the other half.
 	filler := filepath.Join(dir, "taken")

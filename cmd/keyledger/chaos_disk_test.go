@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -16,46 +14,9 @@ import (
 
 	"github.com/keyledger/keyledger/api"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore/disktest"
 	"github.com/keyledger/keyledger/projections/chlog/chlogtest"
 )
-
-// mustSmallFS mounts a tmpfs of size bytes on a fresh directory and
-// unmounts it when the test ends, after everything registered later (the
-// node) has stopped. It fails the test, rather than skip it, where the
-// file system cannot be made.
-func mustSmallFS(t *testing.T, size int) string {
-	t.Helper()
-	dir := t.TempDir()
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", fmt.Sprintf("size=%d,mode=0700", size), "keyledger-test", dir).CombinedOutput()
-	if err != nil {
-		t.Fatalf("mount a %d-byte tmpfs (the full-disk test needs root): %v: %s", size, err, out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command("umount", "--lazy", dir).CombinedOutput(); err != nil {
-			t.Errorf("umount %s: %v: %s", dir, err, out)
-		}
-	})
-	return dir
-}
-
-// fillDisk writes a file into dir until its file system has no byte left
-// and returns the file's path.
-func fillDisk(t *testing.T, dir string) string {
-	t.Helper()
-	path := filepath.Join(dir, "filler")
-	f, err := os.Create(path)
-	must(t, err)
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	for _, n := range []int{len(buf), 4096, 1} {
-		for {
-			if _, err := f.Write(buf[:n]); err != nil {
-				break
-			}
-		}
-	}
-	return path
-}
 
 // TestChaosFullDisk runs a node whose data dir (JetStream included) is a
 // small file system, fills it up under load with a file of its own, then
@@ -75,7 +36,7 @@ func TestChaosFullDisk(t *testing.T) {
 	if *chaosLong {
 		size = 512 << 20
 	}
-	dir := mustSmallFS(t, size)
+	dir := disktest.SmallFS(t, size)
 	root := domain.FormatToken(uuid.Must(uuid.NewV7()), randomSecret(t))
 	// The recovery probe creates keys: the long version's load must not
 	// bring its principal to the plan limit first.
@@ -88,7 +49,7 @@ func TestChaosFullDisk(t *testing.T) {
 	var filler string
 	var saw503, sawNotReady atomic.Bool
 	r.Recover = underLoad(t, l, &r, func() time.Time {
-		filler = fillDisk(t, dir)
+		filler = disktest.Fill(t, dir)
 		// The disk is full until a write has been refused with 503 and
 		// /readyz says why, then for a phase.
 		checkFor(t, time.Minute, 20*time.Millisecond, func() error {
