@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -182,23 +181,7 @@ func startBare(b testing.TB) (string, []int) {
 func startBenchServer(b testing.TB, bin string, args ...string) (*e2eServer, string) {
 	root := domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{4, 2})
 	dir := b.TempDir()
-	s := &e2eServer{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
-	s.cmd = exec.Command(bin, append([]string{"serve", "--http-addr", "127.0.0.1:0", "--data-dir", dir}, args...)...)
-	s.cmd.Env = e2eEnv("KEYLEDGER_ROOT_TOKEN=" + root)
-	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
-	if err := s.cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	go func() { s.waitErr = s.cmd.Wait(); close(s.exited) }()
-	b.Cleanup(func() {
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.exited:
-		case <-time.After(30 * time.Second):
-			_ = s.cmd.Process.Kill()
-			<-s.exited
-		}
-	})
+	s := spawnServe(b, bin, dir, args, []string{"KEYLEDGER_ROOT_TOKEN=" + root}, 30*time.Second)
 	checkFor(b, 90*time.Second, 20*time.Millisecond, func() error {
 		select {
 		case <-s.exited:

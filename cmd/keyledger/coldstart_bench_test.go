@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -500,31 +499,9 @@ type coldNode struct {
 }
 
 func startColdNode(b *testing.B, dir string, args []string, env ...string) *coldNode {
-	s := &e2eServer{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
-	s.cmd = exec.Command(e2eServerBin, append([]string{"serve", "--http-addr", "127.0.0.1:0", "--data-dir", dir}, args...)...)
-	s.cmd.Env = e2eEnv(env...)
-	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
-	n := &coldNode{e2eServer: s, client: &http.Client{Timeout: 10 * time.Second}}
-	n.started = time.Now()
-	if err := s.cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	go func() { s.waitErr = s.cmd.Wait(); close(s.exited) }()
-	b.Cleanup(func() {
-		select {
-		case <-s.exited:
-			return
-		default:
-		}
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.exited:
-		case <-time.After(2 * time.Minute):
-			_ = s.cmd.Process.Kill()
-			<-s.exited
-		}
-	})
-	return n
+	started := time.Now()
+	s := spawnServe(b, e2eServerBin, dir, args, env, 2*time.Minute)
+	return &coldNode{e2eServer: s, started: started, client: &http.Client{Timeout: 10 * time.Second}}
 }
 
 // waitCold polls f every interval until it succeeds, failing the benchmark if the node

@@ -119,6 +119,41 @@ func e2eEnv(extra ...string) []string {
 	return append(env, extra...)
 }
 
+// spawnServe starts bin serve on dataDir (HTTP on a free loopback port) with
+// args and env, and stops it when the test ends: after a failure the server
+// is still running, so it is asked to stop first (SIGTERM), which lets it
+// stop the child processes it manages (a local ClickHouse), and killed only
+// when it has not within stopWait. Callers wait for it to be ready.
+func spawnServe(tb testing.TB, bin, dataDir string, args, env []string, stopWait time.Duration) *e2eServer {
+	tb.Helper()
+	s := &e2eServer{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
+	s.cmd = exec.Command(bin, append([]string{"serve", "--http-addr", "127.0.0.1:0", "--data-dir", dataDir}, args...)...)
+	s.cmd.Env = e2eEnv(env...)
+	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
+	if err := s.cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	go func() {
+		s.waitErr = s.cmd.Wait()
+		close(s.exited)
+	}()
+	tb.Cleanup(func() {
+		select {
+		case <-s.exited:
+			return
+		default:
+		}
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.exited:
+		case <-time.After(stopWait):
+			_ = s.cmd.Process.Kill()
+			<-s.exited
+		}
+	})
+	return s
+}
+
 // e2eServer is one run of `keyledger serve` as a child process.
 type e2eServer struct {
 	cmd            *exec.Cmd
@@ -132,34 +167,7 @@ type e2eServer struct {
 // "keyledger serving" log line, which carries the address it listens on.
 func startE2EServer(t *testing.T, dataDir string, env ...string) *e2eServer {
 	t.Helper()
-	s := &e2eServer{stdout: &lockedBuffer{}, stderr: &lockedBuffer{}, exited: make(chan struct{})}
-	s.cmd = exec.Command(e2eServerBin, "serve", "--http-addr", "127.0.0.1:0", "--data-dir", dataDir)
-	s.cmd.Env = e2eEnv(env...)
-	s.cmd.Stdout, s.cmd.Stderr = s.stdout, s.stderr
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() {
-		s.waitErr = s.cmd.Wait()
-		close(s.exited)
-	}()
-	t.Cleanup(func() {
-		// After a failure the server is still running. Ask it to stop
-		// first, so it can stop the child processes it manages (a local
-		// ClickHouse), and kill it only if it does not.
-		select {
-		case <-s.exited:
-			return
-		default:
-		}
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-s.exited:
-		case <-time.After(20 * time.Second):
-			_ = s.cmd.Process.Kill()
-			<-s.exited
-		}
-	})
+	s := spawnServe(t, e2eServerBin, dataDir, nil, env, 20*time.Second)
 	checkFor(t, 60*time.Second, 10*time.Millisecond, func() error {
 		select {
 		case <-s.exited:
