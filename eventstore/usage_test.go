@@ -320,3 +320,42 @@ func (p *proxy) restore() {
 	p.down = false
 	p.mu.Unlock()
 }
+
+// TestUsageAsyncLingers publishes async events one call at a time: a pack
+// waits up to Linger for more events, so they share messages, and
+// MaxBatch still bounds each one.
+func TestUsageAsyncLingers(t *testing.T) {
+	s := MustOpenStore(t)
+	p := NewUsage(t, s, eventstore.UsageConfig{Async: true, MaxBatch: 10, Linger: time.Minute})
+	k := newKeyID()
+	for range 25 {
+		if err := p.Publish(testCtx(t), used(t, k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two full packs go at once; the last five wait for more.
+	checkFor(t, 10*time.Second, 10*time.Millisecond, func() error {
+		if n := mustCount(t, s, domain.StreamUsage); n != 20 {
+			return fmt.Errorf("%d events stored, want the two full packs' 20", n)
+		}
+		return nil
+	})
+	if st := p.Stats(); st.Batches != 2 {
+		t.Errorf("%d messages sent for two full packs", st.Batches)
+	}
+	if d := p.Depth(); d != 5 {
+		t.Errorf("depth %d while the last pack gathers, want 5", d)
+	}
+	// Close does not wait out the linger: the last pack goes at once.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := mustCount(t, s, domain.StreamUsage); n != 25 {
+		t.Errorf("%d events stored after Close, want 25", n)
+	}
+	if st := p.Stats(); st.Batches != 3 || st.Events != 25 {
+		t.Errorf("stats %+v, want 25 events in 3 messages", st)
+	}
+}
