@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -35,6 +37,10 @@ func TestLocalServerKeepsDataAndPortsAcrossRestarts(t *testing.T) {
 	first := chlogtest.MustStartLocal(t, dir)
 	if !strings.HasPrefix(first.Addr(), "127.0.0.1:") || !strings.HasPrefix(first.HTTPAddr(), "127.0.0.1:") {
 		t.Errorf("listens on %s and %s, want loopback only", first.Addr(), first.HTTPAddr())
+	}
+	// The audit log's server yields the CPU to the node.
+	if nice := niceOf(t, first.PID()); nice != 10 {
+		t.Errorf("clickhouse-server runs at nice %d, want 10", nice)
 	}
 
 	// A second server on the same directory is refused before it can
@@ -138,4 +144,20 @@ func TestSupervisorRestartsAKilledServer(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// niceOf reads a process's nice value (field 19 of /proc/pid/stat).
+func niceOf(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	fields := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	n, err := strconv.Atoi(fields[19-3])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
