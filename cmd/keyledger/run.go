@@ -71,6 +71,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "keyledger serve: %v\n", err)
 		return 2
 	}
+	tuneGC(m.Logger)
 	if err := m.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "keyledger serve: %v\n", err)
 		return 1
