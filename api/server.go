@@ -362,12 +362,18 @@ type ctxKey int
 const requestIDKey ctxKey = iota
 
 func (s *Server) requestContext(r *http.Request) *domain.RequestContext {
+	return s.requestContextFrom(r, s.clientAddr(r))
+}
+
+// requestContextFrom is requestContext for a request whose client address
+// is already known.
+func (s *Server) requestContextFrom(r *http.Request, addr netip.Addr) *domain.RequestContext {
 	rc := &domain.RequestContext{UserAgent: truncate(r.UserAgent(), 256)}
 	if id, ok := r.Context().Value(requestIDKey).(string); ok {
 		rc.RequestID = id
 	}
-	if a := s.clientAddr(r); a.IsValid() {
-		rc.SourceIP = a.String()
+	if addr.IsValid() {
+		rc.SourceIP = addr.String()
 	}
 	return rc
 }

@@ -57,14 +57,12 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 		}
 		addr = a.Unmap()
 	}
-	rc := s.requestContext(r)
-	callerIP := ""
-	if a := s.clientAddr(r); a.IsValid() {
-		callerIP = a.String()
-	}
+	// The caller's authentication is not stored on its own: the
+	// verification's event names the caller's key and address.
+	rc := pending.req.Context
 	res, env, err := s.verifier.Decide(keystate.Request{
 		Token: req.Token, Permission: req.Permission, IP: addr, Actor: c.Principal.ID,
-		CallerKey: c.Key.ID, CallerIP: callerIP,
+		CallerKey: c.Key.ID, CallerIP: rc.SourceIP,
 		Context: &domain.RequestContext{RequestID: rc.RequestID},
 	})
 	if err != nil {
@@ -91,10 +89,9 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 }
 
 // publishOrFail stores a pending authentication event and writes err.
-func (s *Server) publishOrFail(w http.ResponseWriter, r *http.Request, pending []domain.Envelope, err error) {
-	if perr := s.cfg.Usage.Publish(r.Context(), pending...); perr != nil {
-		s.log.ErrorContext(r.Context(), "record authentication", "err", perr)
-		s.problem(w, r, errUnavailable)
+func (s *Server) publishOrFail(w http.ResponseWriter, r *http.Request, pending authEvent, err error) {
+	if perr := s.recordAuth(r, pending); perr != nil {
+		s.problem(w, r, perr)
 		return
 	}
 	s.problem(w, r, err)
