@@ -4,10 +4,12 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/projections/keystate"
+	fastjson "github.com/segmentio/encoding/json"
 )
 
 type verifyRequest struct {
@@ -85,7 +87,33 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 			out.ExpiresAt = timePtr(res.Key.ExpiresAt)
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	writeVerify(w, &out)
+}
+
+// answers holds the buffers verification answers are encoded into.
+var answers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// writeVerify writes a verification's answer: the bytes writeJSON writes
+// (compact, HTML not escaped, a final newline), appended by segmentio's
+// encoder into a pooled buffer instead of through encoding/json's
+// reflection. ?pretty still goes through writeJSON.
+func writeVerify(w http.ResponseWriter, out *VerifyResponse) {
+	if sw, ok := w.(*statusWriter); ok && sw.pretty {
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	bp := answers.Get().(*[]byte)
+	defer answers.Put(bp)
+	b, err := fastjson.Append((*bp)[:0], out, 0)
+	if err != nil {
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	b = append(b, '\n')
+	*bp = b[:0]
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
 }
 
 // publishOrFail stores a pending authentication event and writes err.
