@@ -144,12 +144,15 @@ func (e *Envelope) Seal(prev string) {
 // as a big-endian uint32 length and its bytes, in a fixed order; it does not
 // depend on JSON key order or whitespace of the envelope itself.
 func (e Envelope) ComputeHash() string {
-	return hex.EncodeToString(e.hashSum())
+	sum := e.hashSum()
+	return hex.EncodeToString(sum[:])
 }
 
-func (e Envelope) hashSum() []byte {
-	sum := sha256.Sum256(CanonicalBytes(e))
-	return sum[:]
+func (e Envelope) hashSum() [sha256.Size]byte {
+	// Most events fit the stack buffer; the canonical bytes are only
+	// hashed, never kept.
+	var buf [1024]byte
+	return sha256.Sum256(appendCanonical(buf[:0], e))
 }
 
 // canonicalTag opens the canonical encoding, version 1.
@@ -166,7 +169,17 @@ func CanonicalBytes(e Envelope) []byte {
 	const fields = 11
 	n := len(canonicalTag) + 4*fields + len(e.ID) + len(e.Type) + len(e.KeyID) + 8 + len(e.Actor) +
 		len(version) + len(rc.RequestID) + len(rc.SourceIP) + len(rc.UserAgent) + len(e.Data) + len(e.PrevHash)
-	b := make([]byte, 0, n)
+	return appendCanonical(make([]byte, 0, n), e)
+}
+
+// appendCanonical appends the canonical bytes of e to b.
+func appendCanonical(b []byte, e Envelope) []byte {
+	var rc RequestContext
+	if e.Context != nil {
+		rc = *e.Context
+	}
+	var sv [20]byte
+	version := strconv.AppendInt(sv[:0], int64(e.SchemaVersion), 10)
 	b = append(b, canonicalTag...)
 	b = appendField(b, e.ID[:])
 	b = appendField(b, e.Type)
