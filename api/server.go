@@ -418,7 +418,7 @@ func (s *Server) instrument(pattern string, h http.HandlerFunc) http.Handler {
 		}
 		w.Header().Set("X-Request-Id", id)
 		r = r.WithContext(context.WithValue(r.Context(), requestIDKey, id))
-		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK, pretty: r.URL.Query().Has("pretty")}
+		sw := &statusWriter{ResponseWriter: w, status: http.StatusOK, pretty: r.URL.RawQuery != "" && r.URL.Query().Has("pretty")}
 		h(sw, r)
 		s.metrics.requests.WithLabelValues(r.Method, pattern, statusClass(sw.status)).Inc()
 		s.metrics.latency.WithLabelValues(r.Method, pattern, statusClass(sw.status)).Observe(time.Since(start).Seconds())
@@ -438,7 +438,14 @@ func (w *statusWriter) WriteHeader(code int) {
 
 func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
+// statusClasses are the metrics' status labels, built once instead of per
+// request.
+var statusClasses = [...]string{"0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx", "7xx", "8xx", "9xx"}
+
 func statusClass(code int) string {
+	if c := code / 100; c >= 0 && c < len(statusClasses) {
+		return statusClasses[c]
+	}
 	return string(rune('0'+code/100)) + "xx"
 }
 
