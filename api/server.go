@@ -319,8 +319,9 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // bodies holds the buffers request bodies are read into; a buffer that grew
-// past bodyKeep is dropped instead of kept.
-var bodies = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// past bodyKeep is dropped instead of kept. They start at 2 KiB, since
+// bytes.Buffer.ReadFrom grows any buffer with less than 512 bytes free.
+var bodies = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0, 2<<10)) }}
 
 const bodyKeep = 16 << 10
 
