@@ -3,6 +3,7 @@ package api
 import (
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/projections/keystate"
@@ -21,50 +22,85 @@ func bearer(r *http.Request) (string, bool) {
 	return strings.TrimSpace(tok), true
 }
 
+// authEvent is a caller's checked authentication whose usage event is not
+// built yet. /v1/verify stores it only when no verification follows (the
+// verification's own event names its caller); the zero value is none.
+type authEvent struct {
+	req keystate.Request
+	res keystate.Result
+	now time.Time
+}
+
 // authenticate verifies the request's bearer token by the same path as any
-// key, records the verification and checks perm. With record false the
-// usage event is returned instead of stored, so the caller can store it
-// together with its own (one group commit for /v1/verify).
-func (s *Server) authenticate(r *http.Request, perm string, record bool) (caller, []domain.Envelope, error) {
+// key, records the verification and checks perm. With record false a
+// successful authentication is returned unrecorded, for the caller to
+// store together with its own events or to drop when its own event names
+// the caller (see recordAuth); a failed one is always recorded.
+func (s *Server) authenticate(r *http.Request, perm string, record bool) (caller, authEvent, error) {
 	tok, ok := bearer(r)
 	if !ok {
-		return caller{}, nil, domain.Errorf(domain.EUNAUTHORIZED, "missing_token", "an Authorization: Bearer token is required")
+		return caller{}, authEvent{}, domain.Errorf(domain.EUNAUTHORIZED, "missing_token", "an Authorization: Bearer token is required")
 	}
-	res, env, err := s.verifier.Decide(keystate.Request{
+	addr := s.clientAddr(r)
+	req := keystate.Request{
 		Token:      tok,
 		Permission: perm,
-		IP:         s.clientAddr(r),
+		IP:         addr,
 		Actor:      s.cfg.ServiceName,
-		Context:    s.requestContext(r),
-	})
-	if err != nil {
-		return caller{}, nil, err
+		Context:    s.requestContextFrom(r, addr),
 	}
-	pending := []domain.Envelope{env}
+	now := s.verifier.Now()
+	res := s.verifier.Check(req, now)
+	pending := authEvent{req: req, res: res, now: now}
 	if record || !res.Valid() {
-		if err := s.cfg.Usage.Publish(r.Context(), env); err != nil {
-			s.log.ErrorContext(r.Context(), "record authentication", "err", err)
-			return caller{}, nil, errUnavailable
+		if err := s.recordAuth(r, pending); err != nil {
+			return caller{}, authEvent{}, err
 		}
-		pending = nil
+		pending = authEvent{}
 	}
 	s.metrics.verifications.WithLabelValues(res.Code).Inc()
 	switch res.Code {
 	case domain.OutcomeValid:
 	case domain.OutcomeInsufficientPermissions:
-		return caller{}, nil, domain.Errorf(domain.EFORBIDDEN, "insufficient_permissions", "this call needs %s", perm)
+		return caller{}, authEvent{}, domain.Errorf(domain.EFORBIDDEN, "insufficient_permissions", "this call needs %s", perm)
 	default:
-		return caller{}, nil, domain.Errorf(domain.EUNAUTHORIZED, "token_"+strings.ToLower(res.Code), "token rejected: %s", res.Code)
+		return caller{}, authEvent{}, domain.Errorf(domain.EUNAUTHORIZED, "token_"+strings.ToLower(res.Code), "token rejected: %s", res.Code)
 	}
 	pr, ok := s.cfg.State.Principal(res.Key.Owner)
 	if !ok || pr.Disabled {
-		return caller{}, nil, domain.Errorf(domain.EFORBIDDEN, "principal_disabled", "the token's principal is disabled or unknown")
+		return caller{}, authEvent{}, domain.Errorf(domain.EFORBIDDEN, "principal_disabled", "the token's principal is disabled or unknown")
 	}
 	c := caller{Key: res.Key, Principal: pr, Permissions: s.cfg.State.PrincipalPermissions(pr.ID)}
 	if perm != "" && !c.Can(perm) {
-		return caller{}, nil, domain.Errorf(domain.EFORBIDDEN, "insufficient_permissions", "this call needs %s", perm)
+		return caller{}, authEvent{}, domain.Errorf(domain.EFORBIDDEN, "insufficient_permissions", "this call needs %s", perm)
 	}
 	return c, pending, nil
+}
+
+// authEvents builds the usage event of a pending authentication, if any.
+func (s *Server) authEvents(a authEvent) ([]domain.Envelope, error) {
+	if a.res.Code == "" {
+		return nil, nil
+	}
+	_, env, err := s.verifier.Event(a.req, a.res, a.now)
+	if err != nil {
+		return nil, err
+	}
+	return []domain.Envelope{env}, nil
+}
+
+// recordAuth builds and stores the usage event of a pending
+// authentication, if any.
+func (s *Server) recordAuth(r *http.Request, a authEvent) error {
+	envs, err := s.authEvents(a)
+	if err != nil || len(envs) == 0 {
+		return err
+	}
+	if err := s.cfg.Usage.Publish(r.Context(), envs...); err != nil {
+		s.log.ErrorContext(r.Context(), "record authentication", "err", err)
+		return errUnavailable
+	}
+	return nil
 }
 
 // auth is authenticate for ordinary management routes: it writes the

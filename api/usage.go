@@ -94,7 +94,11 @@ func (s *Server) publishUsage(w http.ResponseWriter, r *http.Request) {
 	}
 	now := s.cfg.Now()
 	out := UsageResponse{Results: make([]UsageResult, len(req.Records))}
-	envs := pending
+	envs, err := s.authEvents(pending)
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
 	seen := make(map[string]bool, len(req.Records))
 	for i, rec := range req.Records {
 		res := UsageResult{Index: i, RecordID: rec.RecordID}

@@ -4,10 +4,12 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/projections/keystate"
+	fastjson "github.com/segmentio/encoding/json"
 )
 
 type verifyRequest struct {
@@ -57,14 +59,12 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 		}
 		addr = a.Unmap()
 	}
-	rc := s.requestContext(r)
-	callerIP := ""
-	if a := s.clientAddr(r); a.IsValid() {
-		callerIP = a.String()
-	}
+	// The caller's authentication is not stored on its own: the
+	// verification's event names the caller's key and address.
+	rc := pending.req.Context
 	res, env, err := s.verifier.Decide(keystate.Request{
 		Token: req.Token, Permission: req.Permission, IP: addr, Actor: c.Principal.ID,
-		CallerKey: c.Key.ID, CallerIP: callerIP,
+		CallerKey: c.Key.ID, CallerIP: rc.SourceIP,
 		Context: &domain.RequestContext{RequestID: rc.RequestID},
 	})
 	if err != nil {
@@ -87,14 +87,39 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 			out.ExpiresAt = timePtr(res.Key.ExpiresAt)
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	writeVerify(w, &out)
+}
+
+// answers holds the buffers verification answers are encoded into.
+var answers = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// writeVerify writes a verification's answer: the bytes writeJSON writes
+// (compact, HTML not escaped, a final newline), appended by segmentio's
+// encoder into a pooled buffer instead of through encoding/json's
+// reflection. ?pretty still goes through writeJSON.
+func writeVerify(w http.ResponseWriter, out *VerifyResponse) {
+	if sw, ok := w.(*statusWriter); ok && sw.pretty {
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	bp := answers.Get().(*[]byte)
+	defer answers.Put(bp)
+	b, err := fastjson.Append((*bp)[:0], out, 0)
+	if err != nil {
+		writeJSON(w, http.StatusOK, out)
+		return
+	}
+	b = append(b, '\n')
+	*bp = b[:0]
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
 }
 
 // publishOrFail stores a pending authentication event and writes err.
-func (s *Server) publishOrFail(w http.ResponseWriter, r *http.Request, pending []domain.Envelope, err error) {
-	if perr := s.cfg.Usage.Publish(r.Context(), pending...); perr != nil {
-		s.log.ErrorContext(r.Context(), "record authentication", "err", perr)
-		s.problem(w, r, errUnavailable)
+func (s *Server) publishOrFail(w http.ResponseWriter, r *http.Request, pending authEvent, err error) {
+	if perr := s.recordAuth(r, pending); perr != nil {
+		s.problem(w, r, perr)
 		return
 	}
 	s.problem(w, r, err)

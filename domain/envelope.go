@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/google/uuid"
@@ -110,9 +111,15 @@ const UnknownKeyID = "_"
 // precision of every store keyledger writes to, so a hash computed now still
 // matches after a round trip through any of them.
 func NewEnvelope(id uuid.UUID, keyID string, ev Event, now time.Time, actor string, rc *RequestContext) (Envelope, error) {
-	data, err := json.Marshal(ev)
-	if err != nil {
-		return Envelope{}, fmt.Errorf("encode %s: %w", ev.EventType(), err)
+	var data []byte
+	if a, ok := ev.(dataAppender); ok {
+		// Usage events, one per verification: no reflection.
+		data = a.appendData(make([]byte, 0, 256))
+	} else {
+		var err error
+		if data, err = json.Marshal(ev); err != nil {
+			return Envelope{}, fmt.Errorf("encode %s: %w", ev.EventType(), err)
+		}
 	}
 	return Envelope{
 		ID:            id,
@@ -137,43 +144,63 @@ func (e *Envelope) Seal(prev string) {
 // as a big-endian uint32 length and its bytes, in a fixed order; it does not
 // depend on JSON key order or whitespace of the envelope itself.
 func (e Envelope) ComputeHash() string {
-	return hex.EncodeToString(e.hashSum())
+	sum := e.hashSum()
+	return hex.EncodeToString(sum[:])
 }
 
-func (e Envelope) hashSum() []byte {
-	h := sha256.New()
-	h.Write(CanonicalBytes(e))
-	return h.Sum(nil)
+func (e Envelope) hashSum() [sha256.Size]byte {
+	// Most events fit the stack buffer; the canonical bytes are only
+	// hashed, never kept.
+	var buf [1024]byte
+	return sha256.Sum256(appendCanonical(buf[:0], e))
 }
+
+// canonicalTag opens the canonical encoding, version 1.
+const canonicalTag = "keyledger-event-v1"
 
 // CanonicalBytes returns the bytes the envelope's hash is computed over.
 func CanonicalBytes(e Envelope) []byte {
-	var b bytes.Buffer
-	b.WriteString("keyledger-event-v1")
-	field := func(s []byte) {
-		var n [4]byte
-		binary.BigEndian.PutUint32(n[:], uint32(len(s)))
-		b.Write(n[:])
-		b.Write(s)
-	}
 	var rc RequestContext
 	if e.Context != nil {
 		rc = *e.Context
 	}
-	var ms [8]byte
-	binary.BigEndian.PutUint64(ms[:], uint64(e.Time.UnixMilli()))
-	field(e.ID[:])
-	field([]byte(e.Type))
-	field([]byte(e.KeyID))
-	field(ms[:])
-	field([]byte(e.Actor))
-	field([]byte(fmt.Sprint(e.SchemaVersion)))
-	field([]byte(rc.RequestID))
-	field([]byte(rc.SourceIP))
-	field([]byte(rc.UserAgent))
-	field(e.Data)
-	field([]byte(e.PrevHash))
-	return b.Bytes()
+	var sv [20]byte
+	version := strconv.AppendInt(sv[:0], int64(e.SchemaVersion), 10)
+	const fields = 11
+	n := len(canonicalTag) + 4*fields + len(e.ID) + len(e.Type) + len(e.KeyID) + 8 + len(e.Actor) +
+		len(version) + len(rc.RequestID) + len(rc.SourceIP) + len(rc.UserAgent) + len(e.Data) + len(e.PrevHash)
+	return appendCanonical(make([]byte, 0, n), e)
+}
+
+// appendCanonical appends the canonical bytes of e to b.
+func appendCanonical(b []byte, e Envelope) []byte {
+	var rc RequestContext
+	if e.Context != nil {
+		rc = *e.Context
+	}
+	var sv [20]byte
+	version := strconv.AppendInt(sv[:0], int64(e.SchemaVersion), 10)
+	b = append(b, canonicalTag...)
+	b = appendField(b, e.ID[:])
+	b = appendField(b, e.Type)
+	b = appendField(b, e.KeyID)
+	b = binary.BigEndian.AppendUint32(b, 8)
+	b = binary.BigEndian.AppendUint64(b, uint64(e.Time.UnixMilli()))
+	b = appendField(b, e.Actor)
+	b = appendField(b, version)
+	b = appendField(b, rc.RequestID)
+	b = appendField(b, rc.SourceIP)
+	b = appendField(b, rc.UserAgent)
+	b = appendField(b, e.Data)
+	b = appendField(b, e.PrevHash)
+	return b
+}
+
+// appendField appends one field of the canonical encoding: its length as a
+// big-endian uint32, then its bytes.
+func appendField[T ~[]byte | ~string](b []byte, s T) []byte {
+	b = binary.BigEndian.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
 }
 
 // Marshal returns the wire encoding of the envelope.

@@ -30,6 +30,12 @@ type Projection struct {
 	applied uint64
 	changed chan struct{} // closed and replaced whenever applied advances
 
+	// perms caches PrincipalPermissions by principal id, which every
+	// authenticated call asks for. Entries are stored under the read lock
+	// and the cache is cleared under the write lock whenever a principal
+	// or a role changes, so an entry is never older than the state.
+	perms sync.Map // string → []string
+
 	// forged counts events that were not applied because no trusted
 	// writer signed them; onForged hears of each.
 	forged   atomic.Uint64
@@ -93,6 +99,7 @@ func (p *Projection) apply(env domain.Envelope) {
 		k = domain.Evolve(k, env)
 		p.keys[id] = &k
 	case domain.KindPrincipal:
+		p.perms.Clear()
 		var pr domain.Principal
 		if old := p.principals[env.KeyID]; old != nil {
 			pr = *old
@@ -100,6 +107,7 @@ func (p *Projection) apply(env domain.Envelope) {
 		pr = domain.EvolvePrincipal(pr, env)
 		p.principals[env.KeyID] = &pr
 	case domain.KindRole:
+		p.perms.Clear()
 		var r domain.Role
 		if old := p.roles[env.KeyID]; old != nil {
 			r = *old
@@ -226,20 +234,30 @@ func (p *Projection) RoleExists(name string) bool {
 	return ok && !r.Deleted
 }
 
-// PrincipalPermissions returns the union of a principal's roles' permissions.
+// PrincipalPermissions returns the union of a principal's roles' permissions,
+// sorted. The slice is shared by every caller: do not modify it.
 func (p *Projection) PrincipalPermissions(id string) []string {
-	pr, ok := p.Principal(id)
-	if !ok {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if v, ok := p.perms.Load(id); ok {
+		return v.([]string)
+	}
+	pr := p.principals[id]
+	if pr == nil {
 		return nil
 	}
 	var out []string
 	for _, name := range pr.Roles {
-		if r, ok := p.Role(name); ok && !r.Deleted {
+		if perms, ok := domain.BuiltinRoles[name]; ok {
+			out = append(out, perms...)
+		} else if r := p.roles[name]; r != nil && !r.Deleted {
 			out = append(out, r.Permissions...)
 		}
 	}
 	slices.Sort(out)
-	return slices.Compact(out)
+	out = slices.Clip(slices.Compact(out))
+	p.perms.Store(id, out)
+	return out
 }
 
 // ActiveKeys counts an owner's keys that are not revoked or deleted (expired
@@ -377,6 +395,7 @@ func (p *Projection) Restore(b []byte) error {
 	}
 	p.mu.Lock()
 	p.keys, p.principals, p.roles, p.applied = keys, principals, roles, s.Applied
+	p.perms.Clear()
 	close(p.changed)
 	p.changed = make(chan struct{})
 	p.mu.Unlock()

@@ -3,6 +3,7 @@ package keystate_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -209,3 +210,64 @@ func TestConcurrentReadsDuringApply(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// TestPrincipalPermissionsFollowChanges checks that the cached permissions
+// of a principal change as soon as its roles, or a role it holds, change.
+func TestPrincipalPermissionsFollowChanges(t *testing.T) {
+	p := keystate.New()
+	var seq uint64
+	apply := func(envs []domain.Envelope, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range envs {
+			seq++
+			e.Seq = seq
+			p.Apply(e)
+		}
+	}
+	m := domain.Meta{Actor: "root"}
+	svc := uuid.Must(uuid.NewV7()).String()
+	role := func(name string, cmd domain.Command) {
+		t.Helper()
+		r, _ := p.Role(name)
+		apply(domain.DecideRole(r, name, cmd, t0, uuid.New))
+	}
+	principal := func(id string, cmd domain.Command) {
+		t.Helper()
+		pr, _ := p.Principal(id)
+		apply(domain.DecidePrincipal(pr, cmd, p.RoleExists, t0, uuid.New))
+	}
+	want := func(perms ...string) {
+		t.Helper()
+		// Twice: the second answer comes from the cache.
+		for range 2 {
+			if got := p.PrincipalPermissions(svc); strings.Join(got, " ") != strings.Join(perms, " ") {
+				t.Fatalf("permissions %q, want %q", got, perms)
+			}
+		}
+	}
+	role("reader", domain.CreateRole{Meta: m, Name: "reader", Permissions: []string{"orders.read"}})
+	principal(svc, domain.CreatePrincipal{Meta: m, PrincipalID: svc, Name: "svc", Roles: []string{"reader"}})
+	want("orders.read")
+	role("reader", domain.UpdateRole{Meta: m, Permissions: []string{"orders.read", "orders.write"}})
+	want("orders.read", "orders.write")
+	principal(svc, domain.UpdatePrincipal{Meta: m, Roles: &[]string{domain.RoleVerifier}})
+	want(slices.Sorted(slices.Values(domain.BuiltinRoles[domain.RoleVerifier]))...)
+	role("writer", domain.CreateRole{Meta: m, Name: "writer", Permissions: []string{"orders.write"}})
+	principal(svc, domain.UpdatePrincipal{Meta: m, Roles: &[]string{"reader", "writer"}})
+	want("orders.read", "orders.write")
+	role("reader", domain.DeleteRole{Meta: m})
+	want("orders.write")
+	_, snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	role("writer", domain.UpdateRole{Meta: m, Permissions: []string{"orders.list"}})
+	want("orders.list")
+	if err := p.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	want("orders.write")
+}

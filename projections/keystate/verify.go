@@ -106,6 +106,14 @@ func (v *Verifier) Check(req Request, now time.Time) Result {
 	return res
 }
 
+// Event builds the sealed usage event that records res, the outcome Check
+// computed for req at now, and returns res with its EventID set. A caller
+// that needs the event only on some paths checks first and builds it
+// there.
+func (v *Verifier) Event(req Request, res Result, now time.Time) (Result, domain.Envelope, error) {
+	return v.event(req, res, now)
+}
+
 // event builds the usage event that records res, the outcome of req.
 func (v *Verifier) event(req Request, res Result, now time.Time) (Result, domain.Envelope, error) {
 	keyID := domain.UnknownKeyID
