@@ -83,9 +83,9 @@ func usageEvents(pick func() string, num func() int64) []domain.Event {
 	}
 }
 
-// TestUsageAppendMatchesMarshal compares the hand-written encoding of usage
+// TestUsageEncodingMatchesMarshal compares the encoding of usage
 // events with encoding/json's on many varied events.
-func TestUsageAppendMatchesMarshal(t *testing.T) {
+func TestUsageEncodingMatchesMarshal(t *testing.T) {
 	checkUsageEncoding(t, domain.KeyUsed{})
 	checkUsageEncoding(t, domain.KeyDenied{})
 	r := rand.New(rand.NewPCG(1, 2))
@@ -108,9 +108,9 @@ func TestUsageAppendMatchesMarshal(t *testing.T) {
 	}
 }
 
-// FuzzUsageAppend checks the hand-written encoding against encoding/json on
+// FuzzUsageEncoding checks the encoding of usage events against encoding/json on
 // arbitrary strings and numbers.
-func FuzzUsageAppend(f *testing.F) {
+func FuzzUsageEncoding(f *testing.F) {
 	for i, s := range usageStrings {
 		f.Add(s, usageStrings[(i+1)%len(usageStrings)], int64(i*100))
 	}
