@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -121,16 +122,28 @@ func (d *diskSupervisor) run() {
 }
 
 // problem returns why the server cannot take writes, or "": JetStream is
-// off, or a stream was not recovered or has hit a write error.
+// off, or a stream was not recovered or has hit a write error. Errors of
+// the server's readiness for connections are not the disk's: an
+// in-process server (no listener) reports "startup did not complete" at
+// random when the check's 1ms timer fires before its goroutine runs, as
+// it does on a busy machine, and restarting JetStream for it disrupted a
+// healthy store.
 func (d *diskSupervisor) problem() string {
-	h := d.s.ns.Healthz(&server.HealthzOptions{})
+	return diskProblem(d.s.ns.Healthz(&server.HealthzOptions{Details: true}))
+}
+
+// diskProblem is problem's reading of a detailed health answer.
+func diskProblem(h *server.HealthStatus) string {
 	if h.StatusCode == 0 || h.StatusCode == 200 {
 		return ""
 	}
-	if h.Error != "" {
-		return h.Error
+	var why []string
+	for _, e := range h.Errors {
+		if e.Type != server.HealthzErrorConn {
+			why = append(why, e.Error)
+		}
 	}
-	return h.Status
+	return strings.Join(why, "; ")
 }
 
 // recover closes the gate and restarts JetStream once the disk has room,
