@@ -46,7 +46,9 @@ import (
 //
 // KEYLEDGER_BENCH_DIR puts the data dir there instead of a temporary one
 // (it must be empty or missing; it is not deleted). KEYLEDGER_BENCH_PROFILE=DIR
-// writes a 30 s CPU profile of each cold start, taken from /readyz on.
+// writes a 30 s CPU profile of each cold start, taken from /readyz on, and
+// profiles each warm start whole, from /readyz until caught up, in 30 s
+// pieces (warm-USAGE-NNN.pprof; `go tool pprof` merges them).
 // KEYLEDGER_BENCH_ARGS adds serve flags (space-separated).
 //
 //	go test -run '^$' -bench '^BenchmarkColdStart$' -benchtime 1x -timeout 4h ./cmd/keyledger/
@@ -111,12 +113,32 @@ func BenchmarkColdStart(b *testing.B) {
 				t0 = time.Now()
 				n := startColdNode(b, dir, args)
 				waitCold(b, n, 10*time.Minute, 5*time.Millisecond, n.ready)
+				fmt.Printf("coldstart: warm start ready in %v\n", time.Since(t0).Round(time.Millisecond))
+				// The warm-up is profiled whole, in successive 30 s
+				// profiles (go tool pprof merges them) until caught up.
+				caught := make(chan struct{})
+				var profDone chan struct{}
 				if prof != "" {
-					coldProfile(b, filepath.Join(prof, fmt.Sprintf("warm-%d.pprof", size)))
+					profDone = make(chan struct{})
+					go func() {
+						defer close(profDone)
+						for i := 0; ; i++ {
+							coldProfile(b, filepath.Join(prof, fmt.Sprintf("warm-%d-%03d.pprof", size, i)))
+							select {
+							case <-caught:
+								return
+							default:
+							}
+						}
+					}()
 				}
 				waitCold(b, n, 4*time.Hour, time.Second, func() error { return n.caughtUp(l, root) })
 				warm = time.Since(t0)
+				close(caught)
 				fmt.Printf("coldstart: warm start caught up in %v\n", warm.Round(time.Millisecond))
+				if profDone != nil {
+					<-profDone
+				}
 				n.stopCold(b)
 			}
 			var r row
