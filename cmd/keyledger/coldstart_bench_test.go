@@ -132,7 +132,7 @@ func BenchmarkColdStart(b *testing.B) {
 						}
 					}()
 				}
-				waitCold(b, n, 4*time.Hour, time.Second, func() error { return n.caughtUp(l, root) })
+				waitCold(b, n, 4*time.Hour, time.Second, progress(t0, func() error { return n.caughtUp(l, root) }))
 				warm = time.Since(t0)
 				close(caught)
 				fmt.Printf("coldstart: warm start caught up in %v\n", warm.Round(time.Millisecond))
@@ -158,7 +158,7 @@ func BenchmarkColdStart(b *testing.B) {
 						coldProfile(b, filepath.Join(prof, fmt.Sprintf("coldstart-%d.pprof", size)))
 					}()
 				}
-				waitCold(b, n, 30*time.Minute, 100*time.Millisecond, func() error { return n.caughtUp(l, root) })
+				waitCold(b, n, 30*time.Minute, 100*time.Millisecond, progress(n.started, func() error { return n.caughtUp(l, root) }))
 				r.caught = time.Since(n.started)
 				r.settled, r.cpu = n.settle(b)
 				r.hwm = procStatusMB(n.cmd.Process.Pid, "VmHWM")
@@ -538,6 +538,28 @@ func waitCold(b *testing.B, n *coldNode, total, every time.Duration, f func() er
 		}
 		return f()
 	})
+}
+
+// progress wraps a wait's check: it prints what the check still waits for
+// when that changes (and every 30 s), so a long warm-up shows which part
+// of the node is behind.
+func progress(t0 time.Time, f func() error) func() error {
+	var last string
+	var at time.Time
+	return func() error {
+		err := f()
+		what := "caught up"
+		if err != nil {
+			what = err.Error()
+		}
+		// The part of the node, not its figures.
+		part := strings.TrimRight(strings.Fields(what + " x")[0], "0123456789")
+		if part != last || time.Since(at) > 30*time.Second {
+			fmt.Printf("coldstart: +%v: %s\n", time.Since(t0).Round(100*time.Millisecond), tail(what, 200))
+			last, at = part, time.Now()
+		}
+		return err
+	}
 }
 
 func tail(s string, n int) string {
