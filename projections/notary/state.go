@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -64,6 +65,11 @@ type pendingPut struct {
 
 // maxPending bounds the asynchronous puts in flight.
 const maxPending = 1000
+
+// ackWait is how long Sync waits for the acknowledgements of the puts it
+// collected (all of them, from its first wait on) before it puts the rest
+// again synchronously, and how long such a put may take.
+var ackWait = 10 * time.Second
 
 func openKVState(ctx context.Context, js jetstream.JetStream) (*kvState, error) {
 	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: Bucket, History: 1, Storage: jetstream.FileStorage,
@@ -128,13 +134,29 @@ func (s *kvState) Sync(ctx context.Context) error {
 	pending := s.pending
 	s.pending = nil
 	s.mu.Unlock()
+	timeout := time.NewTimer(ackWait)
+	defer timeout.Stop()
+	timedOut := false
 	for i, p := range pending {
 		ok := p.publishErr == nil
-		if ok {
+		switch {
+		case ok && timedOut:
+			select {
+			case <-p.f.Ok():
+			default:
+				ok = false
+			}
+		case ok:
 			select {
 			case <-p.f.Ok():
 			case <-p.f.Err():
 				ok = false
+			case <-timeout.C:
+				// An acknowledgement the connection dropped (a slow
+				// consumer on a busy node) never comes: this put and
+				// those after it not acknowledged yet are put again,
+				// each waited for.
+				timedOut, ok = true, false
 			case <-ctx.Done():
 				s.requeue(pending[i:])
 				return ctx.Err()
@@ -143,7 +165,10 @@ func (s *kvState) Sync(ctx context.Context) error {
 		// Put again, unless a newer put of the key is pending: this one
 		// would overwrite it.
 		if !ok && s.newest(p) {
-			if err := s.Put(ctx, p.key, p.value); err != nil {
+			pctx, cancel := context.WithTimeout(ctx, ackWait)
+			err := s.Put(pctx, p.key, p.value)
+			cancel()
+			if err != nil {
 				s.requeue(pending[i:])
 				return err
 			}

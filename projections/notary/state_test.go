@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/keyledger/keyledger/eventstore"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestAsyncPutsAreReadBackAndStoredBySync puts more values without waiting
@@ -94,5 +95,54 @@ func TestChainShardSlots(t *testing.T) {
 	w = c.capture()
 	if c.place(w); w[0].slot != '0' || c.uncertain {
 		t.Fatalf("after a save whose state was stored, shard 3 goes to slot %c (uncertain %v)", w[0].slot, c.uncertain)
+	}
+}
+
+// lostAck is the future of a put whose acknowledgement the connection
+// dropped: it never resolves.
+type lostAck struct{ jetstream.PubAckFuture }
+
+func (lostAck) Ok() <-chan *jetstream.PubAck { return nil }
+func (lostAck) Err() <-chan error            { return nil }
+
+// TestSyncPutsAgainWhatIsNeverAcknowledged: a busy node's connection can
+// drop acknowledgements (a slow consumer); Sync then puts those values
+// again instead of waiting for ever, and a newer put of the same key is
+// not overwritten by an older one put again.
+func TestSyncPutsAgainWhatIsNeverAcknowledged(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := eventstore.Open(ctx, eventstore.Config{DataDir: t.TempDir(), NoSync: true, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	kv, err := openKVState(ctx, s.JetStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(d time.Duration) { ackWait = d }(ackWait)
+	ackWait = 50 * time.Millisecond
+	if err := kv.PutAsync(ctx, "a", []byte("stored")); err != nil {
+		t.Fatal(err)
+	}
+	kv.mu.Lock()
+	kv.puts++
+	kv.pending = append(kv.pending, pendingPut{f: lostAck{}, put: kv.puts, key: "lost", value: []byte("put again")})
+	kv.unacked["lost"] = unacked{put: kv.puts, value: []byte("put again")}
+	kv.puts++
+	kv.pending = append(kv.pending, pendingPut{f: lostAck{}, put: kv.puts, key: "a", value: []byte("older")})
+	kv.mu.Unlock()
+	if err := kv.PutAsync(ctx, "a", []byte("newest")); err != nil {
+		t.Fatal(err)
+	}
+	if err := kv.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]string{"lost": "put again", "a": "newest"} {
+		e, err := kv.kv.Get(ctx, key)
+		if err != nil || string(e.Value()) != want {
+			t.Fatalf("stored %s: %v, want %q", key, err, want)
+		}
 	}
 }
