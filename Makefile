@@ -61,7 +61,8 @@ bench-verify: deps clickhouse-deps
 # KEYS events and 10M USAGE events in packs of 500, written straight
 # through the event store; it measures at a tenth of USAGE, grows it, and
 # measures again, with the node's RSS, so a start that grows with USAGE
-# shows. The full size needs about 6 GB under $$TMPDIR and long minutes;
+# shows. The full size needs about 17 GB under $$TMPDIR (or
+# KEYLEDGER_BENCH_DIR) and about 20 minutes on 2 cores;
 # KEYLEDGER_BENCH_KEYS, KEYLEDGER_BENCH_KEYS_EVENTS and KEYLEDGER_BENCH_USAGE
 # change the sizes, KEYLEDGER_BENCH_PROFILE=DIR keeps CPU profiles and logs.
 bench-coldstart: deps clickhouse-deps

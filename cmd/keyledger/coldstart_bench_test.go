@@ -46,7 +46,9 @@ import (
 //
 // KEYLEDGER_BENCH_DIR puts the data dir there instead of a temporary one
 // (it must be empty or missing; it is not deleted). KEYLEDGER_BENCH_PROFILE=DIR
-// writes a 30 s CPU profile of each cold start, taken from /readyz on.
+// writes a 30 s CPU profile of each cold start, taken from /readyz on, and
+// profiles each warm start whole, from /readyz until caught up, in 30 s
+// pieces (warm-USAGE-NNN.pprof; `go tool pprof` merges them).
 // KEYLEDGER_BENCH_ARGS adds serve flags (space-separated).
 //
 //	go test -run '^$' -bench '^BenchmarkColdStart$' -benchtime 1x -timeout 4h ./cmd/keyledger/
@@ -111,12 +113,32 @@ func BenchmarkColdStart(b *testing.B) {
 				t0 = time.Now()
 				n := startColdNode(b, dir, args)
 				waitCold(b, n, 10*time.Minute, 5*time.Millisecond, n.ready)
+				fmt.Printf("coldstart: warm start ready in %v\n", time.Since(t0).Round(time.Millisecond))
+				// The warm-up is profiled whole, in successive 30 s
+				// profiles (go tool pprof merges them) until caught up.
+				caught := make(chan struct{})
+				var profDone chan struct{}
 				if prof != "" {
-					coldProfile(b, filepath.Join(prof, fmt.Sprintf("warm-%d.pprof", size)))
+					profDone = make(chan struct{})
+					go func() {
+						defer close(profDone)
+						for i := 0; ; i++ {
+							coldProfile(b, filepath.Join(prof, fmt.Sprintf("warm-%d-%03d.pprof", size, i)))
+							select {
+							case <-caught:
+								return
+							default:
+							}
+						}
+					}()
 				}
-				waitCold(b, n, 4*time.Hour, time.Second, func() error { return n.caughtUp(l, root) })
+				waitCold(b, n, 4*time.Hour, time.Second, progress(t0, func() error { return n.caughtUp(l, root) }))
 				warm = time.Since(t0)
+				close(caught)
 				fmt.Printf("coldstart: warm start caught up in %v\n", warm.Round(time.Millisecond))
+				if profDone != nil {
+					<-profDone
+				}
 				n.stopCold(b)
 			}
 			var r row
@@ -136,7 +158,7 @@ func BenchmarkColdStart(b *testing.B) {
 						coldProfile(b, filepath.Join(prof, fmt.Sprintf("coldstart-%d.pprof", size)))
 					}()
 				}
-				waitCold(b, n, 30*time.Minute, 100*time.Millisecond, func() error { return n.caughtUp(l, root) })
+				waitCold(b, n, 30*time.Minute, 100*time.Millisecond, progress(n.started, func() error { return n.caughtUp(l, root) }))
 				r.caught = time.Since(n.started)
 				r.settled, r.cpu = n.settle(b)
 				r.hwm = procStatusMB(n.cmd.Process.Pid, "VmHWM")
@@ -516,6 +538,28 @@ func waitCold(b *testing.B, n *coldNode, total, every time.Duration, f func() er
 		}
 		return f()
 	})
+}
+
+// progress wraps a wait's check: it prints what the check still waits for
+// when that changes (and every 30 s), so a long warm-up shows which part
+// of the node is behind.
+func progress(t0 time.Time, f func() error) func() error {
+	var last string
+	var at time.Time
+	return func() error {
+		err := f()
+		what := "caught up"
+		if err != nil {
+			what = err.Error()
+		}
+		// The part of the node, not its figures.
+		part := strings.TrimRight(strings.Fields(what + " x")[0], "0123456789")
+		if part != last || time.Since(at) > 30*time.Second {
+			fmt.Printf("coldstart: +%v: %s\n", time.Since(t0).Round(100*time.Millisecond), tail(what, 200))
+			last, at = part, time.Now()
+		}
+		return err
+	}
 }
 
 func tail(s string, n int) string {

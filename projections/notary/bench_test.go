@@ -6,12 +6,14 @@ import (
 	"crypto/ed25519"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/notary"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -198,5 +200,120 @@ func BenchmarkNotaryFoldMemory(b *testing.B) {
 				b.ReportMetric(float64(held)/float64(n), "heap-B/event")
 			}
 		})
+	}
+}
+
+// BenchmarkFirstFold times the notary's first fold of a ledger it has no
+// state of, on a server that fsyncs every write as a node's does: KEYS of
+// nKeys keys with firstFoldKeysEvents events round-robin, and
+// firstFoldUsage usage events in packs of 500. It reports events folded
+// per second, until every stream is under a checkpoint of its last event.
+//
+//	go test -run '^$' -bench BenchmarkFirstFold -benchtime 1x ./projections/notary/
+func BenchmarkFirstFold(b *testing.B) {
+	const nKeys, nKeysEvents, nUsage = 5000, 50_000, 500_000
+	ctx := context.Background()
+	dir := b.TempDir()
+	// The ledger is written without fsync, then the server reopened with it.
+	s := open(&testing.T{}, dir)
+	keys := make([]domain.Key, nKeys)
+	var writes []domain.Write
+	flush := func(idx []int) {
+		last, err := s.AppendAll(ctx, writes)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for j, w := range writes {
+			e := w.Events[0]
+			e.Seq = last - uint64(len(writes)-1-j)
+			keys[idx[j]] = domain.Evolve(keys[idx[j]], e)
+		}
+		writes = writes[:0]
+	}
+	var idx []int
+	for i := range nKeysEvents {
+		k := i % nKeys
+		var c domain.Command = domain.UpdateKey{Meta: domain.Meta{Actor: "t"}, Comments: ptr(fmt.Sprint(i))}
+		if i < nKeys {
+			c = domain.CreateKey{Meta: domain.Meta{Actor: "t"}, KeyID: uuid.Must(uuid.NewV7()).String(), Owner: "o", Name: "k", SecretHash: domain.HashSecret(domain.Secret{1})}
+		}
+		envs, err := domain.Decide(keys[k], c, time.Now(), uuid.New)
+		if err != nil {
+			b.Fatal(err)
+		}
+		writes = append(writes, domain.Write{Expected: keys[k].Version, Events: envs})
+		idx = append(idx, k)
+		if len(writes) == 1000 || i == nKeysEvents-1 {
+			flush(idx)
+			idx = idx[:0]
+		}
+	}
+	pub := eventstore.NewUsagePublisher(s, eventstore.UsageConfig{MaxBatch: 500})
+	pack := make([]domain.Envelope, 0, 500)
+	for i := range nUsage {
+		env, _ := domain.NewEnvelope(uuid.Must(uuid.NewV7()), keys[i%nKeys].ID, domain.KeyUsed{Code: domain.OutcomeValid}, time.Now(), "svc",
+			&domain.RequestContext{SourceIP: "10.0.0.1"})
+		env.Seal("")
+		if pack = append(pack, env); len(pack) == cap(pack) {
+			if err := pub.Publish(ctx, pack...); err != nil {
+				b.Fatal(err)
+			}
+			pack = pack[:0]
+		}
+	}
+	if err := pub.Close(ctx); err != nil {
+		b.Fatal(err)
+	}
+	_ = s.Close()
+	for range b.N {
+		s, err := eventstore.Open(ctx, eventstore.Config{DataDir: dir, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		key := ed25519.NewKeyFromSeed(make([]byte, ed25519.SeedSize))
+		n := notary.New(s.JetStream(), s, key, notary.Config{}, nil)
+		nctx, cancel := context.WithCancel(ctx)
+		done := make(chan struct{})
+		b.ResetTimer()
+		start := time.Now()
+		doneAt := map[string]time.Duration{}
+		go func() { defer close(done); _ = n.Run(nctx) }()
+		for {
+			sizes := map[string]uint64{}
+			for _, c := range n.Latest() {
+				sizes[c.Stream] = c.Size
+			}
+			for st, want := range map[string]uint64{domain.StreamKeys: nKeysEvents, domain.StreamUsage: nUsage} {
+				if _, ok := doneAt[st]; !ok && sizes[st] == want {
+					doneAt[st] = time.Since(start)
+				}
+			}
+			if len(doneAt) == 2 {
+				break
+			}
+			if why := n.Broken(); why != "" {
+				b.Fatal(why)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		el := time.Since(start)
+		b.StopTimer()
+		cancel()
+		<-done
+		b.ReportMetric(float64(nKeysEvents+nUsage)/el.Seconds(), "events/s")
+		b.ReportMetric(doneAt[domain.StreamKeys].Seconds(), "keys-s")
+		b.ReportMetric(doneAt[domain.StreamUsage].Seconds(), "usage-s")
+		for name, stream := range map[string]string{"kv-writes": "KV_" + notary.Bucket, "checkpoints": domain.StreamCheckpoints} {
+			st, err := s.JetStream().Stream(ctx, stream)
+			if err != nil {
+				b.Fatal(err)
+			}
+			info, err := st.Info(ctx)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportMetric(float64(info.State.LastSeq), name)
+		}
+		_ = s.Close()
 	}
 }

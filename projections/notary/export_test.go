@@ -32,5 +32,5 @@ func NewFolding() *Notary {
 
 // Fold folds the message at seq of stream as the notary's subscription does.
 func Fold(n *Notary, stream string, seq uint64, data []byte) {
-	n.add(context.Background(), stream, seq, [][]byte{data})
+	n.add(context.Background(), stream, seq, [][]byte{data}, 0)
 }

@@ -12,7 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
 	"os"
 	"sort"
 	"strings"
@@ -24,6 +23,13 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/transparency-dev/merkle/compact"
 )
+
+// catchUpEvery is how many times Config.Every events a notary that is
+// behind its stream (a first fold, a restart after a long stop) folds
+// between checkpoints: each costs a signed event and a saved state, a few
+// fsyncs, which at every Every events would bound a first fold of millions
+// of events by the disk. Config.Interval still checkpoints meanwhile.
+const catchUpEvery = 100
 
 // Streams are the streams the notary covers.
 var Streams = []string{domain.StreamKeys, domain.StreamUsage, domain.StreamAlerts}
@@ -103,9 +109,8 @@ type Notary struct {
 	// in order of size: as the rebuilt tree reaches each size its root must
 	// match, or the log was rewritten while the notary was not looking.
 	earlier map[string][]domain.CheckpointPublished
-	// chains holds the last hash of the KEYS aggregates seen since the
-	// last saved state; the others are in the store.
-	chains  map[string]string
+	// chains holds the last hash of every KEYS aggregate (chains.go).
+	chains  *chainSet
 	broken  string
 	pending map[string]int
 }
@@ -124,7 +129,7 @@ func New(js jetstream.JetStream, pub Publisher, key ed25519.PrivateKey, cfg Conf
 	n := &Notary{js: js, pub: pub, key: key, cfg: cfg, log: logger.With("component", "notary"),
 		trees: map[string]*CompactTree{}, ids: map[string][]byte{}, folded: map[string]uint64{}, read: map[string]uint64{}, gen: map[string]string{},
 		latest: map[string]domain.CheckpointPublished{}, signed: map[string]uint64{}, earlier: map[string][]domain.CheckpointPublished{},
-		chains: map[string]string{}, pending: map[string]int{}}
+		chains: newChainSet(), pending: map[string]int{}}
 	for _, s := range Streams {
 		n.trees[s] = NewCompactTree(n.tileSink(s))
 		n.ids[s] = make([]byte, 0, SegmentSize*entrySize)
@@ -135,25 +140,27 @@ func New(js jetstream.JetStream, pub Publisher, key ed25519.PrivateKey, cfg Conf
 
 func newGen() string { return strings.ReplaceAll(uuid.Must(uuid.NewV7()).String(), "-", "") }
 
-// tileSink stores the complete tiles of a stream's tree, trying a few
-// times: a tile the store lost would leave proofs through it unanswered.
+// tileSink stores the complete tiles of a stream's tree without waiting
+// (state.go): checkpoint waits for them (Sync) before it signs a tree that
+// has them, so no checkpoint names a tile that is not stored.
 func (n *Notary) tileSink(stream string) TileSink {
 	return func(level uint, index uint64, tile []byte) error {
-		return n.putRetrying(tileKey(stream, level, index), tile)
+		if err := n.putAsync(tileKey(stream, level, index), tile); err != nil {
+			// The tile stays pending: no checkpoint is signed until a
+			// Sync stores it.
+			n.log.Warn("notary tile", "stream", stream, "level", level, "index", index, "err", err)
+		}
+		return nil
 	}
 }
 
-func (n *Notary) putRetrying(key string, value []byte) error {
-	var err error
-	for range 3 {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		err = n.store.Put(ctx, key, value)
-		cancel()
-		if err == nil {
-			return nil
-		}
-	}
-	return err
+// putAsync stores a value without waiting. An error is that of the Sync
+// a full pipeline waited for: the value itself stays pending and is put
+// again by the next Sync.
+func (n *Notary) putAsync(key string, value []byte) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return n.store.PutAsync(ctx, key, value)
 }
 
 // tiles reads the stored tiles of a stream's tree.
@@ -257,7 +264,7 @@ func (n *Notary) follow(ctx context.Context, stream string) {
 		from := n.folded[stream] + 1
 		n.mu.RUnlock()
 		err := ReadMessages(ctx, n.js, stream, from, true, func(m Message) error {
-			n.add(ctx, stream, m.Seq, m.Events)
+			n.add(ctx, stream, m.Seq, m.Events, m.Pending)
 			return nil
 		})
 		if err != nil && ctx.Err() == nil {
@@ -272,8 +279,10 @@ func (n *Notary) follow(ctx context.Context, stream string) {
 
 // add folds the events of the message at seq (one, or the events of a
 // pack), each a leaf of the tree, under one hold of the lock: a saved state
-// never ends inside a message.
-func (n *Notary) add(ctx context.Context, stream string, seq uint64, events [][]byte) {
+// never ends inside a message. behind is how many messages of the stream
+// follow it: while it catches up, a checkpoint is taken every
+// catchUpEvery*Every events (and each Interval), not every Every.
+func (n *Notary) add(ctx context.Context, stream string, seq uint64, events [][]byte, behind uint64) {
 	n.mu.Lock()
 	t := n.trees[stream]
 	if want := n.folded[stream] + 1; seq != want {
@@ -302,7 +311,10 @@ func (n *Notary) add(ctx context.Context, stream string, seq uint64, events [][]
 		}
 	}
 	n.pending[stream] += len(events)
-	due := n.pending[stream] >= n.cfg.Every
+	// Catching up: the messages still to come hold (about, by this one)
+	// catchUpEvery*Every events or more.
+	catchUp := behind*uint64(len(events)) >= uint64(catchUpEvery*n.cfg.Every)
+	due := n.pending[stream] >= n.cfg.Every && (!catchUp || n.pending[stream] >= catchUpEvery*n.cfg.Every)
 	n.mu.Unlock()
 	if due {
 		n.checkpoint(ctx, stream)
@@ -320,7 +332,7 @@ func (n *Notary) addLeaf(ctx context.Context, stream string, seq uint64, data []
 	// is not an event.
 	n.ids[stream] = appendEntry(n.ids[stream], env.ID, seq)
 	if len(n.ids[stream]) == SegmentSize*entrySize {
-		if err := n.putRetrying(segmentKey(stream, (t.Size()-1)/SegmentSize), n.ids[stream]); err != nil {
+		if err := n.putAsync(segmentKey(stream, (t.Size()-1)/SegmentSize), n.ids[stream]); err != nil {
 			n.log.Error("notary index", "stream", stream, "seq", seq, "err", err)
 		}
 		n.ids[stream] = n.ids[stream][:0]
@@ -329,32 +341,13 @@ func (n *Notary) addLeaf(ctx context.Context, stream string, seq uint64, data []
 	case err != nil:
 		n.markBroken(fmt.Sprintf("%s:%d", stream, seq), fmt.Sprintf("%s sequence %d is not a valid event: %v", stream, seq, err))
 	default:
-		if stream == domain.StreamKeys {
-			n.loadChain(ctx, env)
+		why := checkEventHashed(env, env.ComputeHash(), nil, "")
+		if why == "" && stream == domain.StreamKeys {
+			why = n.chains.check(env)
 		}
-		if why := checkEvent(env, n.chains, stream); why != "" {
+		if why != "" {
 			n.markBroken(env.ID.String(), why)
 		}
-	}
-}
-
-// loadChain brings the last hash of a KEYS event's aggregate into n.chains
-// from the store, unless it is there already.
-func (n *Notary) loadChain(ctx context.Context, env domain.Envelope) {
-	agg := env.Kind() + "/" + env.KeyID
-	if _, ok := n.chains[agg]; ok {
-		return
-	}
-	v, err := n.store.Get(ctx, chainKey(n.gen[domain.StreamKeys], agg))
-	if err != nil {
-		// The event's own prev_hash stands in: a store failure is not
-		// a broken chain.
-		n.log.Warn("notary chain", "aggregate", agg, "err", err)
-		n.chains[agg] = env.PrevHash
-		return
-	}
-	if v != nil {
-		n.chains[agg] = string(v)
 	}
 }
 
@@ -399,7 +392,8 @@ func (n *Notary) Broken() string {
 }
 
 // checkpoint signs and publishes the stream's tree if it grew past the
-// last checkpoint.
+// last checkpoint, once every tile and index segment of that tree is
+// stored, then saves the state a restart resumes from.
 func (n *Notary) checkpoint(ctx context.Context, stream string) {
 	n.cpMu.Lock()
 	defer n.cpMu.Unlock()
@@ -415,15 +409,24 @@ func (n *Notary) checkpoint(ctx context.Context, stream string) {
 		At: time.Now().UTC().Truncate(time.Millisecond), KeyID: KeyID(pub)}
 	snap := n.capture(stream)
 	n.mu.Unlock()
-	c.Sig = hex.EncodeToString(ed25519.Sign(n.key, c.SignedBytes()))
-	env, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), stream, c, c.At, "keyledger-notary", nil)
+	// The complete tiles and segments of the tree were put before the
+	// capture, without waiting: the checkpoint waits for them.
+	err := n.store.Sync(ctx)
 	if err == nil {
-		env.Seal("")
-		_, err = n.pub.PublishCheckpoint(ctx, env)
+		c.Sig = hex.EncodeToString(ed25519.Sign(n.key, c.SignedBytes()))
+		var env domain.Envelope
+		env, err = domain.NewEnvelope(uuid.Must(uuid.NewV7()), stream, c, c.At, "keyledger-notary", nil)
+		if err == nil {
+			env.Seal("")
+			_, err = n.pub.PublishCheckpoint(ctx, env)
+		}
 	}
 	if err != nil {
 		// The next tick or the next Every events try again.
 		n.log.Warn("publish checkpoint", "stream", stream, "size", size, "err", err)
+		n.mu.Lock()
+		n.chains.redirty(snap.chains)
+		n.mu.Unlock()
 		return
 	}
 	n.mu.Lock()
@@ -440,11 +443,13 @@ func (n *Notary) checkpoint(ctx context.Context, stream string) {
 	}
 }
 
-// snapshot is a stream's tree and chains when a checkpoint was taken.
+// snapshot is a stream's tree and, on KEYS, the chain shards that changed
+// when a checkpoint was taken.
 type snapshot struct {
 	state   savedState
 	partial [][]byte
 	ids     []byte
+	chains  []chainWrite
 }
 
 // capture takes the snapshot of a stream; n.mu is held.
@@ -454,60 +459,80 @@ func (n *Notary) capture(stream string) snapshot {
 	for _, h := range hashes {
 		st.Hashes = append(st.Hashes, hex.EncodeToString(h))
 	}
+	snap := snapshot{state: st, partial: partial, ids: bytes.Clone(n.ids[stream])}
 	if stream == domain.StreamKeys {
-		st.Chains = maps.Clone(n.chains)
+		snap.chains = n.chains.capture()
 	}
-	return snapshot{state: st, partial: partial, ids: bytes.Clone(n.ids[stream])}
+	return snap
 }
 
-// save stores a snapshot: first what it relies on (the event sequences
-// and the incomplete tiles), then the state, then the chains in it, which
-// then leave memory.
-func (n *Notary) save(ctx context.Context, stream string, snap snapshot) error {
-	if err := n.store.Sync(ctx); err != nil {
-		return err
-	}
+// save stores a snapshot: first what it relies on (the incomplete tiles,
+// the incomplete index segment and the changed chain shards, each put
+// without waiting, then waited for), then the state that names them.
+// n.cpMu is held.
+func (n *Notary) save(ctx context.Context, stream string, snap snapshot) (err error) {
 	st := snap.state
+	if stream == domain.StreamKeys {
+		n.mu.RLock()
+		chains := n.chains
+		n.mu.RUnlock()
+		if chains.uncertain {
+			// The last save failed and may have stored its state: the
+			// slots it names are read back before any is written again.
+			b, err := n.store.Get(ctx, stateKey(stream))
+			var stored savedState
+			if err == nil && b != nil {
+				err = json.Unmarshal(b, &stored)
+			}
+			if err != nil {
+				n.mu.Lock()
+				chains.redirty(snap.chains)
+				n.mu.Unlock()
+				return fmt.Errorf("read back the saved state: %w", err)
+			}
+			n.mu.Lock()
+			chains.resolve(stored, st.Gen)
+			n.mu.Unlock()
+		}
+		n.mu.Lock()
+		st.ChainSlots = chains.place(snap.chains)
+		n.mu.Unlock()
+		defer func() {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			if err != nil {
+				chains.failed(snap.chains)
+			} else {
+				chains.saved(st.ChainSlots)
+			}
+		}()
+		for _, w := range snap.chains {
+			if err := n.store.PutAsync(ctx, chainShardKey(st.Gen, w.shard, w.slot), w.value); err != nil {
+				return err
+			}
+		}
+	}
 	for l, p := range snap.partial {
 		if len(p) == 0 {
 			continue
 		}
-		if err := n.store.Put(ctx, tileKey(stream, uint(l), (st.Size>>(uint(l)*TileHeight))/TileWidth), p); err != nil {
+		if err := n.store.PutAsync(ctx, tileKey(stream, uint(l), (st.Size>>(uint(l)*TileHeight))/TileWidth), p); err != nil {
 			return err
 		}
 	}
 	if len(snap.ids) > 0 {
-		if err := n.store.Put(ctx, segmentKey(stream, st.Size/SegmentSize), snap.ids); err != nil {
+		if err := n.store.PutAsync(ctx, segmentKey(stream, st.Size/SegmentSize), snap.ids); err != nil {
 			return err
 		}
+	}
+	if err := n.store.Sync(ctx); err != nil {
+		return err
 	}
 	b, err := json.Marshal(st)
 	if err != nil {
 		return err
 	}
-	if err := n.store.Put(ctx, stateKey(stream), b); err != nil {
-		return err
-	}
-	if err := n.putChains(ctx, st.Gen, st.Chains); err != nil {
-		return err
-	}
-	n.mu.Lock()
-	for agg, h := range st.Chains {
-		if n.chains[agg] == h {
-			delete(n.chains, agg)
-		}
-	}
-	n.mu.Unlock()
-	return nil
-}
-
-func (n *Notary) putChains(ctx context.Context, gen string, chains map[string]string) error {
-	for agg, h := range chains {
-		if err := n.store.PutAsync(ctx, chainKey(gen, agg), []byte(h)); err != nil {
-			return err
-		}
-	}
-	return n.store.Sync(ctx)
+	return n.store.Put(ctx, stateKey(stream), b)
 }
 
 // resume restores a stream's tree from its saved state, which must be the
@@ -594,12 +619,35 @@ func (n *Notary) resume(ctx context.Context, stream string) (c domain.Checkpoint
 	if err != nil || !bytes.Equal(leaf, LeafHash(events[len(events)-1])) {
 		return fail(fmt.Errorf("sequence %d is not the message the saved tree ends with", st.Folded))
 	}
-	if err := n.putChains(ctx, st.Gen, st.Chains); err != nil {
-		return fail(err)
+	var chains *chainSet
+	if stream == domain.StreamKeys {
+		if len(st.ChainSlots) != chainShards {
+			return fail(errors.New("saved state without its chains (of an earlier version)"))
+		}
+		chains = newChainSet()
+		for i := range chainShards {
+			slot := st.ChainSlots[i]
+			if slot == '-' {
+				continue
+			}
+			v, err := n.store.Get(ctx, chainShardKey(st.Gen, i, slot))
+			if err == nil && v == nil {
+				err = fmt.Errorf("chain shard %02x is not stored", i)
+			}
+			if err == nil {
+				err = chains.load(i, slot, v)
+			}
+			if err != nil {
+				return fail(err)
+			}
+		}
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	n.trees[stream], n.ids[stream], n.folded[stream], n.gen[stream] = t, ids, st.Folded, st.Gen
+	if chains != nil {
+		n.chains = chains
+	}
 	for len(n.earlier[stream]) > 0 && n.earlier[stream][0].Size <= st.Size {
 		n.earlier[stream] = n.earlier[stream][1:]
 	}
@@ -848,6 +896,9 @@ type Message struct {
 	Events            [][]byte
 	Writer, Signature string
 	Stored            time.Time
+	// Pending is how many messages of the stream follow it, as the
+	// server counted when it delivered it.
+	Pending uint64
 }
 
 // ReadMessages is ReadStream with each message's subject, signature and
@@ -900,7 +951,7 @@ func ReadMessages(ctx context.Context, js jetstream.JetStream, stream string, fr
 			events = [][]byte{msg.Data()}
 		}
 		if err := fn(Message{Seq: md.Sequence.Stream, Subject: msg.Subject(), Data: msg.Data(), Events: events,
-			Writer: h.Get(domain.HdrWriter), Signature: h.Get(domain.HdrSignature), Stored: md.Timestamp}); err != nil {
+			Writer: h.Get(domain.HdrWriter), Signature: h.Get(domain.HdrSignature), Stored: md.Timestamp, Pending: md.NumPending}); err != nil {
 			return err
 		}
 		// NumPending reaching 0 ends a read whose last sequence is gone

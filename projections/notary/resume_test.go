@@ -1,8 +1,10 @@
 package notary_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"testing"
@@ -17,7 +19,8 @@ import (
 // TestRestartedNotaryResumesFromItsCheckpoint restarts the notary on a log
 // whose every event is covered by its last checkpoint: it reads none of
 // them again, answers proofs for the first events from the stored tiles
-// and index, and goes on checking the chains of the keys it saw before.
+// and index, and goes on checking the chains of the keys it saw before,
+// from the chain shards its state names (not those a crashed save left).
 func TestRestartedNotaryResumesFromItsCheckpoint(t *testing.T) {
 	l := newLedger(t)
 	ctx := context.Background()
@@ -45,6 +48,33 @@ func TestRestartedNotaryResumesFromItsCheckpoint(t *testing.T) {
 		}
 		if c.Size != want {
 			t.Fatalf("%s last checkpointed at %d of %d events", c.Stream, c.Size, want)
+		}
+	}
+	// A save that crashed after writing its chain shards, before the
+	// state naming them: the shards are in the slots the stored state
+	// does not name, which the restart must not read.
+	kv, err := l.store.JetStream().KeyValue(ctx, notary.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "state."+domain.StreamKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		Gen        string `json:"gen"`
+		ChainSlots string `json:"chain_slots"`
+	}
+	if err := json.Unmarshal(e.Value(), &st); err != nil || len(st.ChainSlots) == 0 || strings.Trim(st.ChainSlots, "-") == "" {
+		t.Fatalf("saved KEYS state %s: %v", e.Value(), err)
+	}
+	for i, slot := range st.ChainSlots {
+		for _, other := range "01" {
+			if other != slot {
+				if _, err := kv.Put(ctx, fmt.Sprintf("chains.%s.%02x.%c", st.Gen, i, other), bytes.Repeat([]byte{0xee}, 48)); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 	}
 	n := notary.New(l.store.JetStream(), l.store, l.key, notary.Config{Every: 5, Interval: time.Hour}, nil)
