@@ -317,6 +317,43 @@ func (m *Main) saveLastUsed(ctx context.Context) {
 	}
 }
 
+// clickHouseStart is the managed local ClickHouse being started in the
+// background (chlog.Supervise).
+type clickHouseStart struct {
+	done  chan struct{}
+	sup   *chlog.Supervisor
+	err   error
+	taken bool
+}
+
+func startClickHouse(ctx context.Context, dataDir string, log *slog.Logger) *clickHouseStart {
+	c := &clickHouseStart{done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		c.sup, c.err = chlog.Supervise(ctx, dataDir, log)
+	}()
+	return c
+}
+
+// wait returns the started server, which the caller then owns and stops.
+func (c *clickHouseStart) wait() (*chlog.Supervisor, error) {
+	<-c.done
+	c.taken = true
+	return c.sup, c.err
+}
+
+// abandon stops the server if nobody took it: Run failed before the audit
+// log was opened.
+func (c *clickHouseStart) abandon() {
+	<-c.done
+	if c.taken || c.sup == nil {
+		return
+	}
+	stopped, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = c.sup.Run(stopped)
+}
+
 // startAuditLog connects to ClickHouse (starting a local server when no
 // address is given), applies the schema migrations and adds the sink that
 // copies every stream into the audit log.
@@ -325,7 +362,7 @@ func (m *Main) startAuditLog(ctx context.Context) error {
 	var local *chlog.Supervisor
 	if addr == "" {
 		var err error
-		if local, err = chlog.Supervise(ctx, m.DataDir, m.Logger); err != nil {
+		if local, err = m.chStart.wait(); err != nil {
 			return fmt.Errorf("start local ClickHouse: %w", err)
 		}
 		addr = local.Addr()

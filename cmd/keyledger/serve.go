@@ -49,8 +49,10 @@ type Main struct {
 	// last used's snapshot. usageLast is USAGE's last sequence at start:
 	// the alert engine observes only what comes after it.
 	usageFrom, usageLast uint64
-	ln                   net.Listener
-	stack                stack
+	// chStart is the managed ClickHouse starting in the background.
+	chStart *clickHouseStart
+	ln      net.Listener
+	stack   stack
 
 	// stop ends the running stack; done is closed once it has returned err.
 	stop     context.CancelFunc
@@ -87,6 +89,17 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	scfg, err := m.storeConfig()
 	if err != nil {
 		return err
+	}
+	if m.ClickHouse == "" {
+		// The managed ClickHouse starts while the event store opens and
+		// key state is restored: on a large log its start takes seconds
+		// that need not add to the node's.
+		m.chStart = startClickHouse(ctx, m.DataDir, m.Logger)
+		defer func() {
+			if err != nil {
+				m.chStart.abandon()
+			}
+		}()
 	}
 	if m.store, err = eventstore.Open(ctx, scfg); err != nil {
 		return fmt.Errorf("open event store: %w", err)

@@ -26,6 +26,7 @@ import (
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/projections/chlog"
 )
 
 func parseConfig(args []string, env map[string]string) (Config, error) {
@@ -313,4 +314,35 @@ func TestServeRejectsBadTLSFiles(t *testing.T) {
 	if err := m.Run(context.Background()); err == nil || !strings.Contains(err.Error(), "--tls-cert") {
 		t.Fatalf("Run: %v", err)
 	}
+}
+
+// TestFailedStartStopsItsClickHouse breaks the event store of a node whose
+// managed ClickHouse starts in the background meanwhile: Run fails, and
+// the ClickHouse it started is stopped with it, so the data dir is free
+// for the next start.
+func TestFailedStartStopsItsClickHouse(t *testing.T) {
+	dir := t.TempDir()
+	// The embedded server's store cannot be made where a file is.
+	must(t, os.WriteFile(filepath.Join(dir, "nats"), []byte("not a directory"), 0o600))
+	m := &Main{Stdout: io.Discard}
+	must(t, m.ParseFlags([]string{"--data-dir", dir, "--http-addr", "127.0.0.1:0"}, io.Discard))
+	m.Logger = slog.New(slog.DiscardHandler)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := m.Run(ctx); err == nil || !strings.Contains(err.Error(), "event store") {
+		m.Close()
+		t.Fatalf("Run on a broken event store: %v, want its error", err)
+	}
+	if m.chStart == nil {
+		t.Fatal("no ClickHouse was started in the background")
+	}
+	// It had started: the next start on the same dir gets it.
+	if _, err := m.chStart.wait(); err != nil {
+		t.Fatalf("the background ClickHouse did not start: %v", err)
+	}
+	local, err := chlog.StartLocal(ctx, dir, m.Logger)
+	if err != nil {
+		t.Fatalf("the failed start left its ClickHouse running: %v", err)
+	}
+	must(t, local.Stop())
 }
