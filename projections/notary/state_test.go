@@ -12,6 +12,21 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
+// openTestKVState opens the notary's state bucket on a fresh store.
+func openTestKVState(ctx context.Context, t *testing.T) *kvState {
+	t.Helper()
+	s, err := eventstore.Open(ctx, eventstore.Config{DataDir: t.TempDir(), NoSync: true, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	kv, err := openKVState(ctx, s.JetStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv
+}
+
 // TestAsyncPutsAreReadBackAndStoredBySync puts more values without waiting
 // than the pipeline holds, from two goroutines: each is read back at once,
 // the newest put of a key wins, and once Sync returns every one is in the
@@ -19,15 +34,7 @@ import (
 func TestAsyncPutsAreReadBackAndStoredBySync(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := eventstore.Open(ctx, eventstore.Config{DataDir: t.TempDir(), NoSync: true, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	kv, err := openKVState(ctx, s.JetStream())
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := openTestKVState(ctx, t)
 	const n = 3 * maxPending / 2
 	var wg sync.WaitGroup
 	for g := range 2 {
@@ -112,15 +119,7 @@ func (lostAck) Err() <-chan error            { return nil }
 func TestSyncPutsAgainWhatIsNeverAcknowledged(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	s, err := eventstore.Open(ctx, eventstore.Config{DataDir: t.TempDir(), NoSync: true, Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	kv, err := openKVState(ctx, s.JetStream())
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv := openTestKVState(ctx, t)
 	defer func(d time.Duration) { ackWait = d }(ackWait)
 	ackWait = 50 * time.Millisecond
 	if err := kv.PutAsync(ctx, "a", []byte("stored")); err != nil {
