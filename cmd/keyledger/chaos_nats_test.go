@@ -278,12 +278,7 @@ func (l *chaosLoad) createKey() (api.CreatedKey, int, []byte) {
 	if status != http.StatusCreated || json.Unmarshal(b, &k) != nil {
 		return k, status, b
 	}
-	l.mu.Lock()
-	l.tokens = append(l.tokens, k.Token)
-	l.keyOf[k.Token] = k.KeyID
-	l.status[k.KeyID] = string(k.Status)
-	l.acked[k.KeyID]++
-	l.mu.Unlock()
+	l.created(k)
 	return k, status, b
 }
 
@@ -321,6 +316,30 @@ func chaosDatabase() string {
 	return "chaos_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
 }
 
+// natsChaos is a chaos node on nats-servers of its own (nkey users, the
+// deployment's permissions) and the shared ClickHouse.
+type natsChaos struct {
+	servers             []*natsServer
+	urls, credDir, root string
+	backend, database   string
+	node                *chaosNode
+}
+
+// startChaosOnNATS starts members nats-servers and a chaos node on them
+// with the node's nkey and env added.
+func startChaosOnNATS(t *testing.T, members int, env ...string) natsChaos {
+	e := natsChaos{backend: chlogtest.MustConnect(t), database: chaosDatabase()}
+	dir := t.TempDir()
+	e.credDir = filepath.Join(dir, "nats", "credentials")
+	e.servers = startNATS(t, members, natsUsers(t, e.credDir))
+	e.urls = natsURLs(e.servers)
+	e.root = domain.FormatToken(uuid.Must(uuid.NewV7()), randomSecret(t))
+	e.node = startChaosNodeOn(t, dir, e.urls, append([]string{"KEYLEDGER_ROOT_TOKEN=" + e.root, "KEYLEDGER_MAX_ACTIVE_KEYS=1000000",
+		"KEYLEDGER_NATS_NKEY=" + eventstore.SeedFile(e.credDir, eventstore.IdentityNode),
+		"KEYLEDGER_CLICKHOUSE=" + e.backend, "KEYLEDGER_CLICKHOUSE_DATABASE=" + e.database}, env...)...)
+	return e
+}
+
 // TestChaosNATSCluster runs a node on a 3-node JetStream cluster with R3
 // streams and, under load, shuts down a stream leader (keyledger's own
 // server when that leads USAGE or KEYS, else the leader of USAGE), keeps
@@ -331,16 +350,8 @@ func TestChaosNATSCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault suite: builds and runs the binary")
 	}
-	backend := chlogtest.MustConnect(t)
-	database := chaosDatabase()
-	dir := t.TempDir()
-	credDir := filepath.Join(dir, "nats", "credentials")
-	cluster := startNATS(t, 3, natsUsers(t, credDir))
-	urls := natsURLs(cluster)
-	root := domain.FormatToken(uuid.Must(uuid.NewV7()), randomSecret(t))
-	n := startChaosNodeOn(t, dir, urls, "KEYLEDGER_ROOT_TOKEN="+root, "KEYLEDGER_MAX_ACTIVE_KEYS=1000000", "KEYLEDGER_REPLICAS=3",
-		"KEYLEDGER_NATS_NKEY="+eventstore.SeedFile(credDir, eventstore.IdentityNode),
-		"KEYLEDGER_CLICKHOUSE="+backend, "KEYLEDGER_CLICKHOUSE_DATABASE="+database)
+	e := startChaosOnNATS(t, 3, "KEYLEDGER_REPLICAS=3")
+	cluster, urls, credDir, n, root, backend, database := e.servers, e.urls, e.credDir, e.node, e.root, e.backend, e.database
 	js := auditorJS(t, urls, credDir)
 	for _, stream := range []string{domain.StreamKeys, domain.StreamUsage} {
 		info, err := streamInfo(js, stream)
@@ -468,16 +479,8 @@ func TestChaosNATSGone(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault suite: builds and runs the binary")
 	}
-	backend := chlogtest.MustConnect(t)
-	database := chaosDatabase()
-	dir := t.TempDir()
-	credDir := filepath.Join(dir, "nats", "credentials")
-	ns := startNATS(t, 1, natsUsers(t, credDir))[0]
-	url := natsURLs([]*natsServer{ns})
-	root := domain.FormatToken(uuid.Must(uuid.NewV7()), randomSecret(t))
-	n := startChaosNodeOn(t, dir, url, "KEYLEDGER_ROOT_TOKEN="+root, "KEYLEDGER_MAX_ACTIVE_KEYS=1000000",
-		"KEYLEDGER_NATS_NKEY="+eventstore.SeedFile(credDir, eventstore.IdentityNode),
-		"KEYLEDGER_CLICKHOUSE="+backend, "KEYLEDGER_CLICKHOUSE_DATABASE="+database)
+	e := startChaosOnNATS(t, 1)
+	ns, n, root, backend, database := e.servers[0], e.node, e.root, e.backend, e.database
 	l := chaosSetup(t, n, root)
 	k, status, b := l.createKey()
 	if status != http.StatusCreated {

@@ -262,12 +262,7 @@ func (l *chaosLoad) one(rng *rand.Rand) {
 			l.fail(status)
 			return
 		}
-		l.mu.Lock()
-		l.tokens = append(l.tokens, k.Token)
-		l.keyOf[k.Token] = k.KeyID
-		l.status[k.KeyID] = string(k.Status)
-		l.acked[k.KeyID]++
-		l.mu.Unlock()
+		l.created(k)
 	case r < 12 && st != "":
 		action := "disable"
 		if st == string(domain.StatusDisabled) {
@@ -299,6 +294,16 @@ func (l *chaosLoad) one(rng *rand.Rand) {
 		l.verified[v.EventID] = true
 		l.mu.Unlock()
 	}
+}
+
+// created records a key the node acknowledged creating.
+func (l *chaosLoad) created(k api.CreatedKey) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.tokens = append(l.tokens, k.Token)
+	l.keyOf[k.Token] = k.KeyID
+	l.status[k.KeyID] = string(k.Status)
+	l.acked[k.KeyID]++
 }
 
 func (l *chaosLoad) fail(status int) {
