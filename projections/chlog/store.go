@@ -178,6 +178,11 @@ func (s *Store) Insert(ctx context.Context, rows []Row) error {
 		); err != nil {
 			return fmt.Errorf("insert event %s: %w", r.EventID, err)
 		}
+		if (i+1)%insertBlockRows == 0 && i+1 < len(rows) {
+			if err := batch.Flush(); err != nil {
+				return fmt.Errorf("insert %d rows: %w", len(rows), err)
+			}
+		}
 	}
 	if err := batch.Send(); err != nil {
 		return fmt.Errorf("insert %d rows: %w", len(rows), err)
@@ -345,3 +350,10 @@ func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
 func (h minLevel) WithGroup(name string) slog.Handler {
 	return minLevel{h.Handler.WithGroup(name), h.level}
 }
+
+// insertBlockRows is how many rows one block of an insert holds. An insert
+// of a large batch sends it as several blocks of one INSERT: the driver
+// then reuses its column buffers from block to block instead of growing
+// them to the whole batch, and the server squashes the blocks back into
+// one part (min_insert_block_size_rows), so the table gets no more parts.
+const insertBlockRows = 512

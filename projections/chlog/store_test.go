@@ -323,3 +323,49 @@ func everyEventType(t *testing.T, keyID string) []domain.Envelope {
 	}
 	return out
 }
+
+// TestLargeInsertIsOnePart inserts a batch several blocks long: every row
+// arrives exactly as it was sent, and the insert leaves one part (parts are
+// counted active or not, so a merge cannot hide a second one).
+func TestLargeInsertIsOnePart(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := chlogtest.MustOpen(t)
+	base := roundTripRows()
+	const n = 3*512 + 7 // three full blocks and a short one
+	rows := make([]chlog.Row, n)
+	for i := range rows {
+		r := base[i%len(base)]
+		r.EventID, r.Seq = uuid.NewString(), uint64(i+1)
+		r.Raw = strings.Repeat("x", i%300)
+		rows[i] = r
+	}
+	if err := st.Insert(ctx, slices.Clone(rows)); err != nil {
+		t.Fatal(err)
+	}
+	var parts uint64
+	if err := st.Conn().QueryRow(ctx, `SELECT count() FROM system.parts WHERE database = ? AND table = 'audit_log'`,
+		st.Database()).Scan(&parts); err != nil {
+		t.Fatal(err)
+	}
+	if parts != 1 {
+		t.Errorf("one insert of %d rows made %d parts, want 1", n, parts)
+	}
+	for _, i := range []int{0, 511, 512, 1023, 1024, n - 1} {
+		got, err := st.Event(ctx, rows[i].EventID)
+		if err != nil {
+			t.Fatalf("row %d: %v", i, err)
+		}
+		if got.Seq != rows[i].Seq || got.Raw != rows[i].Raw || got.Type != rows[i].Type {
+			t.Errorf("row %d: got seq %d type %q raw of %d bytes, want seq %d type %q raw of %d bytes",
+				i, got.Seq, got.Type, len(got.Raw), rows[i].Seq, rows[i].Type, len(rows[i].Raw))
+		}
+	}
+	count, err := st.CountEvents(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if count != n {
+		t.Errorf("CountEvents %d, want %d", count, n)
+	}
+}
