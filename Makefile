@@ -73,6 +73,7 @@ fuzz: deps
 	$(GO) test -run '^$$' -fuzz '^FuzzParseToken$$' -fuzztime 30s ./domain
 	$(GO) test -run '^$$' -fuzz '^FuzzUnmarshalEnvelope$$' -fuzztime 30s ./domain
 	$(GO) test -run '^$$' -fuzz '^FuzzUnpack$$' -fuzztime 30s ./domain
+	$(GO) test -run '^$$' -fuzz '^FuzzEnvelopeEncoding$$' -fuzztime 30s ./domain
 	$(GO) test -run '^$$' -fuzz '^FuzzParseAllowedIPs$$' -fuzztime 30s ./domain
 	$(GO) test -run '^$$' -fuzz '^FuzzParseWriters$$' -fuzztime 30s ./domain
 	$(GO) test -run '^$$' -fuzz '^FuzzParseLogQuery$$' -fuzztime 30s ./api

@@ -33,3 +33,21 @@ func BenchmarkUnmarshalEnvelope(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkMarshalEnvelope encodes a verification's usage event, as the
+// verify handler does for every verification.
+func BenchmarkMarshalEnvelope(b *testing.B) {
+	env, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), uuid.Must(uuid.NewV7()).String(),
+		domain.KeyUsed{Code: domain.OutcomeValid, Owner: uuid.Must(uuid.NewV7()).String(), Permission: "api.read", CallerKey: uuid.Must(uuid.NewV7()).String(), CallerIP: "10.0.0.1"},
+		time.Now(), uuid.Must(uuid.NewV7()).String(), &domain.RequestContext{RequestID: "req-1", SourceIP: "10.1.2.3"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	env.Seal("")
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := env.Marshal(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
