@@ -3,6 +3,7 @@ package chlog_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"testing"
 	"time"
 
@@ -109,4 +110,29 @@ func waitForCount(b *testing.B, st *chlog.Store, want uint64) {
 		}
 		return nil
 	})
+}
+
+// BenchmarkRowsFromMessage maps a pack of 100 verifications' usage events
+// to their rows, as the sink does for every message of USAGE.
+func BenchmarkRowsFromMessage(b *testing.B) {
+	raws := make([][]byte, 100)
+	for i := range raws {
+		env, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), fmt.Sprintf("k_bench%d", i%50),
+			domain.KeyUsed{Code: "VALID", Owner: "o", Permission: "orders:read", Service: "api", CallerKey: "k_caller", CallerIP: "10.0.0.1"},
+			time.Now(), "svc", &domain.RequestContext{RequestID: uuid.NewString(), SourceIP: "192.0.2.1", UserAgent: "bench"})
+		if err != nil {
+			b.Fatal(err)
+		}
+		env.Seal("")
+		if raws[i], err = env.Marshal(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	pack, count := domain.Pack(raws), strconv.Itoa(len(raws))
+	b.ReportAllocs()
+	for b.Loop() {
+		if rows := chlog.RowsFromMessage(domain.StreamUsage, 1, count, pack); len(rows) != len(raws) {
+			b.Fatalf("%d rows", len(rows))
+		}
+	}
 }

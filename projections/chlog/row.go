@@ -3,6 +3,7 @@ package chlog
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
@@ -58,15 +59,34 @@ const invalidType = "invalid"
 // that does not split into its events is stored whole as one invalid row,
 // like any other message that is not an event.
 func RowsFromMessage(stream string, seq uint64, count string, raw []byte) []Row {
+	return AppendRows(nil, stream, seq, count, raw)
+}
+
+// AppendRows is RowsFromMessage appending to dst. The sink builds a whole
+// batch's rows this way, each in place: a Row is 25 fields, and a batch of
+// packs holds thousands of them.
+func AppendRows(dst []Row, stream string, seq uint64, count string, raw []byte) []Row {
 	events, err := domain.Unpack(count, raw)
 	if err != nil {
-		return []Row{invalidRow(stream, seq, raw)}
+		return append(dst, invalidRow(stream, seq, raw))
 	}
-	rows := make([]Row, len(events))
+	// The events' Raw fields share one copy of the message: one
+	// allocation a pack instead of one an event.
+	whole := string(raw)
+	dst = slices.Grow(dst, len(events))
 	for i, e := range events {
-		rows[i] = rowFromEvent(stream, seq, i, e)
+		dst = append(dst, Row{})
+		// Unpack's events are subslices of raw, so cap tells where
+		// each starts.
+		var str string
+		if start := cap(raw) - cap(e); start >= 0 && start+len(e) <= len(whole) {
+			str = whole[start : start+len(e)]
+		} else {
+			str = string(e)
+		}
+		fillFromEvent(&dst[len(dst)-1], stream, seq, i, e, str)
 	}
-	return rows
+	return dst
 }
 
 func invalidRow(stream string, seq uint64, raw []byte) Row {
@@ -87,28 +107,32 @@ func invalidRow(stream string, seq uint64, raw []byte) Row {
 // that is not an envelope at all gets a row of type "invalid" keyed by its
 // stream and sequence.
 func RowFromMessage(stream string, seq uint64, raw []byte) Row {
-	return rowFromEvent(stream, seq, 0, raw)
+	var r Row
+	fillFromEvent(&r, stream, seq, 0, raw, string(raw))
+	return r
 }
 
-// rowFromEvent maps the event at index of the message at seq; an invalid
-// event of a pack is named by its index too.
-func rowFromEvent(stream string, seq uint64, index int, raw []byte) Row {
+// fillFromEvent maps the event at index of the message at seq into r; an
+// invalid event of a pack is named by its index too. rawStr is raw as a
+// string.
+func fillFromEvent(r *Row, stream string, seq uint64, index int, raw []byte, rawStr string) {
 	env, err := domain.UnmarshalEnvelope(raw)
 	if err != nil {
 		// UnmarshalEnvelope is strict about types and fields it does
 		// not know; the log is not, as long as there is an event id.
 		var loose domain.Envelope
 		if json.Unmarshal(raw, &loose) != nil || loose.Type == "" || loose.ID == uuid.Nil {
-			r := invalidRow(stream, seq, raw)
+			*r = invalidRow(stream, seq, raw)
+			r.Raw = rawStr
 			if index > 0 {
 				r.EventID += ":" + strconv.Itoa(index)
 			}
-			return r
+			return
 		}
 		env = loose
 	}
 	env.Stream, env.Seq, env.Index = stream, seq, index
-	return RowFromEnvelope(env, raw)
+	fillFromEnvelope(r, &env, rawStr)
 }
 
 // RowFromEnvelope maps an envelope to its row. raw is the envelope's stored
@@ -118,7 +142,13 @@ func RowFromEnvelope(env domain.Envelope, raw []byte) Row {
 	if raw == nil {
 		raw, _ = env.Marshal()
 	}
-	r := Row{
+	var r Row
+	fillFromEnvelope(&r, &env, string(raw))
+	return r
+}
+
+func fillFromEnvelope(r *Row, env *domain.Envelope, raw string) {
+	*r = Row{
 		EventID:       env.ID.String(),
 		Time:          env.Time.UTC().Truncate(time.Millisecond),
 		Stream:        env.Stream,
@@ -131,7 +161,7 @@ func RowFromEnvelope(env domain.Envelope, raw []byte) Row {
 		SchemaVersion: uint16(env.SchemaVersion),
 		PrevHash:      env.PrevHash,
 		Hash:          env.Hash,
-		Raw:           string(raw),
+		Raw:           raw,
 	}
 	if r.Stream == "" {
 		r.Stream = env.StreamName()
@@ -142,7 +172,7 @@ func RowFromEnvelope(env domain.Envelope, raw []byte) Row {
 	ev, err := env.Decode()
 	if err != nil {
 		r.fillCommon(env.Data)
-		return r
+		return
 	}
 	switch e := ev.(type) {
 	case domain.KeyCreated:
@@ -194,7 +224,6 @@ func RowFromEnvelope(env domain.Envelope, raw []byte) Row {
 			r.SourceIP = e.SourceIPs[0]
 		}
 	}
-	return r
 }
 
 // fillCommon takes the fields that several event types share from data of

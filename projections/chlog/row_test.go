@@ -1,6 +1,8 @@
 package chlog_test
 
 import (
+	"bytes"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -144,5 +146,43 @@ func TestRowsFromMessagePack(t *testing.T) {
 	bad := chlog.RowsFromMessage(domain.StreamUsage, 8, strconv.Itoa(len(raws)+1), packed)
 	if len(bad) != 1 || bad[0].EventID != "invalid:USAGE:8" || bad[0].Raw != string(packed) {
 		t.Errorf("a pack whose count lies: %+v", bad)
+	}
+}
+
+// TestAppendRowsKeepsEachEventsBytes: rows appended after others, from a
+// pack with an event that is not one, each hold exactly their own line.
+func TestAppendRowsKeepsEachEventsBytes(t *testing.T) {
+	var raws [][]byte
+	for i, e := range everyEventType(t, "k_append") {
+		if e.StreamName() != domain.StreamUsage {
+			continue
+		}
+		b, err := e.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		raws = append(raws, b)
+		if i%2 == 0 {
+			raws = append(raws, []byte(`{"not":"an event"}`))
+		}
+	}
+	first := chlog.RowFromMessage(domain.StreamKeys, 1, raws[0])
+	rows := chlog.AppendRows([]chlog.Row{first}, domain.StreamUsage, 9, strconv.Itoa(len(raws)), domain.Pack(raws))
+	if len(rows) != 1+len(raws) {
+		t.Fatalf("%d rows, want %d", len(rows), 1+len(raws))
+	}
+	if !reflect.DeepEqual(rows[0], first) {
+		t.Errorf("the row already there changed: %+v", rows[0])
+	}
+	for i, r := range rows[1:] {
+		if r.Raw != string(raws[i]) || r.Seq != 9 {
+			t.Errorf("row %d: seq %d raw %q, want seq 9 raw %q", i, r.Seq, r.Raw, raws[i])
+		}
+		if (r.Type == "invalid") != bytes.HasPrefix(raws[i], []byte(`{"not"`)) {
+			t.Errorf("row %d: type %q for %s", i, r.Type, raws[i])
+		}
+		if r.Type == "invalid" && r.EventID != "invalid:USAGE:9:"+strconv.Itoa(i) && i > 0 {
+			t.Errorf("row %d: invalid event id %q", i, r.EventID)
+		}
 	}
 }

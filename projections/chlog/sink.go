@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -158,6 +160,10 @@ func (s *Sink) runStream(ctx context.Context, stream string, fetching *sync.Mute
 		return
 	}
 	back := s.newBackoff()
+	// buf holds the rows of one batch after another: a batch is
+	// thousands of rows, and memory the heap gave back since the last
+	// one costs a page fault per few rows when it is touched again.
+	var buf []Row
 	for ctx.Err() == nil {
 		fetching.Lock()
 		msgs, err := s.fetch(cons)
@@ -180,7 +186,8 @@ func (s *Sink) runStream(ctx context.Context, stream string, fetching *sync.Mute
 		if len(msgs) == 0 {
 			continue
 		}
-		rows, ok := s.store(ctx, msgs, st, log)
+		var rows int
+		rows, buf, ok = s.store(ctx, msgs, buf, st, log)
 		if !ok {
 			// ctx is done: hand the batch back at once rather than
 			// after AckWait, so the next sink starts where this one
@@ -234,6 +241,10 @@ func (s *Sink) consumer(ctx context.Context, stream string, log *slog.Logger) (j
 	}
 }
 
+// maxPreallocRows bounds the rows a batch allocates up front from its packs'
+// headers, which a writer other than keyledger could inflate.
+const maxPreallocRows = 1 << 17
+
 // fetchMessages caps the messages of one fetch (BatchBytes caps its bytes).
 // A stream of single events (KEYS, or usage a service publishes one by one)
 // catching up after an outage is bound by it: 5000 makes an insert of 5000
@@ -261,9 +272,19 @@ func (s *Sink) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
 
 // store inserts the batch's events (a pack is many), retrying with back-off
 // until ClickHouse accepts them, and returns how many rows it inserted. It
-// returns false only when ctx is done first.
-func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats, log *slog.Logger) (int, bool) {
-	rows := make([]Row, 0, len(msgs))
+// returns false only when ctx is done first. The rows are built in buf,
+// which it returns, emptied, for the next batch.
+func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, buf []Row, st *streamStats, log *slog.Logger) (int, []Row, bool) {
+	// At most one allocation for the batch's rows: a pack's header says
+	// how many events it holds.
+	n := 0
+	for _, m := range msgs {
+		c, _ := strconv.Atoi(m.Headers().Get(domain.HdrEvents))
+		n += max(c, 1)
+	}
+	rows := slices.Grow(buf[:0], min(n, maxPreallocRows))
+	// The rows' strings are the batch's; let them go with it.
+	defer func() { clear(rows) }()
 	var last uint64
 	for _, m := range msgs {
 		var seq uint64
@@ -272,7 +293,10 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 		if md, err := m.Metadata(); err == nil {
 			seq, stream, stored = md.Sequence.Stream, md.Stream, md.Timestamp
 		}
-		for _, r := range RowsFromMessage(stream, seq, m.Headers().Get(domain.HdrEvents), m.Data()) {
+		from := len(rows)
+		rows = AppendRows(rows, stream, seq, m.Headers().Get(domain.HdrEvents), m.Data())
+		for i := from; i < len(rows); i++ {
+			r := &rows[i]
 			if r.Type == invalidType {
 				log.Error("message is not an event; stored as invalid", "seq", seq, "subject", m.Subject())
 			}
@@ -281,7 +305,6 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 				// stored it is the next best thing for range searches.
 				r.Time = stored.UTC().Truncate(time.Millisecond)
 			}
-			rows = append(rows, r)
 		}
 		last = max(last, seq)
 	}
@@ -318,10 +341,10 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 				log.Info("clickhouse insert succeeded after retries", "attempts", attempt, "events", len(rows))
 			}
 			st.lastSeq.Store(last)
-			return len(rows), true
+			return len(rows), rows[:0], true
 		}
 		if ctx.Err() != nil {
-			return 0, false
+			return 0, rows[:0], false
 		}
 		st.failures.Add(1)
 		// Say it once, then every tenth attempt: an outage of hours
@@ -330,7 +353,7 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, st *streamStats,
 			log.Warn("clickhouse insert failed; events wait in jetstream", "attempt", attempt, "events", len(rows), "err", err)
 		}
 		if !back.wait(ctx) {
-			return 0, false
+			return 0, rows[:0], false
 		}
 	}
 }
