@@ -13,8 +13,10 @@ import (
 // next event of that aggregate must name as its prev_hash. They are held
 // in memory, 32 bytes under a 16-byte digest of the aggregate (well under
 // what the key-state projection holds per key), in chainShards shards by
-// the digest's first byte (a million aggregates are 750 kB a shard, under
-// the server's largest message). A saved state stores the shards that changed
+// the digest's first byte (a million aggregates are 750 kB a shard). A
+// shard is stored in parts of chainPartEntries aggregates, each under the
+// server's largest message, and the state names how many parts each shard
+// has when any has more than one. A saved state stores the shards that changed
 // since the one before, each in the slot of its two it is not in now,
 // before the state that names the new slots: a crash between the two
 // leaves the older state naming shards that still match it. So a save
@@ -23,6 +25,11 @@ import (
 const chainShards = 64
 
 const chainEntrySize = 16 + 32
+
+// chainPartEntries is how many aggregates one stored part of a chain shard
+// holds: 480 kB, under NATS's 1 MB default largest message, with room for
+// the message's headers. A variable so that tests can make parts small.
+var chainPartEntries = 10_000
 
 type aggDigest [16]byte
 
@@ -41,7 +48,10 @@ type chainSet struct {
 	// ('0', '1', or '-' for not stored); uncertain when a save failed
 	// after it may have stored its state. Both are used under the
 	// notary's cpMu.
-	slots     [chainShards]byte
+	slots [chainShards]byte
+	// parts is how many parts each shard is stored in as of the last
+	// saved state (0 for one, or not stored).
+	parts     [chainShards]int
 	uncertain bool
 }
 
@@ -102,10 +112,24 @@ func (c *chainSet) capture() []chainWrite {
 	return writes
 }
 
+// split returns the parts the shard is stored in, in order.
+func (w chainWrite) split() [][]byte {
+	size := chainPartEntries * chainEntrySize
+	parts := make([][]byte, 0, len(w.value)/size+1)
+	for v := w.value; ; v = v[size:] {
+		if len(v) <= size {
+			return append(parts, v)
+		}
+		parts = append(parts, v[:size])
+	}
+}
+
 // place puts each write in the slot its shard is not in as of the stored
-// state, and returns the slots the new state names.
-func (c *chainSet) place(writes []chainWrite) string {
-	slots := c.slots
+// state, and returns the slots and the parts the new state names (parts is
+// nil when every shard is in one part, as in states saved before shards
+// had parts).
+func (c *chainSet) place(writes []chainWrite) (string, []int) {
+	slots, parts := c.slots, c.parts
 	for i := range writes {
 		w := &writes[i]
 		w.slot = '0'
@@ -113,15 +137,27 @@ func (c *chainSet) place(writes []chainWrite) string {
 			w.slot = '1'
 		}
 		slots[w.shard] = w.slot
+		parts[w.shard] = len(w.split())
 	}
-	return string(slots[:])
+	return string(slots[:]), partList(parts)
 }
 
-// saved records that the state naming slots is stored. failed records
-// that it may not be: the shards written for it are written again, and
-// until the stored state is read back (resolve) no slot is known free.
-func (c *chainSet) saved(slots string) {
+func partList(parts [chainShards]int) []int {
+	for _, n := range parts {
+		if n > 1 {
+			return parts[:]
+		}
+	}
+	return nil
+}
+
+// saved records that the state naming slots and parts is stored. failed
+// records that it may not be: the shards written for it are written again,
+// and until the stored state is read back (resolve) no slot is known free.
+func (c *chainSet) saved(slots string, parts []int) {
 	copy(c.slots[:], slots)
+	c.parts = [chainShards]int{}
+	copy(c.parts[:], parts)
 	c.uncertain = false
 }
 
@@ -137,11 +173,13 @@ func (c *chainSet) failed(writes []chainWrite) {
 func (c *chainSet) resolve(st savedState, gen string) {
 	if st.Gen == gen && len(st.ChainSlots) == chainShards {
 		copy(c.slots[:], st.ChainSlots)
+		c.parts = [chainShards]int{}
+		copy(c.parts[:], st.ChainParts)
 	}
 	c.uncertain = false
 }
 
-// load adds a stored shard.
+// load adds a stored part of a shard.
 func (c *chainSet) load(shard int, slot byte, v []byte) error {
 	if len(v)%chainEntrySize != 0 {
 		return fmt.Errorf("chain shard %02x holds %d bytes", shard, len(v))

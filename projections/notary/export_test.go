@@ -34,3 +34,11 @@ func NewFolding() *Notary {
 func Fold(n *Notary, stream string, seq uint64, data []byte) {
 	n.add(context.Background(), stream, seq, [][]byte{data}, 0)
 }
+
+// SetChainPartEntries makes chain shards be stored in parts of n
+// aggregates until the test ends.
+func SetChainPartEntries(t interface{ Cleanup(func()) }, n int) {
+	old := chainPartEntries
+	chainPartEntries = n
+	t.Cleanup(func() { chainPartEntries = old })
+}

@@ -495,7 +495,7 @@ func (n *Notary) save(ctx context.Context, stream string, snap snapshot) (err er
 			n.mu.Unlock()
 		}
 		n.mu.Lock()
-		st.ChainSlots = chains.place(snap.chains)
+		st.ChainSlots, st.ChainParts = chains.place(snap.chains)
 		n.mu.Unlock()
 		defer func() {
 			n.mu.Lock()
@@ -503,12 +503,14 @@ func (n *Notary) save(ctx context.Context, stream string, snap snapshot) (err er
 			if err != nil {
 				chains.failed(snap.chains)
 			} else {
-				chains.saved(st.ChainSlots)
+				chains.saved(st.ChainSlots, st.ChainParts)
 			}
 		}()
 		for _, w := range snap.chains {
-			if err := n.store.PutAsync(ctx, chainShardKey(st.Gen, w.shard, w.slot), w.value); err != nil {
-				return err
+			for p, part := range w.split() {
+				if err := n.store.PutAsync(ctx, chainPartKey(st.Gen, w.shard, w.slot, p), part); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -624,22 +626,32 @@ func (n *Notary) resume(ctx context.Context, stream string) (c domain.Checkpoint
 		if len(st.ChainSlots) != chainShards {
 			return fail(errors.New("saved state without its chains (of an earlier version)"))
 		}
+		if st.ChainParts != nil && len(st.ChainParts) != chainShards {
+			return fail(fmt.Errorf("saved state names the parts of %d chain shards, not %d", len(st.ChainParts), chainShards))
+		}
 		chains = newChainSet()
 		for i := range chainShards {
 			slot := st.ChainSlots[i]
 			if slot == '-' {
 				continue
 			}
-			v, err := n.store.Get(ctx, chainShardKey(st.Gen, i, slot))
-			if err == nil && v == nil {
-				err = fmt.Errorf("chain shard %02x is not stored", i)
+			parts := 1
+			if st.ChainParts != nil {
+				parts = max(st.ChainParts[i], 1)
 			}
-			if err == nil {
-				err = chains.load(i, slot, v)
+			for p := range parts {
+				v, err := n.store.Get(ctx, chainPartKey(st.Gen, i, slot, p))
+				if err == nil && v == nil {
+					err = fmt.Errorf("part %d of chain shard %02x is not stored", p, i)
+				}
+				if err == nil {
+					err = chains.load(i, slot, v)
+				}
+				if err != nil {
+					return fail(err)
+				}
 			}
-			if err != nil {
-				return fail(err)
-			}
+			chains.parts[i] = parts
 		}
 	}
 	n.mu.Lock()

@@ -6,6 +6,7 @@ import (
 	"crypto/ed25519"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,4 +177,85 @@ func TestRestartedNotaryResumesFromItsCheckpoint(t *testing.T) {
 	n.Flush(ctx)
 	proven(good.ID.String())
 	proven(l.keyEvents[1])
+}
+
+// TestRestartReadsChainShardsInParts: chain shards too large for one
+// message are stored in parts, which the state counts; a restart reads
+// every part (no key's chain is forgotten) and folds nothing again.
+func TestRestartReadsChainShardsInParts(t *testing.T) {
+	notary.SetChainPartEntries(t, 2)
+	l := newLedger(t)
+	ctx := context.Background()
+	// 300 more keys: about five a shard, so most shards have parts.
+	keys := make([]domain.Key, 300)
+	for i := range keys {
+		envs, err := domain.Decide(domain.Key{}, domain.CreateKey{Meta: domain.Meta{Actor: "t"}, KeyID: uuid.Must(uuid.NewV7()).String(),
+			Owner: "o", Name: fmt.Sprintf("many %d", i), SecretHash: domain.HashSecret(domain.Secret{byte(i)})}, time.Now(), uuid.New)
+		if err != nil {
+			t.Fatal(err)
+		}
+		seq, err := l.store.Append(ctx, 0, envs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range envs {
+			e.Seq = seq
+			keys[i] = domain.Evolve(keys[i], e)
+		}
+	}
+	want := uint64(len(l.keyEvents) + len(keys))
+	checkFor(t, func() error {
+		l.notary.Flush(ctx)
+		for _, c := range l.notary.Latest() {
+			if c.Stream == domain.StreamKeys && c.Size != want {
+				return fmt.Errorf("KEYS checkpointed at %d of %d events", c.Size, want)
+			}
+		}
+		return nil
+	})
+	l.stopNotary()
+	kv, err := l.store.JetStream().KeyValue(ctx, notary.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "state."+domain.StreamKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st struct {
+		ChainParts []int `json:"chain_parts"`
+	}
+	if err := json.Unmarshal(e.Value(), &st); err != nil {
+		t.Fatal(err)
+	}
+	if len(st.ChainParts) != 64 || slices.Max(st.ChainParts) < 3 {
+		t.Fatalf("saved KEYS state names parts %v, want 64 shards, some in 3 parts or more", st.ChainParts)
+	}
+
+	n := notary.New(l.store.JetStream(), l.store, l.key, notary.Config{Every: 1, Interval: time.Hour}, nil)
+	nctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); _ = n.Run(nctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	// Every key's next event extends the chain the restart read back.
+	for i, k := range keys {
+		env, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), k.ID, domain.KeyUpdated{Comments: ptr("after")}, time.Now(), "t", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		env.PrevHash = k.LastHash
+		env.Seal(k.LastHash)
+		if _, err := l.store.Append(ctx, k.Version, []domain.Envelope{env}); err != nil {
+			t.Fatalf("key %d: %v", i, err)
+		}
+	}
+	checkFor(t, func() error {
+		if got := notary.Read(n, domain.StreamKeys); got != uint64(len(keys)) {
+			return fmt.Errorf("the restarted notary read %d KEYS messages, want the %d new ones", got, len(keys))
+		}
+		return nil
+	})
+	if why := n.Broken(); why != "" {
+		t.Fatalf("a chain from before the restart was not read back: %s", why)
+	}
 }

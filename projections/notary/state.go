@@ -243,6 +243,15 @@ func chainShardKey(gen string, shard int, slot byte) string {
 	return fmt.Sprintf("chains.%s.%02x.%c", gen, shard, slot)
 }
 
+// chainPartKey is the key of one part of a stored chain shard: the first
+// part has the shard's own key.
+func chainPartKey(gen string, shard int, slot byte, part int) string {
+	if part == 0 {
+		return chainShardKey(gen, shard, slot)
+	}
+	return fmt.Sprintf("%s.%d", chainShardKey(gen, shard, slot), part)
+}
+
 // savedState is what a restarted notary resumes a stream from: the tree
 // of its last checkpoint. Its incomplete tiles and index segment, and on
 // KEYS the shards of the chains, are stored before it, under their own
@@ -255,4 +264,7 @@ type savedState struct {
 	// ChainSlots (KEYS only) names the slot each chain shard is stored in
 	// at this state: '0' or '1', '-' for a shard with no aggregate yet.
 	ChainSlots string `json:"chain_slots,omitempty"`
+	// ChainParts (KEYS only, when a shard has more than one part) is how
+	// many parts each chain shard is stored in; absent, one each.
+	ChainParts []int `json:"chain_parts,omitempty"`
 }

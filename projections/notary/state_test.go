@@ -82,14 +82,14 @@ func TestChainShardSlots(t *testing.T) {
 	if len(w) != 1 || w[0].shard != 3 || c.dirty[3] {
 		t.Fatalf("capture: %+v, dirty %v", w, c.dirty[3])
 	}
-	slots := c.place(w)
-	if w[0].slot != '0' || slots[3] != '0' || slots[4] != '-' {
-		t.Fatalf("first save of shard 3 in slot %c, slots %q", w[0].slot, slots)
+	slots, parts := c.place(w)
+	if w[0].slot != '0' || slots[3] != '0' || slots[4] != '-' || parts != nil {
+		t.Fatalf("first save of shard 3 in slot %c, slots %q, parts %v", w[0].slot, slots, parts)
 	}
-	c.saved(slots)
+	c.saved(slots, parts)
 	c.dirty[3] = true
 	w = c.capture()
-	if slots = c.place(w); w[0].slot != '1' {
+	if slots, _ = c.place(w); w[0].slot != '1' {
 		t.Fatalf("second save of shard 3 in slot %c", w[0].slot)
 	}
 	// It fails: the shard is written again, and the slot stays unknown
