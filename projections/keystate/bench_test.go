@@ -67,3 +67,32 @@ func BenchmarkLookupAndCheck(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkSnapshot encodes and restores the snapshot of 100k keys, which
+// a node writes every so often and reads at every start.
+func BenchmarkSnapshot(b *testing.B) {
+	p, _ := benchProjection(b, 100_000)
+	_, snap, err := p.Snapshot()
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Run("encode", func(b *testing.B) {
+		for b.Loop() {
+			if _, _, err := p.Snapshot(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.ReportMetric(float64(len(snap))/1e6, "MB")
+	})
+	b.Run("restore", func(b *testing.B) {
+		q := keystate.New()
+		for b.Loop() {
+			if err := q.Restore(snap); err != nil {
+				b.Fatal(err)
+			}
+		}
+		if q.Len() != p.Len() {
+			b.Fatalf("restored %d keys of %d", q.Len(), p.Len())
+		}
+	})
+}

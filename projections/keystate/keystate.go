@@ -6,7 +6,7 @@ package keystate
 import (
 	"cmp"
 	"context"
-	"encoding/json"
+
 	"fmt"
 	"slices"
 	"strings"
@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
+	fastjson "github.com/segmentio/encoding/json"
 )
 
 // Projection holds the current state. It is safe for concurrent use: one
@@ -40,6 +41,10 @@ type Projection struct {
 	// writer signed them; onForged hears of each.
 	forged   atomic.Uint64
 	onForged func(domain.Envelope)
+
+	// snapSize is the length of the last snapshot, which the next one
+	// starts its buffer at.
+	snapSize atomic.Int64
 }
 
 // New returns an empty projection.
@@ -359,8 +364,12 @@ func (p *Projection) Snapshot() (uint64, []byte, error) {
 	for _, r := range p.roles {
 		s.Roles = append(s.Roles, r)
 	}
-	b, err := json.Marshal(s)
+	// segmentio's encoder and decoder: a snapshot of 100k keys is 70 MB
+	// of JSON, and a start waits for its decoding.
+	size := max(p.snapSize.Load()*9/8, int64(len(s.Keys)+len(s.Principals))*768)
+	b, err := fastjson.Append(make([]byte, 0, size), s, fastjson.SortMapKeys)
 	p.mu.RUnlock()
+	p.snapSize.Store(int64(len(b)))
 	if err != nil {
 		return 0, nil, fmt.Errorf("encode snapshot: %w", err)
 	}
@@ -371,7 +380,7 @@ func (p *Projection) Snapshot() (uint64, []byte, error) {
 // another format version is refused so the caller replays instead.
 func (p *Projection) Restore(b []byte) error {
 	var s snapshot
-	if err := json.Unmarshal(b, &s); err != nil {
+	if err := fastjson.Unmarshal(b, &s); err != nil {
 		return fmt.Errorf("decode snapshot: %w", err)
 	}
 	if s.Version != snapshotVersion {

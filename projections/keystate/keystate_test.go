@@ -1,7 +1,9 @@
 package keystate_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"slices"
 	"strings"
@@ -270,4 +272,55 @@ func TestPrincipalPermissionsFollowChanges(t *testing.T) {
 		t.Fatal(err)
 	}
 	want("orders.write")
+}
+
+// TestSnapshotOfEarlierEncodingRestores: a snapshot as encoding/json wrote
+// it (the nodes before this one, HTML-escaped and all) restores the same
+// state as one written now, for keys with every kind of field set.
+func TestSnapshotOfEarlierEncodingRestores(t *testing.T) {
+	p := keystate.New()
+	f := &feed{p: p}
+	var ids []string
+	for i := range 20 {
+		id := newKeyID()
+		c := createCmd(id, "owner <&>", fmt.Sprintf("key %d \u2028 \"q\"", i), domain.Secret{byte(i)})
+		c.Comments, c.AllowedIPs = "a < b & c > d", []string{"10.0.0.0/8", "2001:db8::/32"}
+		c.Metadata = map[string]string{"z": "1", "a": "<2>", "é": "\x01"}
+		f.do(t, id, c)
+		switch i % 3 {
+		case 1:
+			f.do(t, id, domain.RegenerateKey{Meta: domain.Meta{Actor: "o"}, Rotate: true, SecretHash: domain.HashSecret(domain.Secret{byte(i), 1}), GracePeriod: time.Hour})
+		case 2:
+			f.do(t, id, domain.RevokeKey{Meta: domain.Meta{Actor: "o"}, Reason: "leaked <here>"})
+		}
+		ids = append(ids, id)
+	}
+	_, now, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc any
+	if err := json.Unmarshal(now, &doc); err != nil {
+		t.Fatal(err)
+	}
+	earlier, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(earlier, now) {
+		t.Fatal("the two encodings are the same bytes: the test shows nothing")
+	}
+	for name, b := range map[string][]byte{"now": now, "earlier": earlier} {
+		q := keystate.New()
+		if err := q.Restore(b); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		for _, id := range ids {
+			want, _ := p.Key(id)
+			got, ok := q.Key(id)
+			if !ok || fmt.Sprintf("%#v", got) != fmt.Sprintf("%#v", want) {
+				t.Fatalf("%s: key %s restored as\n%#v\nwant\n%#v", name, id, got, want)
+			}
+		}
+	}
 }
