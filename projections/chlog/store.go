@@ -1,10 +1,13 @@
 package chlog
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
 	"regexp"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -164,7 +167,7 @@ func (s *Store) Insert(ctx context.Context, rows []Row) error {
 	// Abort releases the connection when Append or Send fails; after a
 	// successful Send it is a no-op.
 	defer func() { _ = batch.Abort() }()
-	for i := range rows {
+	for n, i := range sortedOrder(rows) {
 		r := &rows[i]
 		perms := r.Permissions
 		if perms == nil {
@@ -178,7 +181,7 @@ func (s *Store) Insert(ctx context.Context, rows []Row) error {
 		); err != nil {
 			return fmt.Errorf("insert event %s: %w", r.EventID, err)
 		}
-		if (i+1)%insertBlockRows == 0 && i+1 < len(rows) {
+		if (n+1)%insertBlockRows == 0 && n+1 < len(rows) {
 			if err := batch.Flush(); err != nil {
 				return fmt.Errorf("insert %d rows: %w", len(rows), err)
 			}
@@ -357,3 +360,20 @@ func (h minLevel) WithGroup(name string) slog.Handler {
 // them to the whole batch, and the server squashes the blocks back into
 // one part (min_insert_block_size_rows), so the table gets no more parts.
 const insertBlockRows = 512
+
+// sortedOrder returns the indexes of rows in the table's sorting order
+// (key_id, time to the second, event_id). ClickHouse sorts every inserted
+// block by it before writing a part, unless the block is sorted already;
+// sorting indexes here costs a fraction of permuting every column there.
+// An order that did not match would only make the server sort.
+func sortedOrder(rows []Row) []int32 {
+	order := make([]int32, len(rows))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	slices.SortFunc(order, func(a, b int32) int {
+		x, y := &rows[a], &rows[b]
+		return cmp.Or(strings.Compare(x.KeyID, y.KeyID), cmp.Compare(x.Time.Unix(), y.Time.Unix()), strings.Compare(x.EventID, y.EventID))
+	})
+	return order
+}

@@ -369,3 +369,46 @@ func TestLargeInsertIsOnePart(t *testing.T) {
 		t.Errorf("CountEvents %d, want %d", count, n)
 	}
 }
+
+// TestInsertOrderIsTheTables: Insert sends rows in the order the table
+// sorts them by, which is what lets ClickHouse skip sorting each insert.
+// Rows share keys and seconds, so every part of the order is used.
+func TestInsertOrderIsTheTables(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	st := chlogtest.MustOpen(t)
+	t0 := time.Date(2026, 5, 6, 7, 8, 9, 0, time.UTC)
+	var rows []chlog.Row
+	for i := range 300 {
+		rows = append(rows, chlog.Row{
+			EventID: uuid.NewString(), Stream: domain.StreamUsage, Seq: uint64(i + 1), Type: domain.TypeKeyUsed,
+			KeyID: []string{"k_b", "k_a", "k_c", "", "k_a\x00", "K_a", "k_é"}[i%7],
+			// Many rows in one second, some in the next; milliseconds
+			// that do not follow the event ids.
+			Time: t0.Add(time.Duration((i*7919)%1500) * time.Millisecond),
+		})
+	}
+	var want []string
+	for _, i := range chlog.SortedOrder(rows) {
+		want = append(want, rows[i].EventID)
+	}
+	if err := st.Insert(ctx, slices.Clone(rows)); err != nil {
+		t.Fatal(err)
+	}
+	q, err := st.Conn().Query(ctx, `SELECT event_id FROM audit_log ORDER BY key_id, time, event_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Close()
+	var got []string
+	for q.Next() {
+		var id string
+		if err := q.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, id)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ClickHouse's order differs from Insert's:\n got %v\nwant %v", got[:10], want[:10])
+	}
+}
