@@ -15,6 +15,7 @@ import (
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/notary"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // TestRestartedNotaryResumesFromItsCheckpoint restarts the notary on a log
@@ -54,20 +55,13 @@ func TestRestartedNotaryResumesFromItsCheckpoint(t *testing.T) {
 	// A save that crashed after writing its chain shards, before the
 	// state naming them: the shards are in the slots the stored state
 	// does not name, which the restart must not read.
-	kv, err := l.store.JetStream().KeyValue(ctx, notary.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := kv.Get(ctx, "state."+domain.StreamKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
+	kv, saved := savedKEYSState(t, l)
 	var st struct {
 		Gen        string `json:"gen"`
 		ChainSlots string `json:"chain_slots"`
 	}
-	if err := json.Unmarshal(e.Value(), &st); err != nil || len(st.ChainSlots) == 0 || strings.Trim(st.ChainSlots, "-") == "" {
-		t.Fatalf("saved KEYS state %s: %v", e.Value(), err)
+	if err := json.Unmarshal(saved, &st); err != nil || len(st.ChainSlots) == 0 || strings.Trim(st.ChainSlots, "-") == "" {
+		t.Fatalf("saved KEYS state %s: %v", saved, err)
 	}
 	for i, slot := range st.ChainSlots {
 		for _, other := range "01" {
@@ -214,18 +208,11 @@ func TestRestartReadsChainShardsInParts(t *testing.T) {
 		return nil
 	})
 	l.stopNotary()
-	kv, err := l.store.JetStream().KeyValue(ctx, notary.Bucket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := kv.Get(ctx, "state."+domain.StreamKeys)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, saved := savedKEYSState(t, l)
 	var st struct {
 		ChainParts []int `json:"chain_parts"`
 	}
-	if err := json.Unmarshal(e.Value(), &st); err != nil {
+	if err := json.Unmarshal(saved, &st); err != nil {
 		t.Fatal(err)
 	}
 	if len(st.ChainParts) != 64 || slices.Max(st.ChainParts) < 3 {
@@ -258,4 +245,19 @@ func TestRestartReadsChainShardsInParts(t *testing.T) {
 	if why := n.Broken(); why != "" {
 		t.Fatalf("a chain from before the restart was not read back: %s", why)
 	}
+}
+
+// savedKEYSState returns the notary's bucket and the KEYS state saved in it.
+func savedKEYSState(t *testing.T, l *ledger) (jetstream.KeyValue, []byte) {
+	t.Helper()
+	ctx := context.Background()
+	kv, err := l.store.JetStream().KeyValue(ctx, notary.Bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := kv.Get(ctx, "state."+domain.StreamKeys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kv, e.Value()
 }
