@@ -198,13 +198,17 @@ func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) erro
 			from = m.usageFrom
 		}
 		sub, err := m.store.Subscribe(bg, stream, from, func(env domain.Envelope) error {
+			// One decode of the event's data for both followers.
+			ev, decodeErr := env.Decode()
 			if env.Stream == domain.StreamUsage {
-				m.lastUsed.Apply(env)
+				if decodeErr == nil {
+					m.lastUsed.ApplyDecoded(env, ev)
+				}
 				if env.Seq <= m.usageLast {
 					return nil // replayed for last used; the engine saw it before
 				}
 			}
-			if err := engine.Observe(bg, env); err != nil {
+			if err := engine.ObserveDecoded(bg, env, ev, decodeErr); err != nil {
 				m.Logger.Error("alert engine", "err", err)
 			}
 			return nil

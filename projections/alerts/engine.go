@@ -242,7 +242,14 @@ type alert struct {
 // that is storing; it returns an error when ALERTS refused one in this
 // call (the alert stays queued and is retried).
 func (e *Engine) Observe(ctx context.Context, env domain.Envelope) error {
-	ev, decodeErr := env.Decode()
+	ev, err := env.Decode()
+	return e.ObserveDecoded(ctx, env, ev, err)
+}
+
+// ObserveDecoded is Observe for an event whose data the caller decoded
+// already (ev, decodeErr = env.Decode()): a node's USAGE subscription
+// decodes each event once for every follower.
+func (e *Engine) ObserveDecoded(ctx context.Context, env domain.Envelope, ev domain.Event, decodeErr error) error {
 	_, isUse := ev.(domain.KeyUsed)
 	var p probe
 	var ans answers

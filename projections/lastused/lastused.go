@@ -45,6 +45,18 @@ func (p *Projection) Apply(env domain.Envelope) {
 	if err != nil {
 		return
 	}
+	p.ApplyDecoded(env, ev)
+}
+
+// ApplyDecoded is Apply for an event whose data the caller decoded already
+// (ev from env.Decode()): a node's USAGE subscription decodes each event
+// once for every follower.
+func (p *Projection) ApplyDecoded(env domain.Envelope, ev domain.Event) {
+	switch env.Type {
+	case domain.TypeKeyUsed, domain.TypeKeyDenied:
+	default:
+		return
+	}
 	// A verification also records that its caller used its own key,
 	// whatever the verified token's outcome.
 	var caller, callerIP string
