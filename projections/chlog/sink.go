@@ -6,8 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -241,10 +239,6 @@ func (s *Sink) consumer(ctx context.Context, stream string, log *slog.Logger) (j
 	}
 }
 
-// maxPreallocRows bounds the rows a batch allocates up front from its packs'
-// headers, which a writer other than keyledger could inflate.
-const maxPreallocRows = 1 << 17
-
 // fetchMessages caps the messages of one fetch (BatchBytes caps its bytes).
 // A stream of single events (KEYS, or usage a service publishes one by one)
 // catching up after an outage is bound by it: 5000 makes an insert of 5000
@@ -275,14 +269,7 @@ func (s *Sink) fetch(cons jetstream.Consumer) ([]jetstream.Msg, error) {
 // returns false only when ctx is done first. The rows are built in buf,
 // which it returns, emptied, for the next batch.
 func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, buf []Row, st *streamStats, log *slog.Logger) (int, []Row, bool) {
-	// At most one allocation for the batch's rows: a pack's header says
-	// how many events it holds.
-	n := 0
-	for _, m := range msgs {
-		c, _ := strconv.Atoi(m.Headers().Get(domain.HdrEvents))
-		n += max(c, 1)
-	}
-	rows := slices.Grow(buf[:0], min(n, maxPreallocRows))
+	rows := buf[:0]
 	// The rows' strings are the batch's; let them go with it.
 	defer func() { clear(rows) }()
 	var last uint64

@@ -6,7 +6,6 @@ package keystate
 import (
 	"cmp"
 	"context"
-
 	"fmt"
 	"slices"
 	"strings"

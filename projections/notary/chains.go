@@ -92,6 +92,8 @@ type chainWrite struct {
 	shard int
 	slot  byte
 	value []byte
+	// parts is value split into what is stored, set by place.
+	parts [][]byte
 }
 
 // capture encodes the shards changed since the last save and clears their
@@ -137,7 +139,8 @@ func (c *chainSet) place(writes []chainWrite) (string, []int) {
 			w.slot = '1'
 		}
 		slots[w.shard] = w.slot
-		parts[w.shard] = len(w.split())
+		w.parts = w.split()
+		parts[w.shard] = len(w.parts)
 	}
 	return string(slots[:]), partList(parts)
 }

@@ -507,7 +507,7 @@ func (n *Notary) save(ctx context.Context, stream string, snap snapshot) (err er
 			}
 		}()
 		for _, w := range snap.chains {
-			for p, part := range w.split() {
+			for p, part := range w.parts {
 				if err := n.store.PutAsync(ctx, chainPartKey(st.Gen, w.shard, w.slot, p), part); err != nil {
 					return err
 				}
