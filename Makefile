@@ -5,7 +5,7 @@ GO        ?= go
 DATA_DIR  ?= ./data
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test chaos bench bench-verify bench-coldstart build deps fuzz vet clickhouse-deps chromium-deps
+.PHONY: run test chaos bench bench-verify bench-verify-ab bench-coldstart build deps fuzz vet clickhouse-deps chromium-deps
 
 build: deps
 	$(GO) build -o bin/keyledger ./cmd/keyledger
@@ -54,6 +54,11 @@ bench: deps clickhouse-deps
 # connection count; KEYLEDGER_BENCH_PROFILE=DIR writes CPU profiles.
 bench-verify: deps clickhouse-deps
 	$(GO) test -run '^$$' -bench '^BenchmarkVerifyServe$$' -benchtime 20000x -timeout 20m ./cmd/keyledger/
+
+# bench-verify-ab compares this build with KEYLEDGER_BENCH_BASELINE, both
+# serving at once, the load alternating between them in slices.
+bench-verify-ab: deps clickhouse-deps
+	$(GO) test -run '^$$' -bench '^BenchmarkVerifyAB$$' -benchtime 60000x -timeout 30m ./cmd/keyledger/
 
 # bench-coldstart times the real binary's start (exec to /readyz 200, then
 # to caught up: audit sink lag 0, key state and last used current, the

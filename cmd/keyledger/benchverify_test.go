@@ -92,7 +92,13 @@ func BenchmarkVerifyServe(b *testing.B) {
 			srv := servers[leg.name]
 			if srv == nil {
 				var root string
-				srv, root = startBenchServer(outer, leg.bin, args...)
+				// KEYLEDGER_BENCH_ENV adds environment variables (say
+				// GOMAXPROCS=3) to the new build's legs, not the baseline's.
+				var env []string
+				if leg.bin == e2eServerBin {
+					env = strings.Fields(os.Getenv("KEYLEDGER_BENCH_ENV"))
+				}
+				srv, root = startBenchServer(outer, leg.bin, env, args...)
 				servers[leg.name], verifiers[leg.name] = srv, benchPrincipal(outer, srv.url, root)
 			}
 			if prof != "" && b.N > 1 {
@@ -195,10 +201,10 @@ func startBare(b testing.TB) (string, []int) {
 
 // startBenchServer starts the built binary on a fresh data dir with a
 // fixed root token.
-func startBenchServer(b testing.TB, bin string, args ...string) (*e2eServer, string) {
+func startBenchServer(b testing.TB, bin string, env []string, args ...string) (*e2eServer, string) {
 	root := domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{4, 2})
 	dir := b.TempDir()
-	s := spawnServe(b, bin, dir, args, []string{"KEYLEDGER_ROOT_TOKEN=" + root}, 30*time.Second)
+	s := spawnServe(b, bin, dir, args, append([]string{"KEYLEDGER_ROOT_TOKEN=" + root}, env...), 30*time.Second)
 	checkFor(b, 90*time.Second, 20*time.Millisecond, func() error {
 		select {
 		case <-s.exited:
@@ -247,49 +253,64 @@ func benchPrincipal(b testing.TB, url, root string) string {
 
 type loadResult struct{ rps float64 }
 
-// verifyLoad sends b.N requests from conc keep-alive connections and
-// reports the figures; pids are the processes whose CPU the requests cost.
-func verifyLoad(b *testing.B, url, token string, body []byte, conc int, pids []int) loadResult {
+// loadClient is a load generator of conc keep-alive connections.
+type loadClient struct {
+	client *http.Client
+	url    string
+	token  string
+	body   []byte
+	conc   int
+}
+
+func newLoadClient(url, token string, body []byte, conc int) *loadClient {
 	tr := &http.Transport{MaxIdleConnsPerHost: conc, MaxConnsPerHost: conc}
-	defer tr.CloseIdleConnections()
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	send := func() (time.Duration, error) {
-		req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Bearer "+token)
-		t0 := time.Now()
-		res, err := client.Do(req)
-		if err != nil {
-			return 0, err
-		}
-		_, _ = io.Copy(io.Discard, res.Body)
-		res.Body.Close()
-		if res.StatusCode != http.StatusOK {
-			return 0, fmt.Errorf("status %d", res.StatusCode)
-		}
-		return time.Since(t0), nil
+	return &loadClient{client: &http.Client{Transport: tr, Timeout: 30 * time.Second}, url: url, token: token, body: body, conc: conc}
+}
+
+func (c *loadClient) close() { c.client.Transport.(*http.Transport).CloseIdleConnections() }
+
+func (c *loadClient) send() (time.Duration, error) {
+	req, _ := http.NewRequest("POST", c.url, bytes.NewReader(c.body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	t0 := time.Now()
+	res, err := c.client.Do(req)
+	if err != nil {
+		return 0, err
 	}
-	// Warm up every connection.
-	for range conc * 4 {
-		if _, err := send(); err != nil {
-			b.Fatal(err)
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("status %d", res.StatusCode)
+	}
+	return time.Since(t0), nil
+}
+
+// warm opens and uses every connection.
+func (c *loadClient) warm() error {
+	for range c.conc * 4 {
+		if _, err := c.send(); err != nil {
+			return err
 		}
 	}
-	lat := make([]time.Duration, b.N)
+	return nil
+}
+
+// run sends n requests from every connection at once and returns each
+// one's latency and the time they all took.
+func (c *loadClient) run(n int) ([]time.Duration, time.Duration, error) {
+	lat := make([]time.Duration, n)
 	var next, failed atomic.Int64
-	self := []int{os.Getpid()}
-	cpu0, own0, gen0 := cpuTicks(pids), cpuTicks(pids[:1]), cpuTicks(self)
-	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
-	for range conc {
+	for range c.conc {
 		wg.Go(func() {
 			for {
 				i := next.Add(1) - 1
-				if i >= int64(b.N) {
+				if i >= int64(n) {
 					return
 				}
-				d, err := send()
+				d, err := c.send()
 				if err != nil {
 					failed.Add(1)
 					continue
@@ -300,11 +321,29 @@ func verifyLoad(b *testing.B, url, token string, body []byte, conc int, pids []i
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	b.StopTimer()
-	cpu, own, gen := cpuTicks(pids)-cpu0, cpuTicks(pids[:1])-own0, cpuTicks(self)-gen0
-	if n := failed.Load(); n > 0 {
-		b.Fatalf("%d of %d requests failed", n, b.N)
+	if f := failed.Load(); f > 0 {
+		return nil, 0, fmt.Errorf("%d of %d requests failed", f, n)
 	}
+	return lat, elapsed, nil
+}
+
+// verifyLoad sends b.N requests from conc keep-alive connections and
+// reports the figures; pids are the processes whose CPU the requests cost.
+func verifyLoad(b *testing.B, url, token string, body []byte, conc int, pids []int) loadResult {
+	c := newLoadClient(url, token, body, conc)
+	defer c.close()
+	if err := c.warm(); err != nil {
+		b.Fatal(err)
+	}
+	self := []int{os.Getpid()}
+	cpu0, own0, gen0 := cpuTicks(pids), cpuTicks(pids[:1]), cpuTicks(self)
+	b.ResetTimer()
+	lat, elapsed, err := c.run(b.N)
+	b.StopTimer()
+	if err != nil {
+		b.Fatal(err)
+	}
+	cpu, own, gen := cpuTicks(pids)-cpu0, cpuTicks(pids[:1])-own0, cpuTicks(self)-gen0
 	slices.Sort(lat)
 	rps := float64(b.N) / elapsed.Seconds()
 	b.ReportMetric(rps, "req/s")
