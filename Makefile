@@ -55,8 +55,9 @@ bench: deps clickhouse-deps
 bench-verify: deps clickhouse-deps
 	$(GO) test -run '^$$' -bench '^BenchmarkVerifyServe$$' -benchtime 20000x -timeout 20m ./cmd/keyledger/
 
-# bench-verify-ab compares this build with KEYLEDGER_BENCH_BASELINE, both
-# serving at once, the load alternating between them in slices.
+# bench-verify-ab runs the bare handler, this build and (with
+# KEYLEDGER_BENCH_BASELINE) another one at once, the load going to each in
+# turn in slices, so that the machine's drift is shared out.
 bench-verify-ab: deps clickhouse-deps
 	$(GO) test -run '^$$' -bench '^BenchmarkVerifyAB$$' -benchtime 60000x -timeout 30m ./cmd/keyledger/
 
