@@ -22,9 +22,11 @@ import (
 // the other (BenchmarkVerifyServe) compare two moments as much as two
 // servers; slices a few seconds long share the drift out evenly.
 //
-// After a keyledger slice the load stops for a second and a half, so the
-// audit sink's insert of the slice's events lands, and is counted, in the
-// slice's own server. Each server gets b.N requests in all. It reports
+// After a keyledger slice the load stops for KEYLEDGER_BENCH_SETTLE (1.5s),
+// so the audit sink's insert of the slice's events lands, and is counted,
+// in the slice's own server; what the server uses idle (measured for four
+// seconds before the rounds, reported as idle-cpu-%) is not counted for
+// those pauses. Each server gets b.N requests in all. It reports
 // each one's req/s, CPU per verification (keyledger with its ClickHouse,
 // and the node alone), the load generator's CPU per request and p50/p99
 // over all its slices, each keyledger's ratio to bare, and with a baseline
@@ -42,10 +44,16 @@ func BenchmarkVerifyAB(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("KEYLEDGER_BENCH_SLICE")); err == nil && v > 0 {
 		slice = v
 	}
+	// KEYLEDGER_BENCH_SETTLE is the pause after a keyledger slice: more
+	// than --audit-batch-wait, so the slice's last insert lands in it.
+	settle := 1500 * time.Millisecond
+	if v, err := time.ParseDuration(os.Getenv("KEYLEDGER_BENCH_SETTLE")); err == nil && v >= 0 {
+		settle = v
+	}
 	outer := b
 	bareAddr, barePids := startBare(outer)
 	bareBody, _ := json.Marshal(map[string]string{"token": domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{1}), "permission": "api.verify", "ip": "10.0.0.1"})
-	bare := &abBuild{name: "bare", load: newLoadClient("http://"+bareAddr+"/v1/verify", "x", bareBody, conc), pids: barePids}
+	bare := &abBuild{name: "bare", settle: 0, load: newLoadClient("http://"+bareAddr+"/v1/verify", "x", bareBody, conc), pids: barePids}
 	b.Cleanup(bare.load.close)
 	if err := bare.load.warm(); err != nil {
 		b.Fatal(err)
@@ -57,13 +65,15 @@ func BenchmarkVerifyAB(b *testing.B) {
 		var newB, baseB *abBuild
 		b.Run(mode.name, func(b *testing.B) {
 			if newB == nil {
-				newB = startABBuild(outer, "new", e2eServerBin, mode.args, conc)
+				// KEYLEDGER_BENCH_ENV adds environment variables to this
+				// build's server (and so to its ClickHouse) only.
+				newB = startABBuild(outer, "new", e2eServerBin, strings.Fields(os.Getenv("KEYLEDGER_BENCH_ENV")), mode.args, conc, settle)
 				if base != "" {
 					// KEYLEDGER_BENCH_BASELINE_ARGS adds serve flags to the
 					// baseline's server only: with this build as its own
 					// baseline, it compares a flag's settings.
 					args := append(slices.Clone(mode.args), strings.Fields(os.Getenv("KEYLEDGER_BENCH_BASELINE_ARGS"))...)
-					baseB = startABBuild(outer, "base", base, args, conc)
+					baseB = startABBuild(outer, "base", base, nil, args, conc, settle)
 				}
 			}
 			targets := []*abBuild{bare, newB}
@@ -106,19 +116,24 @@ func BenchmarkVerifyAB(b *testing.B) {
 // abBuild is one build's server under BenchmarkVerifyAB and what its
 // slices measured.
 type abBuild struct {
-	name    string
-	load    *loadClient
-	pids    []int
-	lat     []time.Duration
-	elapsed time.Duration
-	ticks   int // CPU of the node and its ClickHouse
-	own     int // of the node alone
-	gen     int // of the load generator
-	lastRPS float64
+	name   string
+	settle time.Duration // the pause after each slice
+	// idle and idleOwn are the ticks the server's tree and the node use
+	// per second without load (the notary's timer, ClickHouse's own
+	// background work): a slice's pause is charged at that rate less.
+	idle, idleOwn float64
+	load          *loadClient
+	pids          []int
+	lat           []time.Duration
+	elapsed       time.Duration
+	ticks         float64 // CPU of the node and its ClickHouse
+	own           float64 // of the node alone
+	gen           int     // of the load generator
+	lastRPS       float64
 }
 
-func startABBuild(b *testing.B, name, bin string, args []string, conc int) *abBuild {
-	srv, root := startBenchServer(b, bin, nil, args...)
+func startABBuild(b *testing.B, name, bin string, env, args []string, conc int, settle time.Duration) *abBuild {
+	srv, root := startBenchServer(b, bin, env, args...)
 	token := benchPrincipal(b, srv.url, root)
 	body, _ := json.Marshal(map[string]string{"token": token, "permission": "api.verify", "ip": "10.0.0.1"})
 	c := newLoadClient(srv.url+"/v1/verify", token, body, conc)
@@ -126,7 +141,13 @@ func startABBuild(b *testing.B, name, bin string, args []string, conc int) *abBu
 	if err := c.warm(); err != nil {
 		b.Fatal(err)
 	}
-	return &abBuild{name: name, load: c, pids: processTree(srv.cmd.Process.Pid)}
+	a := &abBuild{name: name, settle: settle, load: c, pids: processTree(srv.cmd.Process.Pid)}
+	// What the warm-up left to do first, then four seconds without load.
+	time.Sleep(3 * time.Second)
+	t0, o0 := cpuTicks(a.pids), cpuTicks(a.pids[:1])
+	time.Sleep(4 * time.Second)
+	a.idle, a.idleOwn = float64(cpuTicks(a.pids)-t0)/4, float64(cpuTicks(a.pids[:1])-o0)/4
+	return a
 }
 
 func (a *abBuild) reset() { a.lat, a.elapsed, a.ticks, a.own, a.gen = nil, 0, 0, 0, 0 }
@@ -141,11 +162,9 @@ func (a *abBuild) slice(b *testing.B, n int) {
 		b.Fatal(err)
 	}
 	a.gen += cpuTicks(self) - gen0
-	if a.name != "bare" {
-		time.Sleep(1500 * time.Millisecond)
-	}
-	a.ticks += cpuTicks(a.pids) - cpu0
-	a.own += cpuTicks(a.pids[:1]) - own0
+	time.Sleep(a.settle)
+	a.ticks += float64(cpuTicks(a.pids)-cpu0) - a.idle*a.settle.Seconds()
+	a.own += float64(cpuTicks(a.pids[:1])-own0) - a.idleOwn*a.settle.Seconds()
 	a.lat = append(a.lat, lat...)
 	a.elapsed += elapsed
 	a.lastRPS = float64(n) / elapsed.Seconds()
@@ -159,7 +178,7 @@ func (a *abBuild) cpuPerOp(nodeOnly bool) float64 {
 	if nodeOnly {
 		t = a.own
 	}
-	return float64(t) * 10_000 / float64(len(a.lat))
+	return t * 10_000 / float64(len(a.lat))
 }
 
 func (a *abBuild) report(b *testing.B) {
@@ -169,8 +188,15 @@ func (a *abBuild) report(b *testing.B) {
 	b.ReportMetric(a.cpuPerOp(false), who+"-cpu-µs/op")
 	if len(a.pids) > 1 {
 		b.ReportMetric(a.cpuPerOp(true), who+"-node-cpu-µs/op")
+		// Resident memory at the end, and the peak, of its ClickHouse.
+		b.ReportMetric(procStatusMB(a.pids[1], "VmRSS"), who+"-clickhouse-rss-MB")
+		b.ReportMetric(procStatusMB(a.pids[1], "VmHWM"), who+"-clickhouse-hwm-MB")
 	}
 	b.ReportMetric(float64(a.gen)*10_000/float64(len(a.lat)), who+"-loadgen-cpu-µs/op")
+	if a.settle > 0 {
+		// A tick a second is 1% of a core.
+		b.ReportMetric(a.idle, who+"-idle-cpu-%")
+	}
 	b.ReportMetric(float64(a.lat[len(a.lat)/2].Microseconds())/1000, who+"-p50-ms")
 	b.ReportMetric(float64(a.lat[len(a.lat)*99/100].Microseconds())/1000, who+"-p99-ms")
 }
