@@ -44,12 +44,7 @@ func BenchmarkVerifyAB(b *testing.B) {
 	if v, err := strconv.Atoi(os.Getenv("KEYLEDGER_BENCH_SLICE")); err == nil && v > 0 {
 		slice = v
 	}
-	// KEYLEDGER_BENCH_SETTLE is the pause after a keyledger slice: more
-	// than --audit-batch-wait, so the slice's last insert lands in it.
-	settle := 1500 * time.Millisecond
-	if v, err := time.ParseDuration(os.Getenv("KEYLEDGER_BENCH_SETTLE")); err == nil && v >= 0 {
-		settle = v
-	}
+	settle := benchSettle()
 	outer := b
 	bareAddr, barePids := startBare(outer)
 	bareBody, _ := json.Marshal(map[string]string{"token": domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{1}), "permission": "api.verify", "ip": "10.0.0.1"})
@@ -116,20 +111,17 @@ func BenchmarkVerifyAB(b *testing.B) {
 // abBuild is one build's server under BenchmarkVerifyAB and what its
 // slices measured.
 type abBuild struct {
-	name   string
-	settle time.Duration // the pause after each slice
-	// idle and idleOwn are the ticks the server's tree and the node use
-	// per second without load (the notary's timer, ClickHouse's own
-	// background work): a slice's pause is charged at that rate less.
-	idle, idleOwn float64
-	load          *loadClient
-	pids          []int
-	lat           []time.Duration
-	elapsed       time.Duration
-	ticks         float64 // CPU of the node and its ClickHouse
-	own           float64 // of the node alone
-	gen           int     // of the load generator
-	lastRPS       float64
+	name    string
+	settle  time.Duration // the pause after each slice
+	idle    idleRate      // a slice's pause is charged at that rate less
+	load    *loadClient
+	pids    []int
+	lat     []time.Duration
+	elapsed time.Duration
+	ticks   float64 // CPU of the node and its ClickHouse
+	own     float64 // of the node alone
+	gen     int     // of the load generator
+	lastRPS float64
 }
 
 func startABBuild(b *testing.B, name, bin string, env, args []string, conc int, settle time.Duration) *abBuild {
@@ -142,11 +134,7 @@ func startABBuild(b *testing.B, name, bin string, env, args []string, conc int, 
 		b.Fatal(err)
 	}
 	a := &abBuild{name: name, settle: settle, load: c, pids: processTree(srv.cmd.Process.Pid)}
-	// What the warm-up left to do first, then four seconds without load.
-	time.Sleep(3 * time.Second)
-	t0, o0 := cpuTicks(a.pids), cpuTicks(a.pids[:1])
-	time.Sleep(4 * time.Second)
-	a.idle, a.idleOwn = float64(cpuTicks(a.pids)-t0)/4, float64(cpuTicks(a.pids[:1])-o0)/4
+	a.idle = measureIdle(a.pids)
 	return a
 }
 
@@ -163,8 +151,8 @@ func (a *abBuild) slice(b *testing.B, n int) {
 	}
 	a.gen += cpuTicks(self) - gen0
 	time.Sleep(a.settle)
-	a.ticks += float64(cpuTicks(a.pids)-cpu0) - a.idle*a.settle.Seconds()
-	a.own += float64(cpuTicks(a.pids[:1])-own0) - a.idleOwn*a.settle.Seconds()
+	a.ticks += float64(cpuTicks(a.pids)-cpu0) - a.idle.tree*a.settle.Seconds()
+	a.own += float64(cpuTicks(a.pids[:1])-own0) - a.idle.own*a.settle.Seconds()
 	a.lat = append(a.lat, lat...)
 	a.elapsed += elapsed
 	a.lastRPS = float64(n) / elapsed.Seconds()
@@ -195,7 +183,7 @@ func (a *abBuild) report(b *testing.B) {
 	b.ReportMetric(float64(a.gen)*10_000/float64(len(a.lat)), who+"-loadgen-cpu-µs/op")
 	if a.settle > 0 {
 		// A tick a second is 1% of a core.
-		b.ReportMetric(a.idle, who+"-idle-cpu-%")
+		b.ReportMetric(a.idle.tree, who+"-idle-cpu-%")
 	}
 	b.ReportMetric(float64(a.lat[len(a.lat)/2].Microseconds())/1000, who+"-p50-ms")
 	b.ReportMetric(float64(a.lat[len(a.lat)*99/100].Microseconds())/1000, who+"-p99-ms")
