@@ -170,21 +170,16 @@ func (a *abBuild) cpuPerOp(nodeOnly bool) float64 {
 }
 
 func (a *abBuild) report(b *testing.B) {
-	who := a.name
-	slices.Sort(a.lat)
-	b.ReportMetric(a.rps(), who+"-req/s")
-	b.ReportMetric(a.cpuPerOp(false), who+"-cpu-µs/op")
-	if len(a.pids) > 1 {
-		b.ReportMetric(a.cpuPerOp(true), who+"-node-cpu-µs/op")
+	who := a.name + "-"
+	node := len(a.pids) > 1
+	reportLoad(b, who, a.lat, a.elapsed, a.ticks, a.own, float64(a.gen), node)
+	if node {
 		// Resident memory at the end, and the peak, of its ClickHouse.
-		b.ReportMetric(procStatusMB(a.pids[1], "VmRSS"), who+"-clickhouse-rss-MB")
-		b.ReportMetric(procStatusMB(a.pids[1], "VmHWM"), who+"-clickhouse-hwm-MB")
+		b.ReportMetric(procStatusMB(a.pids[1], "VmRSS"), who+"clickhouse-rss-MB")
+		b.ReportMetric(procStatusMB(a.pids[1], "VmHWM"), who+"clickhouse-hwm-MB")
 	}
-	b.ReportMetric(float64(a.gen)*10_000/float64(len(a.lat)), who+"-loadgen-cpu-µs/op")
 	if a.settle > 0 {
 		// A tick a second is 1% of a core.
-		b.ReportMetric(a.idle.tree, who+"-idle-cpu-%")
+		b.ReportMetric(a.idle.tree, who+"idle-cpu-%")
 	}
-	b.ReportMetric(float64(a.lat[len(a.lat)/2].Microseconds())/1000, who+"-p50-ms")
-	b.ReportMetric(float64(a.lat[len(a.lat)*99/100].Microseconds())/1000, who+"-p99-ms")
 }

@@ -386,21 +386,31 @@ func verifyLoad(b *testing.B, url, token string, body []byte, conc int, pids []i
 	}
 	cpu := float64(cpuTicks(pids)-cpu0) - idle.tree*pause
 	own := float64(cpuTicks(pids[:1])-own0) - idle.own*pause
+	rps := reportLoad(b, "", lat, elapsed, cpu, own, float64(gen), len(pids) > 1)
+	return loadResult{rps: rps}
+}
+
+// reportLoad reports the figures of the requests whose latencies are lat
+// and that took elapsed in all, under metric names that start with prefix:
+// req/s, p50, p99 and the clock ticks (1/100 s on Linux) that the servers
+// (cpu), the serving node alone (own, when node) and the load generator
+// (gen) used for them. It returns the req/s.
+func reportLoad(b *testing.B, prefix string, lat []time.Duration, elapsed time.Duration, cpu, own, gen float64, node bool) float64 {
+	n := float64(len(lat))
 	slices.Sort(lat)
-	rps := float64(b.N) / elapsed.Seconds()
-	b.ReportMetric(rps, "req/s")
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
-	// Clock ticks are 1/100 s on Linux.
-	b.ReportMetric(cpu*10_000/float64(b.N), "cpu-µs/op")
-	if len(pids) > 1 {
+	rps := n / elapsed.Seconds()
+	b.ReportMetric(rps, prefix+"req/s")
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, prefix+"p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, prefix+"p99-ms")
+	b.ReportMetric(cpu*10_000/n, prefix+"cpu-µs/op")
+	if node {
 		// The serving process alone; the rest is its ClickHouse.
-		b.ReportMetric(own*10_000/float64(b.N), "node-cpu-µs/op")
+		b.ReportMetric(own*10_000/n, prefix+"node-cpu-µs/op")
 	}
 	// The load generator shares the machine: what it costs is CPU the
 	// servers could not have.
-	b.ReportMetric(float64(gen)*10_000/float64(b.N), "loadgen-cpu-µs/op")
-	return loadResult{rps: rps}
+	b.ReportMetric(gen*10_000/n, prefix+"loadgen-cpu-µs/op")
+	return rps
 }
 
 // processTree returns pid and its descendants (keyledger's managed
