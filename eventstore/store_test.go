@@ -10,6 +10,7 @@ import (
 
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
+	"github.com/nats-io/nats.go"
 )
 
 // TestConcurrentAppends is the classic: 20 commands race on one key at the
@@ -339,5 +340,105 @@ func TestCloseStopsSubscriptions(t *testing.T) {
 	}
 	if _, err := s.Subscribe(testCtx(t), domain.StreamKeys, 0, func(domain.Envelope) error { return nil }); err == nil {
 		t.Error("subscribe after Close succeeded")
+	}
+}
+
+// TestSubscribeMessagesDeliversEveryMessage: the message-level view gives
+// each stored message once, valid or not, with its events as stored and
+// decoded, and Subscribe over it still gives only the valid events.
+func TestSubscribeMessagesDeliversEveryMessage(t *testing.T) {
+	s := MustOpenStore(t)
+	k := newKeyID()
+	subj := "keyledger.usage." + k + ".used"
+	js := s.JetStream()
+	good1, good2 := used(t, k), used(t, k)
+	raw1, err := good1.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw2, err := good2.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 1: not an event. 2: a pack whose second event is not one. 3: a pack
+	// that does not split (its count is wrong). 4: a valid event.
+	if _, err := js.Publish(testCtx(t), subj, []byte("not json")); err != nil {
+		t.Fatal(err)
+	}
+	pack := nats.NewMsg(domain.PackSubject)
+	pack.Data = domain.Pack([][]byte{raw1, []byte(`{"id":1}`)})
+	pack.Header.Set(domain.HdrEvents, "2")
+	if _, err := js.PublishMsg(testCtx(t), pack); err != nil {
+		t.Fatal(err)
+	}
+	bad := nats.NewMsg(domain.PackSubject)
+	bad.Data = domain.Pack([][]byte{raw1, raw2})
+	bad.Header.Set(domain.HdrEvents, "3")
+	if _, err := js.PublishMsg(testCtx(t), bad); err != nil {
+		t.Fatal(err)
+	}
+	p := NewUsage(t, s, eventstore.UsageConfig{})
+	if err := p.Publish(testCtx(t), good2); err != nil {
+		t.Fatal(err)
+	}
+
+	msgs := make(chan eventstore.StoredMessage, 10)
+	sub, err := s.SubscribeMessages(testCtx(t), domain.StreamUsage, 0, func(m eventstore.StoredMessage) error {
+		msgs <- m
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Stop()
+	var got []eventstore.StoredMessage
+	for len(got) < 4 {
+		select {
+		case m := <-msgs:
+			got = append(got, m)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("got %d messages, want 4", len(got))
+		}
+	}
+	for i, m := range got {
+		if m.Seq != uint64(i+1) {
+			t.Fatalf("message %d has seq %d", i, m.Seq)
+		}
+		if len(m.Events) != len(m.Raw) {
+			t.Fatalf("seq %d: %d events for %d raw", m.Seq, len(m.Events), len(m.Raw))
+		}
+	}
+	if m := got[0]; m.PackErr != nil || len(m.Raw) != 1 || string(m.Raw[0]) != "not json" || m.Err(0) == nil {
+		t.Errorf("seq 1 = %+v, want one raw event that does not decode", m)
+	}
+	if m := got[1]; m.PackErr != nil || len(m.Raw) != 2 || m.Err(0) != nil || m.Err(1) == nil ||
+		m.Events[0].ID != good1.ID || m.Events[0].Seq != 2 || m.Events[0].Index != 0 || m.Events[0].Stream != domain.StreamUsage {
+		t.Errorf("seq 2 = %+v, want its first event decoded at index 0 and its second not", m)
+	}
+	if m := got[2]; m.PackErr == nil || len(m.Raw) != 1 || !bytes.Equal(m.Raw[0], bad.Data) || m.Err(0) == nil {
+		t.Errorf("seq 3 = %+v, want a pack error and the whole message as one raw event", m)
+	}
+	if m := got[3]; m.PackErr != nil || len(m.Events) != 1 || m.Err(0) != nil || m.Events[0].ID != good2.ID || m.Pending != 0 {
+		t.Errorf("seq 4 = %+v, want the valid event, the last one", m)
+	}
+	if sub.Skipped() != 3 {
+		t.Errorf("Skipped = %d, want 3 (one per invalid message or event)", sub.Skipped())
+	}
+
+	// Subscribe over the same messages gives the two valid events only.
+	events := newCollector()
+	esub, err := s.Subscribe(testCtx(t), domain.StreamUsage, 0, events.fn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer esub.Stop()
+	evs := events.next(t, 2)
+	if evs[0].ID != good1.ID || evs[1].ID != good2.ID || evs[0].Seq != 2 || evs[1].Seq != 4 {
+		t.Errorf("Subscribe delivered %v@%d, %v@%d; want %v@2, %v@4", evs[0].ID, evs[0].Seq, evs[1].ID, evs[1].Seq, good1.ID, good2.ID)
+	}
+	select {
+	case env := <-events.ch:
+		t.Errorf("Subscribe delivered a third event %+v", env)
+	case <-time.After(200 * time.Millisecond):
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 	"time"
 
@@ -39,6 +40,54 @@ type Subscription struct {
 // itself) are logged and skipped rather than halting every projection;
 // Skipped counts them.
 func (s *Store) Subscribe(ctx context.Context, stream string, fromSeq uint64, fn func(domain.Envelope) error) (*Subscription, error) {
+	return s.SubscribeMessages(ctx, stream, fromSeq, func(m StoredMessage) error {
+		if m.PackErr != nil {
+			return nil
+		}
+		for i, env := range m.Events {
+			if m.Err(i) != nil {
+				continue
+			}
+			if err := fn(env); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// StoredMessage is one stored message as a subscription reads it: its
+// events, both as stored and decoded, so that the followers of a stream
+// inside one node decode each event once.
+type StoredMessage struct {
+	Seq uint64
+	// Pending is how many messages of the stream follow it, as the server
+	// counted when it delivered it.
+	Pending uint64
+	// Raw holds the message's events as stored: the events of a pack, or
+	// the whole message. A pack that does not split (PackErr) is one
+	// whole message here, and it is not an event.
+	Raw     [][]byte
+	PackErr error
+	// Events are Raw decoded, with Stream, Seq, Index and (on KEYS and
+	// CHECKPOINTS) the provenance set; Err(i) is why Raw[i] is not an
+	// event, and Events[i] is then empty.
+	Events []domain.Envelope
+	errs   []error // nil when every event decoded
+}
+
+// Err returns why the message's i-th event is not an event, or nil.
+func (m StoredMessage) Err(i int) error {
+	if m.errs == nil {
+		return nil
+	}
+	return m.errs[i]
+}
+
+// SubscribeMessages is Subscribe one stored message at a time, the
+// messages that hold no valid event included (they are logged and counted
+// as skipped all the same).
+func (s *Store) SubscribeMessages(ctx context.Context, stream string, fromSeq uint64, fn func(StoredMessage) error) (*Subscription, error) {
 	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy}
 	if fromSeq > 1 {
 		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
@@ -47,7 +96,7 @@ func (s *Store) Subscribe(ctx context.Context, stream string, fromSeq uint64, fn
 	return s.subscribe(ctx, stream, cfg, fn)
 }
 
-func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig, fn func(domain.Envelope) error) (*Subscription, error) {
+func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig, fn func(StoredMessage) error) (*Subscription, error) {
 	octx, ocancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	cons, err := s.js.OrderedConsumer(octx, stream, cfg)
 	ocancel()
@@ -102,40 +151,56 @@ func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.Orde
 				sub.skipped.Add(1)
 				continue
 			}
-			// Provenance decides what the ledger applies: key state and
-			// checkpoints. Usage messages are signed too, and audit verify
-			// checks them, but a forged one grants nothing, so the hot
-			// path's followers do not pay for the check.
-			var forged error
-			var writer string
-			if w := s.cfg.Writers; w != nil && (stream == domain.StreamKeys || stream == domain.StreamCheckpoints) {
-				if forged = CheckProvenance(*w, msg.Subject(), msg.Data(), msg.Headers(), md.Timestamp); forged == nil {
-					writer = msg.Headers().Get(HdrWriter)
-				}
-			}
-			events, err := domain.Unpack(msg.Headers().Get(domain.HdrEvents), msg.Data())
-			if err != nil {
-				log.Warn("subscription skipped invalid pack", "seq", md.Sequence.Stream, "subject", msg.Subject(), "err", err)
-				sub.skipped.Add(1)
-				continue
-			}
-			for i, raw := range events {
-				env, err := domain.UnmarshalEnvelope(raw)
-				if err != nil {
-					log.Warn("subscription skipped invalid event", "seq", md.Sequence.Stream, "index", i, "subject", msg.Subject(), "err", err)
-					sub.skipped.Add(1)
-					continue
-				}
-				env.Stream, env.Seq, env.Index = stream, md.Sequence.Stream, i
-				env.Forged, env.Writer = forged, writer
-				if err := fn(env); err != nil {
-					sub.err = err
-					return
-				}
+			if err := fn(s.storedMessage(stream, msg, md, sub, log)); err != nil {
+				sub.err = err
+				return
 			}
 		}
 	}()
 	return sub, nil
+}
+
+// storedMessage splits and decodes one message of a subscription, logging
+// and counting what is not a valid event.
+func (s *Store) storedMessage(stream string, msg jetstream.Msg, md *jetstream.MsgMetadata, sub *Subscription, log *slog.Logger) StoredMessage {
+	seq := md.Sequence.Stream
+	m := StoredMessage{Seq: seq, Pending: md.NumPending}
+	// Provenance decides what the ledger applies: key state and
+	// checkpoints. Usage messages are signed too, and audit verify
+	// checks them, but a forged one grants nothing, so the hot
+	// path's followers do not pay for the check.
+	var forged error
+	var writer string
+	if w := s.cfg.Writers; w != nil && (stream == domain.StreamKeys || stream == domain.StreamCheckpoints) {
+		if forged = CheckProvenance(*w, msg.Subject(), msg.Data(), msg.Headers(), md.Timestamp); forged == nil {
+			writer = msg.Headers().Get(HdrWriter)
+		}
+	}
+	m.Raw, m.PackErr = domain.Unpack(msg.Headers().Get(domain.HdrEvents), msg.Data())
+	if m.PackErr != nil {
+		log.Warn("subscription skipped invalid pack", "seq", seq, "subject", msg.Subject(), "err", m.PackErr)
+		sub.skipped.Add(1)
+		m.Raw = [][]byte{msg.Data()}
+		m.Events, m.errs = make([]domain.Envelope, 1), []error{m.PackErr}
+		return m
+	}
+	m.Events = make([]domain.Envelope, len(m.Raw))
+	for i, raw := range m.Raw {
+		env, err := domain.UnmarshalEnvelope(raw)
+		if err != nil {
+			log.Warn("subscription skipped invalid event", "seq", seq, "index", i, "subject", msg.Subject(), "err", err)
+			sub.skipped.Add(1)
+			if m.errs == nil {
+				m.errs = make([]error, len(m.Raw))
+			}
+			m.errs[i] = err
+			continue
+		}
+		env.Stream, env.Seq, env.Index = stream, seq, i
+		env.Forged, env.Writer = forged, writer
+		m.Events[i] = env
+	}
+	return m
 }
 
 // track registers sub so that Close can stop it; false after Close.

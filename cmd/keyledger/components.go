@@ -185,39 +185,28 @@ func (s keysSource) Subscribe(ctx context.Context, fromSeq uint64, fn func(domai
 // a minute.
 func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) error {
 	bg := context.WithoutCancel(ctx)
-	for _, stream := range []string{domain.StreamUsage, domain.StreamKeys} {
-		last, err := m.store.LastSeq(ctx, stream)
-		if err != nil {
-			return fmt.Errorf("alerts: read %s position: %w", stream, err)
-		}
-		from := last + 1
-		if stream == domain.StreamUsage {
-			// USAGE is followed once per node: this subscription decodes
-			// each event once for the alert engine and last used, from
-			// where last used's start left off.
-			from = m.usageFrom
-		}
-		sub, err := m.store.Subscribe(bg, stream, from, func(env domain.Envelope) error {
-			// One decode of the event's data for both followers.
-			ev, decodeErr := env.Decode()
-			if env.Stream == domain.StreamUsage {
-				if decodeErr == nil {
-					m.lastUsed.ApplyDecoded(env, ev)
-				}
-				if env.Seq <= m.usageLast {
-					return nil // replayed for last used; the engine saw it before
-				}
-			}
-			if err := engine.ObserveDecoded(bg, env, ev, decodeErr); err != nil {
-				m.Logger.Error("alert engine", "err", err)
-			}
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("alerts: subscribe %s: %w", stream, err)
-		}
-		m.stack.add(layerConsumers, "alert engine: "+stream, follow(sub))
+	// USAGE is followed once per node: this subscription decodes each
+	// event once for the alert engine, last used and the notary, from
+	// where last used's start left off.
+	usage, err := m.store.SubscribeMessages(bg, domain.StreamUsage, m.usageFrom, m.followUsage(bg, engine))
+	if err != nil {
+		return fmt.Errorf("alerts: subscribe %s: %w", domain.StreamUsage, err)
 	}
+	m.stack.add(layerConsumers, "alert engine: "+domain.StreamUsage, follow(usage))
+	last, err := m.store.LastSeq(ctx, domain.StreamKeys)
+	if err != nil {
+		return fmt.Errorf("alerts: read %s position: %w", domain.StreamKeys, err)
+	}
+	keys, err := m.store.Subscribe(bg, domain.StreamKeys, last+1, func(env domain.Envelope) error {
+		if err := engine.Observe(bg, env); err != nil {
+			m.Logger.Error("alert engine", "err", err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("alerts: subscribe %s: %w", domain.StreamKeys, err)
+	}
+	m.stack.add(layerConsumers, "alert engine: "+domain.StreamKeys, follow(keys))
 	m.stack.add(layerConsumers, "alert engine: tick", func(ctx context.Context) error {
 		t := time.NewTicker(time.Minute)
 		defer t.Stop()
@@ -238,6 +227,52 @@ func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) erro
 		}
 	})
 	return nil
+}
+
+// followUsage is what the node's one USAGE subscription does with each
+// message: it offers it to the notary, then applies each event to last used
+// (from where its snapshot left off) and to the alert engine (from what
+// came after the start).
+func (m *Main) followUsage(ctx context.Context, engine *alerts.Engine) func(eventstore.StoredMessage) error {
+	return func(sm eventstore.StoredMessage) error {
+		if m.notaryFeed != nil {
+			nm := notary.Message{Seq: sm.Seq, Events: sm.Raw, Pending: sm.Pending}
+			if sm.PackErr == nil {
+				// A pack that does not split is one leaf, which the
+				// notary decodes itself, as when it reads the stream.
+				nm.Envelopes = sm.Events
+				for i := range sm.Raw {
+					if err := sm.Err(i); err != nil {
+						if nm.EnvelopeErrs == nil {
+							nm.EnvelopeErrs = make([]error, len(sm.Raw))
+						}
+						nm.EnvelopeErrs[i] = err
+					}
+				}
+			}
+			m.notaryFeed.Offer(nm)
+		}
+		if sm.PackErr != nil {
+			return nil
+		}
+		for i, env := range sm.Events {
+			if sm.Err(i) != nil {
+				continue
+			}
+			// One decode of the event's data for both followers.
+			ev, decodeErr := env.Decode()
+			if decodeErr == nil {
+				m.lastUsed.ApplyDecoded(env, ev)
+			}
+			if env.Seq <= m.usageLast {
+				continue // replayed for last used; the engine saw it before
+			}
+			if err := engine.ObserveDecoded(ctx, env, ev, decodeErr); err != nil {
+				m.Logger.Error("alert engine", "err", err)
+			}
+		}
+		return nil
+	}
 }
 
 // clickHouse keeps the managed local clickhouse-server running (restarted
@@ -448,6 +483,7 @@ func (m *Main) startNotary(engine *alerts.Engine) error {
 	}
 	m.notary = notary.New(m.store.JetStream(), m.store, key, notary.Config{
 		Every: m.CheckpointEvery, Interval: m.CheckpointInterval,
+		Feeds: map[string]*notary.Feed{domain.StreamUsage: m.notaryFeed},
 		OnBroken: func(eventID, why string) {
 			if err := engine.ChainBroken(context.Background(), time.Now(), eventID, why); err != nil {
 				m.Logger.Error("raise chain-broken alert", "err", err)

@@ -49,6 +49,9 @@ type Main struct {
 	// last used's snapshot. usageLast is USAGE's last sequence at start:
 	// the alert engine observes only what comes after it.
 	usageFrom, usageLast uint64
+	// notaryFeed carries that subscription's messages, decoded, to the
+	// notary (nil without one), which then does not follow USAGE itself.
+	notaryFeed *notary.Feed
 	// chStart is the managed ClickHouse starting in the background.
 	chStart *clickHouseStart
 	ln      net.Listener
@@ -123,6 +126,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 
 	if err := m.startAuditLog(ctx); err != nil {
 		return err
+	}
+	if m.Notary {
+		m.notaryFeed = notary.NewFeed()
 	}
 	engine, err := m.startAlerts(ctx)
 	if err != nil {

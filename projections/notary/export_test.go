@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"math"
+	"time"
 )
 
 // Read is how many messages of stream the notary has read since it started.
@@ -11,6 +12,18 @@ func Read(n *Notary, stream string) uint64 {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
 	return n.read[stream]
+}
+
+// SelfRead is how many messages of its fed streams the notary has read
+// from the streams itself.
+func SelfRead(n *Notary) uint64 { return n.selfRead.Load() }
+
+// SetFeedCheck sets how often a fed stream is checked for what its feed did
+// not bring, for the notaries started until the test ends.
+func SetFeedCheck(t interface{ Cleanup(func()) }, d time.Duration) {
+	old := feedCheck
+	feedCheck = d
+	t.Cleanup(func() { feedCheck = old })
 }
 
 // discard is a stateStore that keeps nothing: folding into it measures
@@ -32,7 +45,7 @@ func NewFolding() *Notary {
 
 // Fold folds the message at seq of stream as the notary's subscription does.
 func Fold(n *Notary, stream string, seq uint64, data []byte) {
-	n.add(context.Background(), stream, seq, [][]byte{data}, 0)
+	n.add(context.Background(), stream, Message{Seq: seq, Events: [][]byte{data}})
 }
 
 // SetChainPartEntries makes chain shards be stored in parts of n

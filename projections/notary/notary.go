@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/google/uuid"
@@ -78,6 +79,11 @@ type Config struct {
 	// OnBroken is called once for the first event whose hash does not
 	// recompute or whose prev_hash breaks its key's chain.
 	OnBroken func(eventID, why string)
+	// Feeds are the streams that the node already follows and decodes
+	// (USAGE): the notary folds what the node's subscription offers to a
+	// stream's Feed, and reads that stream itself only for what it was not
+	// offered (feed.go).
+	Feeds map[string]*Feed
 }
 
 // Notary folds the streams into trees and signs checkpoints.
@@ -113,6 +119,9 @@ type Notary struct {
 	chains  *chainSet
 	broken  string
 	pending map[string]int
+	// selfRead counts the messages of fed streams that the notary read
+	// from the stream itself, because its feed did not bring them.
+	selfRead atomic.Uint64
 }
 
 // New returns a notary; Run starts it.
@@ -204,6 +213,10 @@ func (n *Notary) Run(ctx context.Context) error {
 		}
 	}
 	for _, s := range Streams {
+		if f := n.cfg.Feeds[s]; f != nil {
+			wg.Go(func() { n.followFed(ctx, s, f) })
+			continue
+		}
 		wg.Go(func() { n.follow(ctx, s) })
 	}
 	t := time.NewTicker(n.cfg.Interval)
@@ -264,7 +277,7 @@ func (n *Notary) follow(ctx context.Context, stream string) {
 		from := n.folded[stream] + 1
 		n.mu.RUnlock()
 		err := ReadMessages(ctx, n.js, stream, from, true, func(m Message) error {
-			n.add(ctx, stream, m.Seq, m.Events, m.Pending)
+			n.add(ctx, stream, m)
 			return nil
 		})
 		if err != nil && ctx.Err() == nil {
@@ -277,12 +290,14 @@ func (n *Notary) follow(ctx context.Context, stream string) {
 	}
 }
 
-// add folds the events of the message at seq (one, or the events of a
-// pack), each a leaf of the tree, under one hold of the lock: a saved state
-// never ends inside a message. behind is how many messages of the stream
+// add folds the events of the message m (one, or the events of a pack),
+// each a leaf of the tree, under one hold of the lock: a saved state never
+// ends inside a message. m.Pending is how many messages of the stream
 // follow it: while it catches up, a checkpoint is taken every
 // catchUpEvery*Every events (and each Interval), not every Every.
-func (n *Notary) add(ctx context.Context, stream string, seq uint64, events [][]byte, behind uint64) {
+func (n *Notary) add(ctx context.Context, stream string, m Message) {
+	seq, events, behind := m.Seq, m.Events, m.Pending
+	decoded := len(m.Envelopes) == len(events)
 	n.mu.Lock()
 	t := n.trees[stream]
 	if want := n.folded[stream] + 1; seq != want {
@@ -291,8 +306,17 @@ func (n *Notary) add(ctx context.Context, stream string, seq uint64, events [][]
 	}
 	n.folded[stream] = seq
 	n.read[stream]++
-	for _, data := range events {
-		n.addLeaf(ctx, stream, seq, data)
+	for i, data := range events {
+		if decoded {
+			var err error
+			if m.EnvelopeErrs != nil {
+				err = m.EnvelopeErrs[i]
+			}
+			n.addLeaf(ctx, stream, seq, data, m.Envelopes[i], err)
+			continue
+		}
+		env, err := domain.UnmarshalEnvelope(data)
+		n.addLeaf(ctx, stream, seq, data, env, err)
 	}
 	for len(n.earlier[stream]) > 0 && n.earlier[stream][0].Size <= t.Size() {
 		c := n.earlier[stream][0]
@@ -321,13 +345,13 @@ func (n *Notary) add(ctx context.Context, stream string, seq uint64, events [][]
 	}
 }
 
-// addLeaf folds one event of the message at seq; n.mu is held.
-func (n *Notary) addLeaf(ctx context.Context, stream string, seq uint64, data []byte) {
+// addLeaf folds one event of the message at seq, data as stored and env
+// decoded from it (err when it does not decode); n.mu is held.
+func (n *Notary) addLeaf(ctx context.Context, stream string, seq uint64, data []byte, env domain.Envelope, err error) {
 	t := n.trees[stream]
 	if err := t.Append(data); err != nil {
 		n.log.Error("notary tree", "stream", stream, "seq", seq, "err", err)
 	}
-	env, err := domain.UnmarshalEnvelope(data)
 	// Every leaf has its entry in the index, the nil id when the message
 	// is not an event.
 	n.ids[stream] = appendEntry(n.ids[stream], env.ID, seq)
@@ -911,6 +935,11 @@ type Message struct {
 	// Pending is how many messages of the stream follow it, as the
 	// server counted when it delivered it.
 	Pending uint64
+	// Envelopes, when set (a Feed's messages), are Events already
+	// decoded by domain.UnmarshalEnvelope, one for each; EnvelopeErrs[i]
+	// is why Events[i] does not decode (nil when every event decoded).
+	Envelopes    []domain.Envelope
+	EnvelopeErrs []error
 }
 
 // ReadMessages is ReadStream with each message's subject, signature and
