@@ -523,6 +523,7 @@ var operatorMetrics = []string{
 	"keyledger_keystate_applied_seq", "keyledger_keys",
 	"keyledger_usage_group_commit_events", "keyledger_usage_group_commit_duration_seconds",
 	"keyledger_alerts_raised_total", "keyledger_alerts_suppressed_total", "keyledger_alerts_pending",
+	"keyledger_notary_fed_messages_total", "keyledger_notary_read_messages_total",
 }
 
 // servedMetrics are the families that appear with the first request they
@@ -765,7 +766,7 @@ func TestChaosManagedClickHouse(t *testing.T) {
 		"keyledger_usage_events_published_total", "keyledger_events_appended_total",
 		"keyledger_usage_group_commit_events", "keyledger_usage_group_commit_duration_seconds", "keyledger_audit_sink_events_total", "keyledger_audit_sink_inserts_total",
 		"keyledger_audit_sink_insert_errors_total", "keyledger_clickhouse_restarts_total", "keyledger_keystate_applied_seq",
-		"process_cpu_seconds_total")
+		"keyledger_notary_fed_messages_total", "process_cpu_seconds_total")
 	if up, _ := sum(after, "keyledger_clickhouse_up"); up != 1 {
 		t.Errorf("keyledger_clickhouse_up = %v after the restart", up)
 	}

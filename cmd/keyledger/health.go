@@ -286,6 +286,13 @@ func (m *Main) registerMetrics(reg *prometheus.Registry) {
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "keyledger_alerts_pending", Help: "Alerts waiting for ALERTS to store them."},
 				func() float64 { return float64(e.Pending()) }))
 	}
+	if n := m.notary; n != nil {
+		reg.MustRegister(
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_notary_fed_messages_total", Help: "USAGE messages the notary folded as the node's subscription offered them."},
+				func() float64 { fed, _ := n.FeedCounts(); return float64(fed) }),
+			prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_notary_read_messages_total", Help: "USAGE messages the notary read from the stream itself: stored before the start, or not offered in time."},
+				func() float64 { _, read := n.FeedCounts(); return float64(read) }))
+	}
 	reg.MustRegister(
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

@@ -14,10 +14,6 @@ func Read(n *Notary, stream string) uint64 {
 	return n.read[stream]
 }
 
-// SelfRead is how many messages of its fed streams the notary has read
-// from the streams itself.
-func SelfRead(n *Notary) uint64 { return n.selfRead.Load() }
-
 // SetFeedCheck sets how often a fed stream is checked for what its feed did
 // not bring, for the notaries started until the test ends.
 func SetFeedCheck(t interface{ Cleanup(func()) }, d time.Duration) {

@@ -63,6 +63,11 @@ func messageBytes(m Message) int64 {
 	return n
 }
 
+// FeedCounts returns how many messages of its fed streams the notary has
+// folded as they were offered, and how many it read from the streams
+// itself.
+func (n *Notary) FeedCounts() (fed, read uint64) { return n.fed.Load(), n.selfRead.Load() }
+
 // followFed folds a stream from its feed, in stream order. What the feed
 // does not bring next in order, the notary reads from the stream itself:
 // at start (what was stored before the node's subscription began), at an
@@ -88,6 +93,7 @@ func (n *Notary) followFed(ctx context.Context, stream string, f *Feed) {
 			case m.Seq < next:
 				// Folded already, from the stream.
 			case m.Seq == next:
+				n.fed.Add(1)
 				n.add(ctx, stream, m)
 			default:
 				n.catchUp(ctx, stream) // reads m too

@@ -119,9 +119,10 @@ type Notary struct {
 	chains  *chainSet
 	broken  string
 	pending map[string]int
-	// selfRead counts the messages of fed streams that the notary read
-	// from the stream itself, because its feed did not bring them.
-	selfRead atomic.Uint64
+	// fed counts the messages of fed streams folded as their feed brought
+	// them, selfRead those the notary read from the stream itself because
+	// its feed had not brought them.
+	fed, selfRead atomic.Uint64
 }
 
 // New returns a notary; Run starts it.
