@@ -70,18 +70,19 @@ type StoredMessage struct {
 	Raw     [][]byte
 	PackErr error
 	// Events are Raw decoded, with Stream, Seq, Index and (on KEYS and
-	// CHECKPOINTS) the provenance set; Err(i) is why Raw[i] is not an
-	// event, and Events[i] is then empty.
+	// CHECKPOINTS) the provenance set; Errs[i] (Err(i)) is why Raw[i] is
+	// not an event, and Events[i] is then empty. Errs is nil when every
+	// event decoded.
 	Events []domain.Envelope
-	errs   []error // nil when every event decoded
+	Errs   []error
 }
 
 // Err returns why the message's i-th event is not an event, or nil.
 func (m StoredMessage) Err(i int) error {
-	if m.errs == nil {
+	if m.Errs == nil {
 		return nil
 	}
-	return m.errs[i]
+	return m.Errs[i]
 }
 
 // SubscribeMessages is Subscribe one stored message at a time, the
@@ -181,7 +182,7 @@ func (s *Store) storedMessage(stream string, msg jetstream.Msg, md *jetstream.Ms
 		log.Warn("subscription skipped invalid pack", "seq", seq, "subject", msg.Subject(), "err", m.PackErr)
 		sub.skipped.Add(1)
 		m.Raw = [][]byte{msg.Data()}
-		m.Events, m.errs = make([]domain.Envelope, 1), []error{m.PackErr}
+		m.Events, m.Errs = make([]domain.Envelope, 1), []error{m.PackErr}
 		return m
 	}
 	m.Events = make([]domain.Envelope, len(m.Raw))
@@ -190,10 +191,10 @@ func (s *Store) storedMessage(stream string, msg jetstream.Msg, md *jetstream.Ms
 		if err != nil {
 			log.Warn("subscription skipped invalid event", "seq", seq, "index", i, "subject", msg.Subject(), "err", err)
 			sub.skipped.Add(1)
-			if m.errs == nil {
-				m.errs = make([]error, len(m.Raw))
+			if m.Errs == nil {
+				m.Errs = make([]error, len(m.Raw))
 			}
-			m.errs[i] = err
+			m.Errs[i] = err
 			continue
 		}
 		env.Stream, env.Seq, env.Index = stream, seq, i

@@ -240,15 +240,7 @@ func (m *Main) followUsage(ctx context.Context, engine *alerts.Engine) func(even
 			if sm.PackErr == nil {
 				// A pack that does not split is one leaf, which the
 				// notary decodes itself, as when it reads the stream.
-				nm.Envelopes = sm.Events
-				for i := range sm.Raw {
-					if err := sm.Err(i); err != nil {
-						if nm.EnvelopeErrs == nil {
-							nm.EnvelopeErrs = make([]error, len(sm.Raw))
-						}
-						nm.EnvelopeErrs[i] = err
-					}
-				}
+				nm.Envelopes, nm.EnvelopeErrs = sm.Events, sm.Errs
 			}
 			m.notaryFeed.Offer(nm)
 		}

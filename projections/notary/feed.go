@@ -107,25 +107,8 @@ func (n *Notary) followFed(ctx context.Context, stream string, f *Feed) {
 	}
 }
 
-// catchUp folds what the stream has stored after the last folded message,
-// up to its last message now, retrying while the stream cannot be read.
+// catchUp folds what a fed stream has stored after the last folded
+// message, up to its last message now.
 func (n *Notary) catchUp(ctx context.Context, stream string) {
-	for ctx.Err() == nil {
-		n.mu.RLock()
-		from := n.folded[stream] + 1
-		n.mu.RUnlock()
-		err := ReadMessages(ctx, n.js, stream, from, false, func(m Message) error {
-			n.selfRead.Add(1)
-			n.add(ctx, stream, m)
-			return nil
-		})
-		if err == nil || ctx.Err() != nil {
-			return
-		}
-		n.log.Warn("notary read", "stream", stream, "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
+	n.readStream(ctx, stream, false, &n.selfRead)
 }

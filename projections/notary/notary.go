@@ -272,17 +272,30 @@ func (n *Notary) loadCheckpoints(ctx context.Context) error {
 	})
 }
 
-func (n *Notary) follow(ctx context.Context, stream string) {
+// follow folds a stream from the message after the last folded one, live
+// until ctx ends.
+func (n *Notary) follow(ctx context.Context, stream string) { n.readStream(ctx, stream, true, nil) }
+
+// readStream folds a stream from the message after the last folded one: up to
+// its last message now, or with live until ctx ends. It retries while the
+// stream cannot be read; count, if set, counts the messages it folds.
+func (n *Notary) readStream(ctx context.Context, stream string, live bool, count *atomic.Uint64) {
 	for ctx.Err() == nil {
 		n.mu.RLock()
 		from := n.folded[stream] + 1
 		n.mu.RUnlock()
-		err := ReadMessages(ctx, n.js, stream, from, true, func(m Message) error {
+		err := ReadMessages(ctx, n.js, stream, from, live, func(m Message) error {
+			if count != nil {
+				count.Add(1)
+			}
 			n.add(ctx, stream, m)
 			return nil
 		})
-		if err != nil && ctx.Err() == nil {
-			n.log.Warn("notary subscription", "stream", stream, "err", err)
+		if ctx.Err() != nil || (err == nil && !live) {
+			return
+		}
+		if err != nil {
+			n.log.Warn("notary read", "stream", stream, "err", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
