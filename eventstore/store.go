@@ -459,7 +459,11 @@ func (s *Store) CountEvents(ctx context.Context, stream string) (uint64, error) 
 			}
 		}
 		n += k
-		if md.NumPending == 0 || md.Sequence.Stream >= st.LastSeq {
+		// Read up to the last sequence the stream reported, not until
+		// nothing is pending: the ordered consumer may run on a replica
+		// of a clustered stream that has not yet stored the newest
+		// messages, and its NumPending then says 0 too early.
+		if md.Sequence.Stream >= st.LastSeq {
 			return n, nil
 		}
 	}

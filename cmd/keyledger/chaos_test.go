@@ -712,39 +712,61 @@ func TestChaosManagedClickHouse(t *testing.T) {
 	l.check(t, chAddr(), chlog.DefaultDatabase, &r)
 	table = append(table, r)
 
-	// kill -9 of the managed clickhouse-server: readyz reports the audit
-	// log, verifications go on, /v1/logs answers 503, and the supervisor
-	// brings it back.
+	// kill -9 of the managed clickhouse-server, held down until the node
+	// has shown the outage: readyz reports the audit log, /v1/logs
+	// answers 503, keyledger_clickhouse_up is 0 and an insert of the
+	// sink failed (verifications go on meanwhile). The supervisor restarts
+	// the server only where the audit log's connections dial, the ports
+	// saved in <dir>/clickhouse/ports; while that file names no port the
+	// restarts fail, so the outage lasts as long as the test needs, not as
+	// long as a restart happens to take. Then the file is put back and the
+	// supervisor brings the server back.
 	r = chaosResult{Fault: "kill -9 clickhouse-server"}
-	var sawDegraded, saw503, sawDown atomic.Bool
 	before, err := scrape(n)
 	must(t, err)
 	r.Recover = underLoad(t, l, &r, func() time.Time {
+		portsFile := filepath.Join(dir, "clickhouse", "ports")
+		saved, err := os.ReadFile(portsFile)
+		must(t, err)
 		pid := clickhousePID(dir)
 		if pid == 0 {
 			t.Fatal("no managed clickhouse-server")
 		}
-		at := time.Now()
+		must(t, os.WriteFile(portsFile, []byte("0 0\n"), 0o640))
 		must(t, syscall.Kill(pid, syscall.SIGKILL))
-		return at
+		errs0, _ := sum(before, "keyledger_audit_sink_insert_errors_total")
+		var sawDegraded, saw503, sawDown, sawInsertError bool
+		checkFor(t, 2*time.Minute, 20*time.Millisecond, func() error {
+			if s, rd := readiness(n, ""); s == http.StatusOK && rd.Status == "degraded" && rd.Checks["audit_log"] != "ok" {
+				sawDegraded = true
+			}
+			if fams, err := scrape(n); err == nil {
+				if up, ok := sum(fams, "keyledger_clickhouse_up"); ok && up == 0 {
+					sawDown = true
+				}
+				if errs, _ := sum(fams, "keyledger_audit_sink_insert_errors_total"); errs > errs0 {
+					sawInsertError = true
+				}
+			}
+			if s, b := n.call(root, "GET", "/v1/logs?limit=1", nil); s == http.StatusServiceUnavailable {
+				var p api.Problem
+				if json.Unmarshal(b, &p) == nil && p.Code == "audit_log_unavailable" {
+					saw503 = true
+				}
+			}
+			if !sawDegraded || !saw503 || !sawDown || !sawInsertError {
+				return fmt.Errorf("while clickhouse is down: seen degraded %v, 503 %v, clickhouse_up 0 %v, a failed insert %v", sawDegraded, saw503, sawDown, sawInsertError)
+			}
+			return nil
+		})
+		if s, _ := readiness(n, "audit_log"); s == http.StatusOK {
+			t.Errorf("readyz?check=audit_log answers 200 while clickhouse is held down")
+		}
+		must(t, os.WriteFile(portsFile, saved, 0o640))
+		return time.Now()
 	}, func() error {
-		if s, rd := readiness(n, ""); s == http.StatusOK && rd.Status == "degraded" && rd.Checks["audit_log"] != "ok" {
-			sawDegraded.Store(true)
-		}
-		if fams, err := scrape(n); err == nil {
-			if up, ok := sum(fams, "keyledger_clickhouse_up"); ok && up == 0 {
-				sawDown.Store(true)
-			}
-		}
-		if s, b := n.call(root, "GET", "/v1/logs?limit=1", nil); s == http.StatusServiceUnavailable {
-			var p api.Problem
-			if json.Unmarshal(b, &p) == nil && p.Code == "audit_log_unavailable" {
-				saw503.Store(true)
-			}
-		}
-		s, rd := readiness(n, "audit_log")
-		if s != http.StatusOK || !sawDegraded.Load() || !saw503.Load() || !sawDown.Load() {
-			return fmt.Errorf("audit_log check %d %v; seen degraded %v, 503 %v, clickhouse_up 0 %v", s, rd.Checks, sawDegraded.Load(), saw503.Load(), sawDown.Load())
+		if s, rd := readiness(n, "audit_log"); s != http.StatusOK {
+			return fmt.Errorf("audit_log check %d %v", s, rd.Checks)
 		}
 		return nil
 	})
