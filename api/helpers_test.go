@@ -88,7 +88,9 @@ func (h *harness) syncLog() {
 	h.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		want := h.count(domain.StreamKeys) + h.count(domain.StreamUsage)
+		// Events, not messages: a group commit packs many usage
+		// events into one message.
+		want := h.events(domain.StreamKeys) + h.events(domain.StreamUsage)
 		got, err := h.ch.CountEvents(context.Background())
 		if err == nil && got == want {
 			return
@@ -271,6 +273,17 @@ func (h *harness) disable(id string) {
 func (h *harness) count(stream string) uint64 {
 	h.t.Helper()
 	n, err := h.store.Count(context.Background(), stream)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return n
+}
+
+// events returns how many events stream holds, a pack counting as the
+// events in it.
+func (h *harness) events(stream string) uint64 {
+	h.t.Helper()
+	n, err := h.store.CountEvents(context.Background(), stream)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -38,7 +38,7 @@ func TestUsageBatchIsIdempotentAndRejectsPerRecord(t *testing.T) {
 	}}
 	wantCodes := []string{"", "", "key_not_found", "invalid_key_id", "missing_record_id", "invalid_outcome", "invalid_ip", "invalid_http_status", "duplicate_record_id"}
 
-	before := h.count(domain.StreamUsage)
+	before := h.events(domain.StreamUsage)
 	var first api.UsageResponse
 	for round := range 2 {
 		r := h.do("POST", "/v1/usage", gw, batch)
@@ -68,8 +68,8 @@ func TestUsageBatchIsIdempotentAndRejectsPerRecord(t *testing.T) {
 		}
 	}
 	// Two records, and the service's two authentications.
-	if got, want := h.count(domain.StreamUsage)-before, uint64(4); got != want {
-		t.Errorf("USAGE grew by %d messages, want %d", got, want)
+	if got, want := h.events(domain.StreamUsage)-before, uint64(4); got != want {
+		t.Errorf("USAGE grew by %d events, want %d", got, want)
 	}
 	h.syncLog()
 

@@ -158,7 +158,7 @@ func TestUsageAsyncBackPressure(t *testing.T) {
 	if err := p.Publish(testCtx(t), used(t, k)); err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		if n := mustCount(t, embedded, domain.StreamUsage); n != 1 {
 			return errors.New("first event not stored yet")
 		}
@@ -171,9 +171,18 @@ func TestUsageAsyncBackPressure(t *testing.T) {
 	})
 
 	px.cut()
-	// The worker holds at most MaxBatch events in flight and the buffer
-	// the rest; after that, Publish must block.
+	// The buffer takes its events whatever the machine's speed: these
+	// calls have no deadline of their own, so a slow scheduler cannot pass
+	// for a full buffer.
 	accepted := 1
+	for range buffer {
+		if err := p.Publish(testCtx(t), used(t, k)); err != nil {
+			t.Fatal(err)
+		}
+		accepted++
+	}
+	// The worker holds at most MaxBatch events in flight besides; after
+	// that, Publish must block.
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 		err := p.Publish(ctx, used(t, k))

@@ -103,15 +103,16 @@ func mustStartNode(tb testing.TB, withLog bool) *node {
 	return n
 }
 
-// syncLog waits until the audit log holds every event stored in JetStream.
+// syncLog waits until the audit log holds every event stored in JetStream
+// (events, not messages: a group commit packs many usage events into one).
 func (n *node) syncLog() {
 	n.t.Helper()
 	checkFor(n.t, 30*time.Second, func() error {
-		k, err := n.store.Count(context.Background(), domain.StreamKeys)
+		k, err := n.store.CountEvents(context.Background(), domain.StreamKeys)
 		if err != nil {
 			return err
 		}
-		u, err := n.store.Count(context.Background(), domain.StreamUsage)
+		u, err := n.store.CountEvents(context.Background(), domain.StreamUsage)
 		if err != nil {
 			return err
 		}

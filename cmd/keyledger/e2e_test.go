@@ -880,7 +880,7 @@ func TestEndToEnd(t *testing.T) {
 	if lastUsed(alice.Credential.KeyID) == nil {
 		t.Log("the API reports no last use for any key: is a LastUsed projection wired into api.Config in serve.go?")
 	} else {
-		checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
 			if at := lastUsed(reader.KeyID); at == nil || at.Before(regen.UpdatedAt) {
 				return fmt.Errorf("reader's last use %v, want after its regeneration at %v", at, regen.UpdatedAt)
 			}

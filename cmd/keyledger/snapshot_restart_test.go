@@ -113,7 +113,7 @@ func TestRestartFromSnapshot(t *testing.T) {
 		return at, ip
 	}
 	var usedAt time.Time
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		if usedAt, _ = lastUse(m); usedAt.IsZero() {
 			return errors.New("no last use of the admin's key yet")
 		}

@@ -357,7 +357,7 @@ func TestWebhookRestartLosesNothing(t *testing.T) {
 		}
 	}
 	// The receiver counts an alert before its answer reaches the sender.
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		if got := b.Stats(context.Background()).Delivered + c.Stats(context.Background()).Delivered; got != uint64(len(ids)) {
 			return fmt.Errorf("delivered %d, want %d", got, len(ids))
 		}
@@ -367,7 +367,7 @@ func TestWebhookRestartLosesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		info, err := cons.Info(context.Background())
 		if err != nil {
 			return err
@@ -453,7 +453,7 @@ func TestWebhookGivesUpAfterMaxAge(t *testing.T) {
 	if n := len(attempts[poison]); n != 3 || times[poison] != 0 {
 		t.Errorf("refused alert: %d attempts, %d accepted; want 3 attempts", n, times[poison])
 	}
-	checkFor(t, 5*time.Second, 10*time.Millisecond, func() error {
+	checkFor(t, 30*time.Second, 10*time.Millisecond, func() error {
 		if s := w.Stats(context.Background()); s.Dropped != 1 || s.FailedAttempts != 3 || s.Delivered != 1 || s.Pending != 0 {
 			return fmt.Errorf("stats = %+v, want 1 dropped, 3 failed, 1 delivered, none pending", s)
 		}

@@ -56,13 +56,13 @@ func TestLocalServerKeepsDataAndPortsAcrossRestarts(t *testing.T) {
 	if err := st.Insert(ctx, roundTripRows()); err != nil {
 		t.Fatal(err)
 	}
-	// Stop returns promptly even with the pool's idle connections open.
-	start := time.Now()
+	// Stop does not hang on the pool's idle connections: the server
+	// exits by itself after SIGTERM, not killed when Stop gives up on it.
 	if err := first.Stop(); err != nil {
 		t.Fatal(err)
 	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Errorf("Stop took %s with idle connections open", d)
+	if err := first.WaitErr(); err != nil {
+		t.Errorf("the server stopped with idle connections open exited with %v, want a clean exit", err)
 	}
 	select {
 	case <-first.Done():
