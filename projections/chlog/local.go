@@ -111,9 +111,10 @@ func startLocal(ctx context.Context, dataDir string, logger *slog.Logger, o star
 
 	// A second server on the same directory would fail on the lock anyway,
 	// but only after this start had rewritten the running one's config and
-	// saved ports; say it before touching anything.
-	if dataDirLocked(filepath.Join(dir, "data", "status")) {
-		return nil, fmt.Errorf("clickhouse data dir %s is in use by another running clickhouse-server", dir)
+	// saved ports; settle it before touching anything. The server of a
+	// keyledger that crashed is still stopping: wait for it.
+	if err := awaitPreviousServer(ctx, dir, logger); err != nil {
+		return nil, err
 	}
 	var lastErr error
 	for attempt := 1; attempt <= 5; attempt++ {
@@ -167,6 +168,9 @@ func startOnce(ctx context.Context, bin, dir string, tcpPort, httpPort int, logg
 	cmd.Stdout = out
 	cmd.Stderr = out
 	cmd.SysProcAttr = childSysProcAttr()
+	if err := writeOwner(dir); err != nil {
+		return nil, err
+	}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
