@@ -401,6 +401,12 @@ func (m *Main) startAuditLog(ctx context.Context) error {
 	}
 	ch, err := chlog.Open(ctx, chlog.Config{Addr: addr, Database: m.ClickHouseDatabase, Username: m.ClickHouseUser, Password: m.ClickHousePassword}, m.Logger)
 	m.stack.add(layerStorage, "clickhouse", clickHouse(ch, local))
+	if local != nil {
+		// The first layer to stop tells the supervisor that the node is
+		// stopping: a clickhouse-server that exits from then on (a signal
+		// to the whole process group reaches it too) is not restarted.
+		m.stack.add(layerHTTP, "clickhouse stop notice", onStop(func() error { local.Stopping(); return nil }))
+	}
 	if err != nil {
 		return fmt.Errorf("open ClickHouse log at %s: %w", addr, err)
 	}

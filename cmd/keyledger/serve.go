@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/keyledger/keyledger/api"
-	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/alerts"
 	"github.com/keyledger/keyledger/projections/chlog"
@@ -232,20 +231,4 @@ func (m *Main) auditor() api.Auditor {
 		return nil
 	}
 	return m.notary
-}
-
-// alertFeed tails the ALERTS stream for the API's alert stream.
-type alertFeed struct{ store *eventstore.Store }
-
-func (f alertFeed) TailAlerts(ctx context.Context, fn func(domain.Envelope) error) error {
-	last, err := f.store.LastSeq(ctx, domain.StreamAlerts)
-	if err != nil {
-		return err
-	}
-	sub, err := f.store.Subscribe(ctx, domain.StreamAlerts, last+1, fn)
-	if err != nil {
-		return err
-	}
-	<-sub.Done()
-	return sub.Err()
 }

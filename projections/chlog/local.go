@@ -457,7 +457,16 @@ type Supervisor struct {
 	up       bool
 	restarts int
 	lastErr  error
+
+	stopping     chan struct{}
+	stoppingOnce sync.Once
 }
+
+// stopGrace is how long a server that exited as asked (SIGTERM, SIGINT)
+// waits for keyledger to say it is stopping before it counts as a failure:
+// a signal to keyledger's whole process group reaches both at once, and
+// the server may be gone before keyledger's own handler has run.
+const stopGrace = 5 * time.Second
 
 // Supervise starts the local server (as StartLocal does) and returns its
 // supervisor; Run keeps it running until ctx ends and then stops it.
@@ -470,7 +479,55 @@ func Supervise(ctx context.Context, dataDir string, logger *slog.Logger) (*Super
 		return nil, err
 	}
 	return &Supervisor{dataDir: dataDir, logger: logger.With("component", "clickhouse.supervisor"), addr: srv.Addr(),
-		MinBackoff: 250 * time.Millisecond, MaxBackoff: 15 * time.Second, current: srv, up: true}, nil
+		MinBackoff: 250 * time.Millisecond, MaxBackoff: 15 * time.Second, current: srv, up: true, stopping: make(chan struct{})}, nil
+}
+
+// Stopping tells the supervisor that keyledger is shutting down. From then
+// on the server exiting is expected, not a failure: a signal to the whole
+// process group (systemd's KillMode=control-group, docker stop, Ctrl-C)
+// reaches clickhouse-server too. It is not restarted; Run still waits for
+// its ctx to end. Stopping is safe to call more than once.
+func (s *Supervisor) Stopping() { s.stoppingOnce.Do(func() { close(s.stopping) }) }
+
+// expectedExit reports whether srv's exit is part of keyledger's shutdown:
+// keyledger said it is stopping (or ctx ended), or the server was asked to
+// stop by a signal and keyledger says so within stopGrace.
+func (s *Supervisor) expectedExit(ctx context.Context, srv *LocalServer) bool {
+	select {
+	case <-s.stopping:
+		return true
+	case <-ctx.Done():
+		return true
+	default:
+	}
+	if !askedToStop(srv.waitErr) {
+		return false
+	}
+	t := time.NewTimer(stopGrace)
+	defer t.Stop()
+	select {
+	case <-s.stopping:
+		return true
+	case <-ctx.Done():
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+// askedToStop reports whether a server's exit status (cmd.Wait's error)
+// is that of a server told to stop: a clean exit after SIGTERM or SIGINT,
+// or death by one of those.
+func askedToStop(waitErr error) bool {
+	if waitErr == nil {
+		return true
+	}
+	var ee *exec.ExitError
+	if !errors.As(waitErr, &ee) {
+		return false
+	}
+	ws, ok := ee.Sys().(syscall.WaitStatus)
+	return ok && ws.Signaled() && (ws.Signal() == syscall.SIGTERM || ws.Signal() == syscall.SIGINT)
 }
 
 // Addr returns host:port of the native protocol; it stays the same across
@@ -518,6 +575,11 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			return srv.Stop()
 		case <-srv.Done():
 		}
+		if s.expectedExit(ctx, srv) {
+			s.logger.Info("the local clickhouse-server stopped with keyledger", "pid", srv.PID(), "err", srv.waitErr)
+			<-ctx.Done()
+			return nil
+		}
 		// A server that dies soon after each start is not restarted in
 		// a tight loop: the back-off resets only after a good run.
 		if time.Since(ranFrom) > time.Minute {
@@ -533,6 +595,10 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			select {
 			case <-ctx.Done():
 				t.Stop()
+				return nil
+			case <-s.stopping:
+				t.Stop()
+				<-ctx.Done()
 				return nil
 			case <-t.C:
 			}

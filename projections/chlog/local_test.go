@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -160,4 +162,57 @@ func niceOf(t *testing.T, pid int) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// A signal to keyledger's whole process group reaches its clickhouse-server
+// too, and the server may be gone before keyledger has said it is stopping:
+// a server that exited as asked (SIGTERM) is not restarted, and nothing is
+// logged as an error, when keyledger says it is stopping soon after.
+func TestSupervisorLetsTheServerStopWithKeyledger(t *testing.T) {
+	t.Parallel()
+	var logs lockedBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	sup, err := chlog.Supervise(ctx, t.TempDir(), logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup.MinBackoff = 20 * time.Millisecond
+	done := make(chan error, 1)
+	go func() { done <- sup.Run(ctx) }()
+	srv := sup.Server()
+	if err := syscall.Kill(srv.PID(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	<-srv.Done()
+	sup.Stopping()
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("Run: %v", err)
+	}
+	if n := sup.Restarts(); n != 0 {
+		t.Errorf("restarted %d times while keyledger stopped", n)
+	}
+	if out := logs.String(); strings.Contains(out, "level=ERROR") || strings.Contains(out, "restarting") {
+		t.Errorf("a server stopped with keyledger was reported as a failure:\n%s", out)
+	}
+}
+
+// lockedBuffer collects log output written from several goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
