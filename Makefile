@@ -5,7 +5,7 @@ GO        ?= go
 DATA_DIR  ?= ./data
 HTTP_ADDR ?= 127.0.0.1:8080
 
-.PHONY: run test chaos bench bench-verify bench-verify-ab bench-coldstart build deps fuzz vet clickhouse-deps chromium-deps
+.PHONY: run test test-stress chaos bench bench-verify bench-verify-ab bench-coldstart build deps fuzz vet clickhouse-deps chromium-deps
 
 build: deps
 	$(GO) build -o bin/keyledger ./cmd/keyledger
@@ -32,6 +32,15 @@ vet:
 test: deps clickhouse-deps chromium-deps vet
 	KEYLEDGER_TEST_CHROMIUM="$$(./scripts/ensure-chromium.sh --path)" \
 		./scripts/with-clickhouse.sh $(GO) test -race -count=1 -timeout 12m ./...
+
+# test-stress runs the fault suite's short version (TestChaos*) and the
+# event store contract suite STRESS_ROUNDS times (3) with GOMAXPROCS=1 beside
+# a CPU burner per core, to catch a test that assumes a timing before CI
+# does; see scripts/stress.sh. It is heavy: about ten minutes a round on 2
+# cores.
+STRESS_ROUNDS ?= 3
+test-stress: deps clickhouse-deps
+	KEYLEDGER_STRESS_ROUNDS=$(STRESS_ROUNDS) GO=$(GO) ./scripts/with-clickhouse.sh ./scripts/stress.sh
 
 # chaos runs the fault suite's long version (about ten minutes): the real
 # binary under a steady mixed load while, one at a time, keyledger, then its
