@@ -92,6 +92,9 @@ type KeyCreated struct {
 // KeyRegenerated records a lifetime extension and, when Rotated, a new
 // secret; the previous secret stays valid until PreviousValidUntil.
 type KeyRegenerated struct {
+	// PreviousExpiresAt is the expiry before this event; events stored
+	// before it was recorded have none.
+	PreviousExpiresAt  time.Time `json:"previous_expires_at,omitzero"`
 	ExpiresAt          time.Time `json:"expires_at"`
 	Rotated            bool      `json:"rotated"`
 	SecretHash         string    `json:"secret_hash,omitempty"`

@@ -16,12 +16,13 @@ import (
 // append, so concurrent creations never pass the limit together.
 //
 // It returns the key and its token, shown only here. Errors: EFORBIDDEN
-// (insufficient_permissions, permission_not_held), EINVALID (bad input),
+// (insufficient_permissions, permission_not_held,
+// superadmin_cannot_issue_keys), EINVALID (bad input),
 // ELIMIT (plan_limit_reached), ECONFLICT (version_conflict after every
 // attempt lost its race).
 func (s *Service) CreateKey(ctx context.Context, a domain.Actor, cmd domain.CreateKey) (domain.Key, string, error) {
-	if !a.Can(domain.PermKeyCreate) {
-		return domain.Key{}, "", domain.Errorf(domain.EFORBIDDEN, "insufficient_permissions", "this call needs %s", domain.PermKeyCreate)
+	if err := a.AuthorizeCreate(); err != nil {
+		return domain.Key{}, "", err
 	}
 	id := uuid.Must(uuid.NewV7())
 	secret := newSecret()

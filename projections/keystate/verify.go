@@ -90,15 +90,17 @@ func (v *Verifier) Check(req Request, now time.Time) Result {
 		res.Code = domain.OutcomeMalformed
 	} else {
 		res.tokenKeyID = tok.KeyID
-		k, ok := v.State.KeyByUUID(tok.KeyID)
+		k, owner, ok := v.State.KeyForVerify(tok.KeyID)
 		res.Key, res.Found = k, ok
-		res.Code = domain.Check(k, tok.Secret, now, req.IP, req.Permission)
+		// The key's effective permissions are those of its own that its
+		// owner holds now.
+		res.Code = domain.Check(k, tok.Secret, now, req.IP, req.Permission, owner.Permissions)
 		switch res.Code {
 		case domain.OutcomeNotFound:
 			res.Key, res.Found = domain.Key{}, false
 		case domain.OutcomeValid:
 			// A disabled owner's keys stop working with it.
-			if pr, ok := v.State.Principal(k.Owner); ok && pr.Disabled {
+			if owner.Disabled {
 				res.Code = domain.OutcomeDisabled
 			}
 		}
