@@ -34,13 +34,8 @@ type VerifyResponse struct {
 // caller_ip). The answer is sent only once it is stored. When no
 // verification happens (a bad request), the caller's authentication is
 // recorded on its own instead.
-func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
+func (s *Server) verify(w http.ResponseWriter, r *http.Request, c caller, pending authEvent) {
 	start := time.Now()
-	c, pending, err := s.authenticate(r, domain.PermVerify, false)
-	if err != nil {
-		s.problem(w, r, err)
-		return
-	}
 	var req verifyRequest
 	if err := decode(r, &req); err != nil {
 		s.publishOrFail(w, r, pending, err)

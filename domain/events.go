@@ -201,6 +201,10 @@ type PrincipalKeyIssued struct {
 	KeyID      string `json:"key_id"`
 	ActiveKeys int    `json:"active_keys"`
 	Limit      int    `json:"limit"`
+	// Credential is set when an administrator issued the key to the
+	// principal as a credential (the event's actor), rather than the
+	// principal creating it.
+	Credential bool `json:"credential,omitempty"`
 }
 
 // RoleCreated records a custom role: a named set of permission strings.

@@ -120,6 +120,8 @@ type IssueKey struct {
 	KeyID      string
 	ActiveKeys int
 	Limit      int
+	// Credential marks a key an administrator issued to the principal.
+	Credential bool
 }
 
 // KeyLimit returns the plan limit that applies to p: its own, or def.
@@ -251,7 +253,7 @@ func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now 
 			if c.ActiveKeys >= c.Limit {
 				return nil, Errorf(ELIMIT, "plan_limit_reached", "principal has %d active keys, the limit is %d", c.ActiveKeys, c.Limit)
 			}
-			ev = PrincipalKeyIssued{KeyID: c.KeyID, ActiveKeys: c.ActiveKeys + 1, Limit: c.Limit}
+			ev = PrincipalKeyIssued{KeyID: c.KeyID, ActiveKeys: c.ActiveKeys + 1, Limit: c.Limit, Credential: c.Credential}
 		default:
 			return nil, Errorf(EINVALID, "unknown_command", "unknown command %T", cmd)
 		}

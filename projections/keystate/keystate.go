@@ -313,6 +313,33 @@ func (p *Projection) ActiveKeys(owner string) int {
 	return n
 }
 
+// Credentials counts owner's credentials at now (see domain.IsCredential),
+// leaving out the key except.
+func (p *Projection) Credentials(owner string, now time.Time, except string) int {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	n := 0
+	for _, k := range p.keys {
+		if k.Owner == owner && k.ID != except && domain.IsCredential(*k, now) {
+			n++
+		}
+	}
+	return n
+}
+
+// PrincipalNamed returns a principal whose name is the same as name
+// (domain.SameName), other than the principal except.
+func (p *Projection) PrincipalNamed(name, except string) (domain.Principal, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for id, pr := range p.principals {
+		if id != except && domain.SameName(pr.Name, name) {
+			return *pr, true
+		}
+	}
+	return domain.Principal{}, false
+}
+
 // Filter selects keys for the key grid.
 type Filter struct {
 	// Owner limits the result to one owner's keys; empty means every owner.
