@@ -108,8 +108,8 @@ func TestRoleRemovalTakesEffectAtVerification(t *testing.T) {
 	if v := h.verify(k.Token, "orders.write", "", svcTok); v.Code != domain.OutcomeInsufficientPermissions {
 		t.Fatalf("after the role was removed: %s, want INSUFFICIENT_PERMISSIONS", v.Code)
 	}
-	if v := h.verify(k.Token, "", "", svcTok); v.Code != domain.OutcomeValid {
-		t.Fatalf("with no permission asked: %s", v.Code)
+	if v := h.verify(k.Token, "", "", svcTok); v.Code != domain.OutcomeValid || len(v.Permissions) != 0 {
+		t.Fatalf("with no permission asked: %s, permissions %v (want none left)", v.Code, v.Permissions)
 	}
 	setRoles(domain.RoleKeyAdmin, "orders")
 	if v := h.verify(k.Token, "orders.write", "", svcTok); v.Code != domain.OutcomeValid {

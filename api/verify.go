@@ -78,7 +78,7 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request, c caller, pendin
 	if res.Found && res.Code != domain.OutcomeInvalidSecret {
 		out.KeyID, out.Owner = res.Key.ID, res.Key.Owner
 		if res.Valid() {
-			out.Permissions = nonNil(res.Key.Permissions)
+			out.Permissions = nonNil(res.Permissions())
 			out.ExpiresAt = timePtr(res.Key.ExpiresAt)
 		}
 	}

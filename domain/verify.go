@@ -2,6 +2,7 @@ package domain
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -66,6 +67,38 @@ func secretOK(k Key, s Secret, now time.Time) bool {
 		return true
 	}
 	return k.PrevSecretHash != "" && now.Before(k.PrevValidUntil) && SecretMatches(s, k.PrevSecretHash)
+}
+
+// EffectivePermissions is what a key carrying keyPerms may do while its
+// owner holds ownerPerms: each of the key's permissions the owner holds,
+// and where the owner holds only part of a wildcard of the key's, that
+// part. When the owner holds all of the key's permissions (the usual case)
+// it returns keyPerms itself without allocating.
+func EffectivePermissions(keyPerms, ownerPerms []string) []string {
+	all := true
+	for _, p := range keyPerms {
+		if !Covers(ownerPerms, p) {
+			all = false
+			break
+		}
+	}
+	if all {
+		return keyPerms
+	}
+	out := []string{}
+	for _, p := range keyPerms {
+		if Covers(ownerPerms, p) {
+			out = append(out, p)
+			continue
+		}
+		for _, o := range ownerPerms {
+			if Covers([]string{p}, o) {
+				out = append(out, o)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // Effective reports whether a key carrying keyPerms, whose owner holds

@@ -2,6 +2,7 @@ package domain_test
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -95,6 +96,23 @@ func BenchmarkCheck(b *testing.B) {
 		}
 		if domain.Check(k, p.Secret, t0, addr, "orders.read", everything) != domain.OutcomeValid {
 			b.Fatal("not valid")
+		}
+	}
+}
+
+func TestEffectivePermissions(t *testing.T) {
+	for _, c := range []struct {
+		key, owner, want []string
+	}{
+		{[]string{"orders.read", "orders.write"}, []string{"orders.*"}, []string{"orders.read", "orders.write"}},
+		{[]string{"orders.read", "orders.write"}, []string{"orders.read"}, []string{"orders.read"}},
+		{[]string{"orders.*"}, []string{"orders.read", "billing.read"}, []string{"orders.read"}},
+		{[]string{"orders.write"}, nil, []string{}},
+		{[]string{"*"}, []string{"a.b", "c.*"}, []string{"a.b", "c.*"}},
+	} {
+		got := domain.EffectivePermissions(c.key, c.owner)
+		if !slices.Equal(got, c.want) {
+			t.Errorf("key %v, owner %v: %v, want %v", c.key, c.owner, got, c.want)
 		}
 	}
 }
