@@ -54,14 +54,14 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// loadKey finds a key the caller may apply perm to, by domain.Authorize on
-// the local state. Commands authorize again on the state they decide on.
-func (s *Server) loadKey(c caller, id, perm string) (domain.Key, error) {
+// viewKey finds a key the caller may see (domain.Actor.Authorize for
+// viewing: its own, or any with api.key.view.any).
+func (s *Server) viewKey(c caller, id string) (domain.Key, error) {
 	if _, err := uuid.Parse(id); err != nil {
 		return domain.Key{}, domain.ErrKeyNotFound
 	}
 	k, _ := s.cfg.State.Key(id)
-	if err := c.Authorize(k, perm); err != nil {
+	if err := c.Authorize(k, domain.PermKeyView); err != nil {
 		return domain.Key{}, err
 	}
 	return k, nil
@@ -80,11 +80,7 @@ type createKeyRequest struct {
 // CreatedKey is the response to a key creation or rotation.
 type CreatedKey = view.CreatedKey
 
-func (s *Server) createKey(w http.ResponseWriter, r *http.Request) {
-	c, ok := s.auth(w, r, domain.PermKeyCreate)
-	if !ok {
-		return
-	}
+func (s *Server) createKey(w http.ResponseWriter, r *http.Request, c caller) {
 	var req createKeyRequest
 	if err := decode(r, &req); err != nil {
 		s.problem(w, r, err)
@@ -111,11 +107,7 @@ type KeyPage struct {
 
 const maxPageSize = 500
 
-func (s *Server) listKeys(w http.ResponseWriter, r *http.Request) {
-	c, ok := s.auth(w, r, domain.PermKeyView)
-	if !ok {
-		return
-	}
+func (s *Server) listKeys(w http.ResponseWriter, r *http.Request, c caller) {
 	q := r.URL.Query()
 	f := keystate.Filter{Status: q.Get("status"), Query: q.Get("q"), Limit: 100, Now: s.cfg.Now()}
 	switch f.Status {
@@ -179,12 +171,8 @@ func decodeCursor(c string) (string, error) {
 	return id, nil
 }
 
-func (s *Server) getKey(w http.ResponseWriter, r *http.Request) {
-	c, ok := s.auth(w, r, domain.PermKeyView)
-	if !ok {
-		return
-	}
-	k, err := s.loadKey(c, r.PathValue("id"), domain.PermKeyView)
+func (s *Server) getKey(w http.ResponseWriter, r *http.Request, c caller) {
+	k, err := s.viewKey(c, r.PathValue("id"))
 	if err != nil {
 		s.problem(w, r, err)
 		return
@@ -200,8 +188,8 @@ type updateKeyRequest struct {
 	Metadata    *map[string]string `json:"metadata"`
 }
 
-func (s *Server) updateKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyUpdate, func(m domain.Meta) (domain.Command, error) {
+func (s *Server) updateKey(w http.ResponseWriter, r *http.Request, c caller) {
+	s.keyCommand(w, r, c, func(m domain.Meta) (domain.Command, error) {
 		var req updateKeyRequest
 		if err := decode(r, &req); err != nil {
 			return nil, err
@@ -232,8 +220,8 @@ func decodeOptional(r *http.Request, v any) error {
 	return decode(r, v)
 }
 
-func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyDelete, func(m domain.Meta) (domain.Command, error) {
+func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request, c caller) {
+	s.keyCommand(w, r, c, func(m domain.Meta) (domain.Command, error) {
 		// The reason may come as ?reason= because some proxies drop the
 		// body of a DELETE.
 		req := reasonRequest{Reason: r.URL.Query().Get("reason")}
@@ -244,8 +232,8 @@ func (s *Server) deleteKey(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyRevoke, func(m domain.Meta) (domain.Command, error) {
+func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request, c caller) {
+	s.keyCommand(w, r, c, func(m domain.Meta) (domain.Command, error) {
 		var req reasonRequest
 		if err := decode(r, &req); err != nil {
 			return nil, err
@@ -254,8 +242,8 @@ func (s *Server) revokeKey(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (s *Server) disableKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyDisable, func(m domain.Meta) (domain.Command, error) {
+func (s *Server) disableKey(w http.ResponseWriter, r *http.Request, c caller) {
+	s.keyCommand(w, r, c, func(m domain.Meta) (domain.Command, error) {
 		var req reasonRequest
 		if err := decodeOptional(r, &req); err != nil {
 			return nil, err
@@ -264,8 +252,8 @@ func (s *Server) disableKey(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (s *Server) enableKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyEnable, func(m domain.Meta) (domain.Command, error) {
+func (s *Server) enableKey(w http.ResponseWriter, r *http.Request, c caller) {
+	s.keyCommand(w, r, c, func(m domain.Meta) (domain.Command, error) {
 		if err := decodeOptional(r, &struct{}{}); err != nil {
 			return nil, err
 		}
@@ -278,8 +266,8 @@ type regenerateRequest struct {
 	GracePeriod string `json:"grace_period"`
 }
 
-func (s *Server) regenerateKey(w http.ResponseWriter, r *http.Request) {
-	s.keyCommand(w, r, domain.PermKeyRegenerate, func(m domain.Meta) (domain.Command, error) {
+func (s *Server) regenerateKey(w http.ResponseWriter, r *http.Request, c caller) {
+	s.keyCommand(w, r, c, func(m domain.Meta) (domain.Command, error) {
 		var req regenerateRequest
 		if err := decodeOptional(r, &req); err != nil {
 			return nil, err
@@ -296,20 +284,12 @@ func (s *Server) regenerateKey(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-// keyCommand is the shape of every key command: authenticate, check that
-// the caller may reach the key (so a key it may not see answers 404 before
-// its body is read), build the command from the body and execute it. A
-// rotation answers with the new token, shown only then.
-func (s *Server) keyCommand(w http.ResponseWriter, r *http.Request, perm string, build func(domain.Meta) (domain.Command, error)) {
-	c, ok := s.auth(w, r, perm)
-	if !ok {
-		return
-	}
+// keyCommand is the shape of every key command: build the command from
+// the body and execute it; the command path authorizes it on the key
+// (domain.Actor.Authorize with the command's permission). A rotation
+// answers with the new token, shown only then.
+func (s *Server) keyCommand(w http.ResponseWriter, r *http.Request, c caller, build func(domain.Meta) (domain.Command, error)) {
 	id := r.PathValue("id")
-	if _, err := s.loadKey(c, id, perm); err != nil {
-		s.problem(w, r, err)
-		return
-	}
 	cmd, err := build(domain.Meta{Actor: c.ID(), Context: s.requestContext(r)})
 	if err != nil {
 		s.problem(w, r, err)
@@ -334,12 +314,8 @@ type EventView struct {
 	Seq    uint64 `json:"seq"`
 }
 
-func (s *Server) keyEvents(w http.ResponseWriter, r *http.Request) {
-	c, ok := s.auth(w, r, domain.PermKeyView)
-	if !ok {
-		return
-	}
-	k, err := s.loadKey(c, r.PathValue("id"), domain.PermKeyView)
+func (s *Server) keyEvents(w http.ResponseWriter, r *http.Request, c caller) {
+	k, err := s.viewKey(c, r.PathValue("id"))
 	if err != nil {
 		s.problem(w, r, err)
 		return

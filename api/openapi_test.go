@@ -670,12 +670,18 @@ func parseAPISource(t *testing.T) apiSource {
 			return true
 		}
 		sel, ok := call.Fun.(*ast.SelectorExpr)
-		if !ok || sel.Sel.Name != "handle" || len(call.Args) != 4 {
+		if !ok {
+			return true
+		}
+		switch {
+		case (sel.Sel.Name == "handle" || sel.Sel.Name == "handleBatched") && len(call.Args) == 4:
+		case sel.Sel.Name == "public" && len(call.Args) == 3:
+		default:
 			return true
 		}
 		method, err1 := stringLit(call.Args[0])
 		pattern, err2 := stringLit(call.Args[1])
-		h, ok := call.Args[3].(*ast.SelectorExpr)
+		h, ok := call.Args[len(call.Args)-1].(*ast.SelectorExpr)
 		if err1 != nil || err2 != nil || !ok {
 			t.Errorf("cannot read route registration at %s", fset.Position(call.Pos()))
 			return true

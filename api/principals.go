@@ -38,11 +38,7 @@ type CreatedPrincipal struct {
 	Credential CreatedKey `json:"credential"`
 }
 
-func (s *Server) createPrincipal(w http.ResponseWriter, r *http.Request) {
-	c, ok := s.auth(w, r, domain.PermPrincipalManage)
-	if !ok {
-		return
-	}
+func (s *Server) createPrincipal(w http.ResponseWriter, r *http.Request, c caller) {
 	var req createPrincipalRequest
 	if err := decode(r, &req); err != nil {
 		s.problem(w, r, err)
@@ -63,10 +59,7 @@ func (s *Server) createPrincipal(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, CreatedPrincipal{PrincipalView: s.principalView(p), Credential: CreatedKey{KeyView: s.view(k, s.cfg.Now()), Token: tok}})
 }
 
-func (s *Server) listPrincipals(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.auth(w, r, domain.PermPrincipalManage); !ok {
-		return
-	}
+func (s *Server) listPrincipals(w http.ResponseWriter, r *http.Request, _ caller) {
 	ps := s.cfg.State.Principals()
 	out := make([]PrincipalView, 0, len(ps))
 	for _, p := range ps {
@@ -83,10 +76,7 @@ func (s *Server) findPrincipal(id string) (domain.Principal, error) {
 	return p, nil
 }
 
-func (s *Server) getPrincipal(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.auth(w, r, domain.PermPrincipalManage); !ok {
-		return
-	}
+func (s *Server) getPrincipal(w http.ResponseWriter, r *http.Request, _ caller) {
 	p, err := s.findPrincipal(r.PathValue("id"))
 	if err != nil {
 		s.problem(w, r, err)
@@ -102,11 +92,7 @@ type updatePrincipalRequest struct {
 	MaxKeys *int      `json:"max_keys"`
 }
 
-func (s *Server) principalCommand(w http.ResponseWriter, r *http.Request, build func(domain.Meta) (domain.Command, error)) {
-	c, ok := s.auth(w, r, domain.PermPrincipalManage)
-	if !ok {
-		return
-	}
+func (s *Server) principalCommand(w http.ResponseWriter, r *http.Request, c caller, build func(domain.Meta) (domain.Command, error)) {
 	p, err := s.findPrincipal(r.PathValue("id"))
 	if err != nil {
 		s.problem(w, r, err)
@@ -125,8 +111,8 @@ func (s *Server) principalCommand(w http.ResponseWriter, r *http.Request, build 
 	writeJSON(w, http.StatusOK, s.principalView(p))
 }
 
-func (s *Server) updatePrincipal(w http.ResponseWriter, r *http.Request) {
-	s.principalCommand(w, r, func(m domain.Meta) (domain.Command, error) {
+func (s *Server) updatePrincipal(w http.ResponseWriter, r *http.Request, c caller) {
+	s.principalCommand(w, r, c, func(m domain.Meta) (domain.Command, error) {
 		var req updatePrincipalRequest
 		if err := decode(r, &req); err != nil {
 			return nil, err
@@ -135,8 +121,8 @@ func (s *Server) updatePrincipal(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (s *Server) disablePrincipal(w http.ResponseWriter, r *http.Request) {
-	s.principalCommand(w, r, func(m domain.Meta) (domain.Command, error) {
+func (s *Server) disablePrincipal(w http.ResponseWriter, r *http.Request, c caller) {
+	s.principalCommand(w, r, c, func(m domain.Meta) (domain.Command, error) {
 		var req reasonRequest
 		if err := decodeOptional(r, &req); err != nil {
 			return nil, err
@@ -145,8 +131,8 @@ func (s *Server) disablePrincipal(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
-func (s *Server) enablePrincipal(w http.ResponseWriter, r *http.Request) {
-	s.principalCommand(w, r, func(m domain.Meta) (domain.Command, error) {
+func (s *Server) enablePrincipal(w http.ResponseWriter, r *http.Request, c caller) {
+	s.principalCommand(w, r, c, func(m domain.Meta) (domain.Command, error) {
 		if err := decodeOptional(r, &struct{}{}); err != nil {
 			return nil, err
 		}
@@ -162,10 +148,7 @@ type RoleView struct {
 	BuiltIn     bool     `json:"built_in"`
 }
 
-func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.auth(w, r, ""); !ok {
-		return
-	}
+func (s *Server) listRoles(w http.ResponseWriter, r *http.Request, _ caller) {
 	var out []RoleView
 	for _, ro := range s.cfg.State.Roles() {
 		out = append(out, RoleView{Name: ro.Name, Permissions: nonNil(ro.Permissions), Description: ro.Description, BuiltIn: ro.BuiltIn})
@@ -179,11 +162,7 @@ type roleRequest struct {
 	Description *string  `json:"description"`
 }
 
-func (s *Server) roleCommand(w http.ResponseWriter, r *http.Request, name string, build func(domain.Meta) domain.Command, status int) {
-	c, ok := s.auth(w, r, domain.PermRoleManage)
-	if !ok {
-		return
-	}
+func (s *Server) roleCommand(w http.ResponseWriter, r *http.Request, c caller, name string, build func(domain.Meta) domain.Command, status int) {
 	ro, err := s.cfg.Commands.ChangeRole(r.Context(), name, build(domain.Meta{Actor: c.ID(), Context: s.requestContext(r)}))
 	if err != nil {
 		s.problem(w, r, err)
@@ -196,39 +175,34 @@ func (s *Server) roleCommand(w http.ResponseWriter, r *http.Request, name string
 	writeJSON(w, status, RoleView{Name: ro.Name, Permissions: nonNil(ro.Permissions), Description: ro.Description})
 }
 
-func (s *Server) createRole(w http.ResponseWriter, r *http.Request) {
+func (s *Server) createRole(w http.ResponseWriter, r *http.Request, c caller) {
 	var req roleRequest
 	if err := decode(r, &req); err != nil {
-		// Authenticate first so an anonymous caller learns nothing.
-		if _, ok := s.auth(w, r, domain.PermRoleManage); ok {
-			s.problem(w, r, err)
-		}
+		s.problem(w, r, err)
 		return
 	}
 	desc := ""
 	if req.Description != nil {
 		desc = *req.Description
 	}
-	s.roleCommand(w, r, req.Name, func(m domain.Meta) domain.Command {
+	s.roleCommand(w, r, c, req.Name, func(m domain.Meta) domain.Command {
 		return domain.CreateRole{Meta: m, Name: req.Name, Permissions: req.Permissions, Description: desc}
 	}, http.StatusCreated)
 }
 
-func (s *Server) updateRole(w http.ResponseWriter, r *http.Request) {
+func (s *Server) updateRole(w http.ResponseWriter, r *http.Request, c caller) {
 	var req roleRequest
 	if err := decode(r, &req); err != nil {
-		if _, ok := s.auth(w, r, domain.PermRoleManage); ok {
-			s.problem(w, r, err)
-		}
+		s.problem(w, r, err)
 		return
 	}
-	s.roleCommand(w, r, r.PathValue("name"), func(m domain.Meta) domain.Command {
+	s.roleCommand(w, r, c, r.PathValue("name"), func(m domain.Meta) domain.Command {
 		return domain.UpdateRole{Meta: m, Permissions: req.Permissions, Description: req.Description}
 	}, http.StatusOK)
 }
 
-func (s *Server) deleteRole(w http.ResponseWriter, r *http.Request) {
-	s.roleCommand(w, r, r.PathValue("name"), func(m domain.Meta) domain.Command {
+func (s *Server) deleteRole(w http.ResponseWriter, r *http.Request, c caller) {
+	s.roleCommand(w, r, c, r.PathValue("name"), func(m domain.Meta) domain.Command {
 		return domain.DeleteRole{Meta: m}
 	}, http.StatusNoContent)
 }
@@ -239,10 +213,42 @@ type MeView struct {
 	Key       KeyView       `json:"key"`
 }
 
-func (s *Server) me(w http.ResponseWriter, r *http.Request) {
-	c, ok := s.auth(w, r, "")
-	if !ok {
+func (s *Server) me(w http.ResponseWriter, r *http.Request, c caller) {
+	writeJSON(w, http.StatusOK, MeView{Principal: s.principalView(c.Principal), Key: s.view(c.Key, s.cfg.Now())})
+}
+
+type issueCredentialRequest struct {
+	Name         string `json:"name"`
+	Comments     string `json:"comments"`
+	LifetimeDays int    `json:"lifetime_days"`
+}
+
+// issueCredential issues a new credential to an existing principal, one
+// that carries every permission it holds: how a principal that revoked,
+// lost or let expire its credentials gets back in. The token is shown only
+// in this answer; the issue is recorded as key.created by the caller and
+// principal.key_issued with credential set.
+func (s *Server) issueCredential(w http.ResponseWriter, r *http.Request, c caller) {
+	p, err := s.findPrincipal(r.PathValue("id"))
+	if err != nil {
+		s.problem(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, MeView{Principal: s.principalView(c.Principal), Key: s.view(c.Key, s.cfg.Now())})
+	var req issueCredentialRequest
+	if err := decodeOptional(r, &req); err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	k, tok, err := s.cfg.Commands.IssueCredential(r.Context(), c, p.ID, domain.CreateKey{
+		Meta:         domain.Meta{Actor: c.ID(), Context: s.requestContext(r)},
+		Name:         req.Name,
+		Comments:     req.Comments,
+		LifetimeDays: req.LifetimeDays,
+	})
+	if err != nil {
+		s.problem(w, r, err)
+		return
+	}
+	w.Header().Set("Location", "/v1/keys/"+k.ID)
+	writeJSON(w, http.StatusCreated, CreatedKey{KeyView: s.view(k, s.cfg.Now()), Token: tok})
 }

@@ -57,6 +57,12 @@ type Commands interface {
 	// EINVALID, ENOTFOUND (role_not_found), ECONFLICT (role_exists,
 	// role_builtin, version_conflict).
 	ChangeRole(ctx context.Context, name string, cmd domain.Command) (domain.Role, error)
+	// IssueCredential issues a new credential, carrying every permission
+	// the principal holds, to principal owner on behalf of an
+	// administrator. Errors: ENOTFOUND (principal_not_found), EFORBIDDEN
+	// (credential_to_self), EINVALID, ELIMIT (plan_limit_reached),
+	// ECONFLICT (version_conflict).
+	IssueCredential(ctx context.Context, a domain.Actor, owner string, cmd domain.CreateKey) (domain.Key, string, error)
 	// Bootstrap makes sure a super administrator exists and returns its
 	// root token when it created one.
 	Bootstrap(ctx context.Context, rootToken string) (token string, created bool, err error)
@@ -148,16 +154,56 @@ func New(cfg Config) *Server {
 	return s
 }
 
-// Route is one registered route, for the OpenAPI test and the docs.
+// Route is one registered route, for the OpenAPI test and the docs. The
+// route table in routes is the one place a route's permission is written:
+// the router authenticates the caller with it and hands the caller to the
+// handler, which neither authenticates nor checks it again.
 type Route struct {
 	Method, Pattern string
-	// Permission is what the caller's key must carry; empty for public routes.
+	// Permission is what the caller's key and principal must both carry;
+	// empty for public routes and for routes any authenticated caller may
+	// use.
 	Permission string
+	// Public routes take no token.
+	Public bool
 }
 
-func (s *Server) handle(method, pattern, perm string, h http.HandlerFunc) {
-	s.table = append(s.table, Route{Method: method, Pattern: pattern, Permission: perm})
-	s.mux.Handle(method+" "+pattern, s.instrument(pattern, h))
+// handle registers an authenticated route: the router authenticates the
+// request's token with perm (recording the authentication) and calls h
+// with the caller.
+func (s *Server) handle(method, pattern, perm string, h func(http.ResponseWriter, *http.Request, caller)) {
+	s.register(Route{Method: method, Pattern: pattern, Permission: perm}, func(w http.ResponseWriter, r *http.Request) {
+		c, ok := s.auth(w, r, perm)
+		if !ok {
+			return
+		}
+		h(w, r, c)
+	})
+}
+
+// handleBatched registers an authenticated route whose handler stores the
+// caller's authentication together with its own events (or drops it when
+// its own event names the caller): the router authenticates with perm
+// without recording a success and hands h the pending event.
+func (s *Server) handleBatched(method, pattern, perm string, h func(http.ResponseWriter, *http.Request, caller, authEvent)) {
+	s.register(Route{Method: method, Pattern: pattern, Permission: perm}, func(w http.ResponseWriter, r *http.Request) {
+		c, pending, err := s.authenticate(r, perm, false)
+		if err != nil {
+			s.problem(w, r, err)
+			return
+		}
+		h(w, r, c, pending)
+	})
+}
+
+// public registers a route that takes no token.
+func (s *Server) public(method, pattern string, h http.HandlerFunc) {
+	s.register(Route{Method: method, Pattern: pattern, Public: true}, h)
+}
+
+func (s *Server) register(rt Route, h http.HandlerFunc) {
+	s.table = append(s.table, rt)
+	s.mux.Handle(rt.Method+" "+rt.Pattern, s.instrument(rt.Pattern, h))
 }
 
 // Routes returns every registered route.
@@ -174,8 +220,8 @@ func (s *Server) routes() {
 	s.handle("POST", "/v1/keys/{id}/disable", domain.PermKeyDisable, s.disableKey)
 	s.handle("POST", "/v1/keys/{id}/enable", domain.PermKeyEnable, s.enableKey)
 	s.handle("GET", "/v1/keys/{id}/events", domain.PermKeyView, s.keyEvents)
-	s.handle("POST", "/v1/verify", domain.PermVerify, s.verify)
-	s.handle("POST", "/v1/usage", domain.PermUsagePublish, s.publishUsage)
+	s.handleBatched("POST", "/v1/verify", domain.PermVerify, s.verify)
+	s.handleBatched("POST", "/v1/usage", domain.PermUsagePublish, s.publishUsage)
 	s.handle("GET", "/v1/logs", domain.PermLogView, s.logs)
 	s.handle("GET", "/v1/alerts", domain.PermAlertView, s.listAlerts)
 	s.handle("GET", "/v1/alerts/stream", domain.PermAlertView, s.streamAlerts)
@@ -189,15 +235,16 @@ func (s *Server) routes() {
 	s.handle("PATCH", "/v1/principals/{id}", domain.PermPrincipalManage, s.updatePrincipal)
 	s.handle("POST", "/v1/principals/{id}/disable", domain.PermPrincipalManage, s.disablePrincipal)
 	s.handle("POST", "/v1/principals/{id}/enable", domain.PermPrincipalManage, s.enablePrincipal)
+	s.handle("POST", "/v1/principals/{id}/credentials", domain.PermPrincipalManage, s.issueCredential)
 	s.handle("GET", "/v1/roles", "", s.listRoles)
 	s.handle("POST", "/v1/roles", domain.PermRoleManage, s.createRole)
 	s.handle("PUT", "/v1/roles/{name}", domain.PermRoleManage, s.updateRole)
 	s.handle("DELETE", "/v1/roles/{name}", domain.PermRoleManage, s.deleteRole)
-	s.handle("GET", "/healthz", "", s.healthz)
-	s.handle("GET", "/readyz", "", s.readyz)
+	s.public("GET", "/healthz", s.healthz)
+	s.public("GET", "/readyz", s.readyz)
 	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{}))
-	s.handle("GET", "/openapi.json", "", s.openapi)
-	s.handle("GET", "/docs", "", s.docs)
+	s.public("GET", "/openapi.json", s.openapi)
+	s.public("GET", "/docs", s.docs)
 	// The web console calls this server in-process, as any client would.
 	con := console.New(console.Config{API: s, Logger: s.log, Now: s.cfg.Now, TrustProxy: s.cfg.TrustProxy})
 	for _, p := range console.Patterns {

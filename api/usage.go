@@ -71,14 +71,9 @@ type UsageResponse struct {
 // validated on its own; the valid ones are stored in one group commit,
 // marked with the publishing service, and the answer lists every record's
 // fate.
-func (s *Server) publishUsage(w http.ResponseWriter, r *http.Request) {
+func (s *Server) publishUsage(w http.ResponseWriter, r *http.Request, c caller, pending authEvent) {
 	// The service's own authentication is stored in the same group
 	// commit as its records.
-	c, pending, err := s.authenticate(r, domain.PermUsagePublish, false)
-	if err != nil {
-		s.problem(w, r, err)
-		return
-	}
 	var req usageRequest
 	if err := decode(r, &req); err != nil {
 		s.publishOrFail(w, r, pending, err)

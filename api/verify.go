@@ -34,13 +34,8 @@ type VerifyResponse struct {
 // caller_ip). The answer is sent only once it is stored. When no
 // verification happens (a bad request), the caller's authentication is
 // recorded on its own instead.
-func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
+func (s *Server) verify(w http.ResponseWriter, r *http.Request, c caller, pending authEvent) {
 	start := time.Now()
-	c, pending, err := s.authenticate(r, domain.PermVerify, false)
-	if err != nil {
-		s.problem(w, r, err)
-		return
-	}
 	var req verifyRequest
 	if err := decode(r, &req); err != nil {
 		s.publishOrFail(w, r, pending, err)
@@ -83,7 +78,7 @@ func (s *Server) verify(w http.ResponseWriter, r *http.Request) {
 	if res.Found && res.Code != domain.OutcomeInvalidSecret {
 		out.KeyID, out.Owner = res.Key.ID, res.Key.Owner
 		if res.Valid() {
-			out.Permissions = nonNil(res.Key.Permissions)
+			out.Permissions = nonNil(res.Permissions())
 			out.ExpiresAt = timePtr(res.Key.ExpiresAt)
 		}
 	}

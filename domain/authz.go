@@ -21,23 +21,67 @@ func (a Actor) Can(perm string) bool {
 	return Covers(a.Key.Permissions, perm) && Covers(a.Permissions, perm)
 }
 
+// CrossOwnerPermissions are the only powers over another principal's keys
+// any role can grant: view, revoke, delete, and view their logs. No role,
+// built in or custom, can grant creating, regenerating, rotating, updating,
+// disabling or enabling another principal's key: those are its owner's.
+var CrossOwnerPermissions = []string{PermKeyViewAny, PermKeyRevokeAny, PermKeyDeleteAny, PermLogViewAny}
+
+// CrossOwner reports whether p names a cross-owner management power (an
+// "api." permission ending in ".any"), and whether a role may grant it.
+func CrossOwner(p string) (crossOwner, grantable bool) {
+	if len(p) < 8 || p[:4] != "api." || p[len(p)-4:] != ".any" {
+		return false, false
+	}
+	return true, slices.Contains(CrossOwnerPermissions, p)
+}
+
+// HoldsSuperadmin reports whether the actor's principal holds the super
+// administrator's role.
+func (a Actor) HoldsSuperadmin() bool { return slices.Contains(a.Principal.Roles, RoleSuperadmin) }
+
+// AuthorizeCreate decides whether the actor may create a key of its own.
+// A principal that holds superadmin never creates a key, whatever other
+// roles it holds: the super administrator's powers over keys are to view,
+// revoke and delete them.
+//
+// Errors: EFORBIDDEN (insufficient_permissions, superadmin_cannot_issue_keys).
+func (a Actor) AuthorizeCreate() error {
+	if a.HoldsSuperadmin() {
+		return errSuperadminIssues
+	}
+	if !a.Can(PermKeyCreate) {
+		return Errorf(EFORBIDDEN, "insufficient_permissions", "this call needs %s", PermKeyCreate)
+	}
+	return nil
+}
+
+var errSuperadminIssues = Errorf(EFORBIDDEN, "superadmin_cannot_issue_keys",
+	"a principal holding superadmin never creates or regenerates a key; it may issue a credential to another principal")
+
 // Authorize decides whether the actor may apply perm to key k, the one rule
 // of who may touch which key:
-//   - its own keys, with perm;
+//   - its own keys, with perm; a principal holding superadmin never
+//     regenerates (or rotates) one (EFORBIDDEN superadmin_cannot_issue_keys);
 //   - another principal's key is invisible (ENOTFOUND key_not_found)
-//     without api.key.view.any, may be viewed with it, and changed only
-//     with perm's ".any" form (the super administrator holds it for revoke
-//     and delete only, so it never creates or regenerates a key);
+//     without api.key.view.any, may be viewed with it, revoked or deleted
+//     with api.key.revoke.any or api.key.delete.any, and never changed in
+//     any other way (EFORBIDDEN cross_owner_forbidden), whatever roles the
+//     actor holds;
 //   - a deleted key can still be viewed (its history is part of the
 //     audit trail) but no longer changed (ECONFLICT key_deleted).
 //
-// Errors: ENOTFOUND (key_not_found), EFORBIDDEN (insufficient_permissions),
-// ECONFLICT (key_deleted).
+// Errors: ENOTFOUND (key_not_found), EFORBIDDEN (insufficient_permissions,
+// cross_owner_forbidden, superadmin_cannot_issue_keys), ECONFLICT
+// (key_deleted).
 func (a Actor) Authorize(k Key, perm string) error {
 	if !k.Exists() {
 		return ErrKeyNotFound
 	}
 	if k.Owner == a.Principal.ID {
+		if (perm == PermKeyCreate || perm == PermKeyRegenerate) && a.HoldsSuperadmin() {
+			return errSuperadminIssues
+		}
 		if !a.Can(perm) {
 			return Errorf(EFORBIDDEN, "insufficient_permissions", "this call needs %s", perm)
 		}
@@ -45,8 +89,15 @@ func (a Actor) Authorize(k Key, perm string) error {
 		if !a.Can(PermKeyViewAny) {
 			return ErrKeyNotFound
 		}
-		if perm != PermKeyView && !a.Can(perm+".any") {
-			return Errorf(EFORBIDDEN, "insufficient_permissions", "this call needs %s.any on another principal's key", perm)
+		switch perm {
+		case PermKeyView:
+		case PermKeyRevoke, PermKeyDelete:
+			if !a.Can(perm + ".any") {
+				return Errorf(EFORBIDDEN, "insufficient_permissions", "this call needs %s.any on another principal's key", perm)
+			}
+		default:
+			return Errorf(EFORBIDDEN, "cross_owner_forbidden",
+				"%s reaches only the caller's own keys: another principal's key may only be viewed, revoked or deleted", perm)
 		}
 	}
 	if !k.DeletedAt.IsZero() && perm != PermKeyView {

@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/google/uuid"
@@ -42,8 +43,9 @@ type CreateKey struct {
 	SecretHash   string
 }
 
-// RegenerateKey extends a key's lifetime by its original lifetime, with its
-// original privileges. With Rotate, it also installs a new secret; the old
+// RegenerateKey extends a key's lifetime by its original lifetime, never past
+// now plus the maximum lifetime (see RegeneratedExpiry), with its original
+// privileges. With Rotate, it also installs a new secret; the old
 // one keeps working for GracePeriod.
 type RegenerateKey struct {
 	Meta
@@ -140,10 +142,11 @@ func decide(k Key, cmd Command, now time.Time) ([]Event, string, error) {
 		if k.Disabled {
 			return nil, "", Errorf(ECONFLICT, "key_already_disabled", "key %s is already disabled", k.ID)
 		}
-		if err := validText("reason", c.Reason, MaxReasonLen, false); err != nil {
+		reason, err := CleanText("reason", c.Reason, MaxReasonLen, false, true)
+		if err != nil {
 			return nil, "", err
 		}
-		return []Event{KeyDisabled{Reason: c.Reason}}, k.ID, nil
+		return []Event{KeyDisabled{Reason: reason}}, k.ID, nil
 	case EnableKey:
 		if revoked {
 			return nil, "", errRevoked
@@ -156,19 +159,20 @@ func decide(k Key, cmd Command, now time.Time) ([]Event, string, error) {
 		if revoked {
 			return nil, "", errRevoked
 		}
-		if err := validText("reason", c.Reason, MaxReasonLen, true); err != nil {
+		reason, err := CleanText("reason", c.Reason, MaxReasonLen, true, true)
+		if err != nil {
 			return nil, "", err
 		}
-		return []Event{KeyRevoked{Reason: c.Reason}}, k.ID, nil
+		return []Event{KeyRevoked{Reason: reason}}, k.ID, nil
 	case DeleteKey:
-		if err := validText("reason", c.Reason, MaxReasonLen, false); err != nil {
+		reason, err := CleanText("reason", c.Reason, MaxReasonLen, false, true)
+		if err != nil {
 			return nil, "", err
 		}
 		if revoked {
 			return []Event{KeyDeleted{}}, k.ID, nil
 		}
-		reason := c.Reason
-		if reason == "" {
+		if strings.TrimSpace(reason) == "" {
 			reason = "deleted"
 		}
 		return []Event{KeyRevoked{Reason: reason}, KeyDeleted{}}, k.ID, nil
@@ -183,10 +187,12 @@ func decideCreate(c CreateKey, now time.Time) (Event, error) {
 	if c.Owner == "" {
 		return nil, Errorf(EINVALID, "invalid_owner", "a key needs an owner")
 	}
-	if err := validText("name", c.Name, MaxNameLen, true); err != nil {
+	name, err := CleanName(c.Name)
+	if err != nil {
 		return nil, err
 	}
-	if err := validText("comments", c.Comments, MaxCommentsLen, false); err != nil {
+	comments, err := CleanComments(c.Comments)
+	if err != nil {
 		return nil, err
 	}
 	if c.Role != "" && !ValidPermission(c.Role) {
@@ -223,8 +229,8 @@ func decideCreate(c CreateKey, now time.Time) (Event, error) {
 	}
 	return KeyCreated{
 		Owner:        c.Owner,
-		Name:         c.Name,
-		Comments:     c.Comments,
+		Name:         name,
+		Comments:     comments,
 		Role:         c.Role,
 		Permissions:  perms,
 		LifetimeDays: days,
@@ -233,6 +239,30 @@ func decideCreate(c CreateKey, now time.Time) (Event, error) {
 		Metadata:     md,
 		SecretHash:   c.SecretHash,
 	}, nil
+}
+
+// RegeneratedExpiry is when a key regenerated at now expires:
+//
+//	min(max(now, current expiry) + its lifetime, now + MaxLifetimeDays)
+//
+// The lifetime is added to the later of now and the current expiry, so
+// regenerating early never loses time already granted and regenerating an
+// expired key starts a full lifetime from now; but no key is ever valid for
+// more than the maximum lifetime from now, however often it is
+// regenerated. When that caps it, regenerating sets the expiry to exactly
+// now + MaxLifetimeDays (which is earlier than the current expiry only for a
+// key regenerated past the cap before this rule).
+func RegeneratedExpiry(k Key, now time.Time) time.Time {
+	now = now.UTC().Truncate(time.Millisecond)
+	base := k.ExpiresAt
+	if base.Before(now) {
+		base = now
+	}
+	exp := base.Add(time.Duration(k.LifetimeDays) * 24 * time.Hour)
+	if limit := now.Add(MaxLifetimeDays * 24 * time.Hour); exp.After(limit) {
+		exp = limit
+	}
+	return exp
 }
 
 func decideRegenerate(k Key, c RegenerateKey, now time.Time) (Event, error) {
@@ -245,15 +275,8 @@ func decideRegenerate(k Key, c RegenerateKey, now time.Time) (Event, error) {
 	if c.Rotate && !validHash(c.SecretHash) {
 		return nil, Errorf(EINVALID, "invalid_secret_hash", "secret hash must be 64 hex characters")
 	}
-	// The lifetime is extended from the later of now and the current
-	// expiry, so regenerating early never loses time already granted and
-	// regenerating an expired key starts a full lifetime from now.
+	ev := KeyRegenerated{PreviousExpiresAt: k.ExpiresAt, ExpiresAt: RegeneratedExpiry(k, now)}
 	now = now.UTC().Truncate(time.Millisecond)
-	base := k.ExpiresAt
-	if base.Before(now) {
-		base = now
-	}
-	ev := KeyRegenerated{ExpiresAt: base.Add(time.Duration(k.LifetimeDays) * 24 * time.Hour)}
 	if c.Rotate {
 		ev.Rotated = true
 		ev.SecretHash = c.SecretHash
@@ -264,17 +287,23 @@ func decideRegenerate(k Key, c RegenerateKey, now time.Time) (Event, error) {
 
 func decideUpdate(k Key, c UpdateKey) (Event, error) {
 	var ev KeyUpdated
-	if c.Name != nil && *c.Name != k.Name {
-		if err := validText("name", *c.Name, MaxNameLen, true); err != nil {
+	if c.Name != nil {
+		name, err := CleanName(*c.Name)
+		if err != nil {
 			return nil, err
 		}
-		ev.Name = c.Name
+		if name != k.Name {
+			ev.Name = &name
+		}
 	}
-	if c.Comments != nil && *c.Comments != k.Comments {
-		if err := validText("comments", *c.Comments, MaxCommentsLen, false); err != nil {
+	if c.Comments != nil {
+		comments, err := CleanComments(*c.Comments)
+		if err != nil {
 			return nil, err
 		}
-		ev.Comments = c.Comments
+		if comments != k.Comments {
+			ev.Comments = &comments
+		}
 	}
 	if c.Permissions != nil {
 		perms, err := NormalizePermissions(*c.Permissions)

@@ -237,3 +237,50 @@ func TestDecideDoesNotAliasInput(t *testing.T) {
 		t.Fatalf("metadata aliased: %q", got)
 	}
 }
+
+// TestRegenerateNeverPassesMaxLifetime: a 3650-day key regenerated at once,
+// and again, expires exactly MaxLifetimeDays from the regeneration, not a
+// lifetime past its current expiry; the event records both expiries.
+func TestRegenerateNeverPassesMaxLifetime(t *testing.T) {
+	c := created
+	c.LifetimeDays = domain.MaxLifetimeDays
+	k := given(t, c)
+	limit := func(at time.Time) time.Time { return at.Add(domain.MaxLifetimeDays * 24 * time.Hour) }
+	for i, at := range []time.Time{t0.Add(time.Hour), t0.Add(2 * time.Hour), t0.Add(400 * 24 * time.Hour)} {
+		envs, err := domain.Decide(k, domain.RegenerateKey{Meta: meta}, at, ids())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ev, _ := envs[0].Decode()
+		r := ev.(domain.KeyRegenerated)
+		if !r.PreviousExpiresAt.Equal(k.ExpiresAt) || !r.ExpiresAt.Equal(limit(at)) {
+			t.Fatalf("regeneration %d: %s -> %s, want %s -> %s", i, r.PreviousExpiresAt, r.ExpiresAt, k.ExpiresAt, limit(at))
+		}
+		k = domain.Evolve(k, envs[0])
+	}
+	// Under the cap the rule is unchanged: the lifetime is added to the
+	// current expiry.
+	short := given(t, created, domain.RegenerateKey{Meta: meta})
+	if got, want := short.ExpiresAt, t0.Add(60*24*time.Hour); !got.Equal(want) {
+		t.Fatalf("30-day key regenerated: %s, want %s", got, want)
+	}
+}
+
+// TestRegeneratedBeforePreviousExpiry: a key.regenerated event stored
+// before it recorded the previous expiry still decodes with its hash.
+func TestRegeneratedBeforePreviousExpiry(t *testing.T) {
+	env, err := domain.UnmarshalEnvelope([]byte(`{"id":"00000000-0000-7000-0000-000000000003","type":"key.regenerated","key_id":"0191e8a0-0000-7000-8000-000000000001","time":"2026-01-02T05:04:05Z","actor":"principal-1","schema_version":1,"data":{"expires_at":"2026-03-03T03:04:05Z","rotated":true,"secret_hash":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb","previous_valid_until":"2026-01-02T06:04:05Z"},"prev_hash":"1be17dde06544601ae5eb3eb09623e5edeffa7979d417b2a90f720cf12d45a54","hash":"4cfea61208bd60fc58dec274c6aab8d512d9bb6db1e716048590fccf0e962c27"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if env.ComputeHash() != env.Hash {
+		t.Fatal("hash of the earlier encoding changed")
+	}
+	ev, err := env.Decode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := ev.(domain.KeyRegenerated); !r.PreviousExpiresAt.IsZero() || r.ExpiresAt.IsZero() {
+		t.Fatalf("decoded %+v", r)
+	}
+}

@@ -92,6 +92,9 @@ type KeyCreated struct {
 // KeyRegenerated records a lifetime extension and, when Rotated, a new
 // secret; the previous secret stays valid until PreviousValidUntil.
 type KeyRegenerated struct {
+	// PreviousExpiresAt is the expiry before this event; events stored
+	// before it was recorded have none.
+	PreviousExpiresAt  time.Time `json:"previous_expires_at,omitzero"`
 	ExpiresAt          time.Time `json:"expires_at"`
 	Rotated            bool      `json:"rotated"`
 	SecretHash         string    `json:"secret_hash,omitempty"`
@@ -198,6 +201,10 @@ type PrincipalKeyIssued struct {
 	KeyID      string `json:"key_id"`
 	ActiveKeys int    `json:"active_keys"`
 	Limit      int    `json:"limit"`
+	// Credential is set when an administrator issued the key to the
+	// principal as a credential (the event's actor), rather than the
+	// principal creating it.
+	Credential bool `json:"credential,omitempty"`
 }
 
 // RoleCreated records a custom role: a named set of permission strings.

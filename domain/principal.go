@@ -120,6 +120,8 @@ type IssueKey struct {
 	KeyID      string
 	ActiveKeys int
 	Limit      int
+	// Credential marks a key an administrator issued to the principal.
+	Credential bool
 }
 
 // KeyLimit returns the plan limit that applies to p: its own, or def.
@@ -181,7 +183,8 @@ func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now 
 		if _, err := uuid.Parse(c.PrincipalID); err != nil {
 			return nil, Errorf(EINVALID, "invalid_principal_id", "invalid principal id %q", c.PrincipalID)
 		}
-		if err := validText("name", c.Name, MaxNameLen, true); err != nil {
+		name, err := CleanName(c.Name)
+		if err != nil {
 			return nil, err
 		}
 		roles, err := checkRoles(c.Roles)
@@ -194,7 +197,7 @@ func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now 
 		if err := validEmail(c.Email); err != nil {
 			return nil, err
 		}
-		ev, id = PrincipalCreated{Name: c.Name, Email: c.Email, Roles: roles, MaxKeys: c.MaxKeys}, c.PrincipalID
+		ev, id = PrincipalCreated{Name: name, Email: c.Email, Roles: roles, MaxKeys: c.MaxKeys}, c.PrincipalID
 	default:
 		if !p.Exists() {
 			return nil, Errorf(ENOTFOUND, "principal_not_found", "principal not found")
@@ -202,11 +205,14 @@ func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now 
 		switch c := cmd.(type) {
 		case UpdatePrincipal:
 			var u PrincipalUpdated
-			if c.Name != nil && *c.Name != p.Name {
-				if err := validText("name", *c.Name, MaxNameLen, true); err != nil {
+			if c.Name != nil {
+				name, err := CleanName(*c.Name)
+				if err != nil {
 					return nil, err
 				}
-				u.Name = c.Name
+				if name != p.Name {
+					u.Name = &name
+				}
 			}
 			if c.Email != nil && *c.Email != p.Email {
 				if err := validEmail(*c.Email); err != nil {
@@ -247,7 +253,7 @@ func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now 
 			if c.ActiveKeys >= c.Limit {
 				return nil, Errorf(ELIMIT, "plan_limit_reached", "principal has %d active keys, the limit is %d", c.ActiveKeys, c.Limit)
 			}
-			ev = PrincipalKeyIssued{KeyID: c.KeyID, ActiveKeys: c.ActiveKeys + 1, Limit: c.Limit}
+			ev = PrincipalKeyIssued{KeyID: c.KeyID, ActiveKeys: c.ActiveKeys + 1, Limit: c.Limit, Credential: c.Credential}
 		default:
 			return nil, Errorf(EINVALID, "unknown_command", "unknown command %T", cmd)
 		}
@@ -255,7 +261,9 @@ func DecidePrincipal(p Principal, cmd Command, knownRole func(string) bool, now 
 	return seal(id, p.LastHash, []Event{ev}, m, now, newID)
 }
 
-// DecideRole is Decide for custom roles. Errors: EINVALID, ENOTFOUND
+// DecideRole is Decide for custom roles. Errors: EINVALID (among them
+// cross_owner_permission for a role that would reach another principal's
+// keys beyond viewing, revoking and deleting them), ENOTFOUND
 // (role_not_found), ECONFLICT (role_exists, role_builtin).
 func DecideRole(r Role, name string, cmd Command, now time.Time, newID func() uuid.UUID) ([]Envelope, error) {
 	m := cmd.meta()
@@ -275,24 +283,27 @@ func DecideRole(r Role, name string, cmd Command, now time.Time, newID func() uu
 		if exists {
 			return nil, Errorf(ECONFLICT, "role_exists", "role %q already exists", name)
 		}
-		perms, err := NormalizePermissions(c.Permissions)
+		perms, err := NormalizeRolePermissions(c.Permissions)
 		if err != nil {
 			return nil, err
 		}
-		if err := validText("description", c.Description, MaxCommentsLen, false); err != nil {
+		desc, err := CleanText("description", c.Description, MaxCommentsLen, false, true)
+		if err != nil {
 			return nil, err
 		}
-		ev = RoleCreated{Permissions: perms, Description: c.Description}
+		ev = RoleCreated{Permissions: perms, Description: desc}
 	case UpdateRole:
 		if !exists {
 			return nil, Errorf(ENOTFOUND, "role_not_found", "role %q not found", name)
 		}
 		if c.Description != nil {
-			if err := validText("description", *c.Description, MaxCommentsLen, false); err != nil {
+			desc, err := CleanText("description", *c.Description, MaxCommentsLen, false, true)
+			if err != nil {
 				return nil, err
 			}
+			c.Description = &desc
 		}
-		perms, err := NormalizePermissions(c.Permissions)
+		perms, err := NormalizeRolePermissions(c.Permissions)
 		if err != nil {
 			return nil, err
 		}

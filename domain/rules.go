@@ -4,7 +4,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"unicode"
 	"unicode/utf8"
 )
 
@@ -53,8 +52,13 @@ func ValidPermission(p string) bool {
 
 // Covers reports whether the granted permissions include p. "*" covers
 // everything; "a.*" covers "a.b", "a.b.c" and "a.b.*"; otherwise the strings
-// must be equal.
+// must be equal. A cross-owner power that no role may grant (see
+// CrossOwnerPermissions) is covered by nothing, so neither a wildcard such
+// as "api.key.*" nor a role stored before that rule reaches it.
 func Covers(granted []string, p string) bool {
+	if co, ok := CrossOwner(p); co && !ok {
+		return false
+	}
 	for _, g := range granted {
 		if g == p || g == "*" {
 			return true
@@ -64,6 +68,24 @@ func Covers(granted []string, p string) bool {
 		}
 	}
 	return false
+}
+
+// NormalizeRolePermissions is NormalizePermissions for a role's
+// permissions, which may not name a cross-owner power beyond
+// CrossOwnerPermissions. Errors: EINVALID (cross_owner_permission, and
+// NormalizePermissions').
+func NormalizeRolePermissions(ps []string) ([]string, error) {
+	out, err := NormalizePermissions(ps)
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range out {
+		if co, ok := CrossOwner(p); co && !ok {
+			return nil, Errorf(EINVALID, "cross_owner_permission",
+				"no role may hold %q: another principal's keys may only be viewed (api.key.view.any), revoked (api.key.revoke.any) or deleted (api.key.delete.any), and their logs viewed (api.log.view.any)", p)
+		}
+	}
+	return out, nil
 }
 
 // NormalizePermissions validates, de-duplicates and sorts a permission list.
@@ -161,24 +183,6 @@ func IPAllowed(ps []netip.Prefix, addr netip.Addr) bool {
 		}
 	}
 	return false
-}
-
-func validText(field, s string, max int, required bool) error {
-	if required && strings.TrimSpace(s) == "" {
-		return Errorf(EINVALID, "invalid_"+field, "%s is required", field)
-	}
-	if !utf8.ValidString(s) {
-		return Errorf(EINVALID, "invalid_"+field, "%s is not valid UTF-8", field)
-	}
-	if utf8.RuneCountInString(s) > max {
-		return Errorf(EINVALID, "invalid_"+field, "%s is longer than %d characters", field, max)
-	}
-	for _, r := range s {
-		if unicode.IsControl(r) && r != '\n' && r != '\t' && r != '\r' {
-			return Errorf(EINVALID, "invalid_"+field, "%s contains control characters", field)
-		}
-	}
-	return nil
 }
 
 func validMetadata(m map[string]string) error {

@@ -2,6 +2,7 @@ package domain
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -28,8 +29,11 @@ var Outcomes = []string{
 // The order is fixed: secret, status, source address, permission, so that
 // nothing about a key's state is revealed to a caller without its secret.
 // An empty permission asks only that the key is valid; an invalid addr skips
-// the address check only for keys without an IP restriction.
-func Check(k Key, secret Secret, now time.Time, addr netip.Addr, permission string) string {
+// the address check only for keys without an IP restriction. owner is the
+// key's owner's current permissions: a key's effective permissions are
+// those of its own that its owner still holds (see Effective), so a role
+// taken from a principal stops working on its existing keys at once.
+func Check(k Key, secret Secret, now time.Time, addr netip.Addr, permission string, owner []string) string {
 	if !k.Exists() || !k.DeletedAt.IsZero() {
 		// A deleted key is a tombstone: it answers as if it never existed
 		// only after its secret is proved, so check the secret first.
@@ -52,7 +56,7 @@ func Check(k Key, secret Secret, now time.Time, addr netip.Addr, permission stri
 	if len(k.AllowedPrefixes) > 0 && (!addr.IsValid() || !IPAllowed(k.AllowedPrefixes, addr)) {
 		return OutcomeIPNotAllowed
 	}
-	if permission != "" && !Covers(k.Permissions, permission) {
+	if permission != "" && !Effective(k.Permissions, owner, permission) {
 		return OutcomeInsufficientPermissions
 	}
 	return OutcomeValid
@@ -63,4 +67,42 @@ func secretOK(k Key, s Secret, now time.Time) bool {
 		return true
 	}
 	return k.PrevSecretHash != "" && now.Before(k.PrevValidUntil) && SecretMatches(s, k.PrevSecretHash)
+}
+
+// EffectivePermissions is what a key carrying keyPerms may do while its
+// owner holds ownerPerms: each of the key's permissions the owner holds,
+// and where the owner holds only part of a wildcard of the key's, that
+// part. When the owner holds all of the key's permissions (the usual case)
+// it returns keyPerms itself without allocating.
+func EffectivePermissions(keyPerms, ownerPerms []string) []string {
+	all := true
+	for _, p := range keyPerms {
+		if !Covers(ownerPerms, p) {
+			all = false
+			break
+		}
+	}
+	if all {
+		return keyPerms
+	}
+	out := []string{}
+	for _, p := range keyPerms {
+		if Covers(ownerPerms, p) {
+			out = append(out, p)
+			continue
+		}
+		for _, o := range ownerPerms {
+			if Covers([]string{p}, o) {
+				out = append(out, o)
+			}
+		}
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
+}
+
+// Effective reports whether a key carrying keyPerms, whose owner holds
+// ownerPerms now, may use permission p: both must cover it.
+func Effective(keyPerms, ownerPerms []string, p string) bool {
+	return Covers(keyPerms, p) && Covers(ownerPerms, p)
 }

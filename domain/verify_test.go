@@ -2,6 +2,7 @@ package domain_test
 
 import (
 	"net/netip"
+	"slices"
 	"testing"
 	"time"
 
@@ -48,16 +49,35 @@ func TestCheckOutcomes(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := domain.Check(tt.key, tt.secret, tt.now, tt.addr, tt.perm); got != tt.want {
+			if got := domain.Check(tt.key, tt.secret, tt.now, tt.addr, tt.perm, everything); got != tt.want {
 				t.Fatalf("Check = %s, want %s", got, tt.want)
 			}
 		})
 	}
 	open := given(t, func() domain.CreateKey { c2 := c; c2.AllowedIPs = nil; return c2 }())
-	if got := domain.Check(open, s, at, netip.Addr{}, ""); got != domain.OutcomeValid {
+	if got := domain.Check(open, s, at, netip.Addr{}, "", everything); got != domain.OutcomeValid {
 		t.Fatalf("key without IP restriction = %s", got)
 	}
+	// A key's effective permissions are those its owner still holds.
+	for _, o := range []struct {
+		owner []string
+		perm  string
+		want  string
+	}{
+		{[]string{"orders.read"}, "orders.read", domain.OutcomeValid},
+		{[]string{"orders.*"}, "orders.write", domain.OutcomeValid},
+		{[]string{"orders.read"}, "orders.write", domain.OutcomeInsufficientPermissions},
+		{nil, "orders.read", domain.OutcomeInsufficientPermissions},
+		{nil, "", domain.OutcomeValid},
+	} {
+		if got := domain.Check(given(t, c), s, at, in, o.perm, o.owner); got != o.want {
+			t.Errorf("owner %v, %q: %s, want %s", o.owner, o.perm, got, o.want)
+		}
+	}
 }
+
+// everything is an owner's permissions that cover any key's.
+var everything = []string{"*"}
 
 func BenchmarkCheck(b *testing.B) {
 	var s domain.Secret
@@ -74,8 +94,25 @@ func BenchmarkCheck(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		if domain.Check(k, p.Secret, t0, addr, "orders.read") != domain.OutcomeValid {
+		if domain.Check(k, p.Secret, t0, addr, "orders.read", everything) != domain.OutcomeValid {
 			b.Fatal("not valid")
+		}
+	}
+}
+
+func TestEffectivePermissions(t *testing.T) {
+	for _, c := range []struct {
+		key, owner, want []string
+	}{
+		{[]string{"orders.read", "orders.write"}, []string{"orders.*"}, []string{"orders.read", "orders.write"}},
+		{[]string{"orders.read", "orders.write"}, []string{"orders.read"}, []string{"orders.read"}},
+		{[]string{"orders.*"}, []string{"orders.read", "billing.read"}, []string{"orders.read"}},
+		{[]string{"orders.write"}, nil, []string{}},
+		{[]string{"*"}, []string{"a.b", "c.*"}, []string{"a.b", "c.*"}},
+	} {
+		got := domain.EffectivePermissions(c.key, c.owner)
+		if !slices.Equal(got, c.want) {
+			t.Errorf("key %v, owner %v: %v, want %v", c.key, c.owner, got, c.want)
 		}
 	}
 }

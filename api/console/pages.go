@@ -814,6 +814,25 @@ func (c *Console) principalAction(w http.ResponseWriter, r *http.Request, s *ses
 		err, msg = c.call(r, s, "POST", path+"/disable", map[string]string{"reason": r.PostFormValue("reason")}, nil), "Principal disabled."
 	case "enable":
 		err, msg = c.call(r, s, "POST", path+"/enable", map[string]string{}, nil), "Principal enabled."
+	case "credential":
+		// A new credential for a principal that lost or locked away its
+		// own: its token is shown once, on the same page as a new key's.
+		body := map[string]any{"name": r.PostFormValue("name")}
+		n, ok, ferr := formInt(r, "lifetime_days")
+		if ferr != nil {
+			c.done(w, r, s, ferr, "", "/principals")
+			return
+		}
+		if ok {
+			body["lifetime_days"] = n
+		}
+		var k key
+		if err := c.call(r, s, "POST", path+"/credentials", body, &k); err != nil {
+			c.done(w, r, s, err, "", "/principals")
+			return
+		}
+		c.render(w, r, s, "created", page{Title: "Credential issued", Nav: "principals", Data: createdData{Key: k, Token: k.Token, Next: "/principals", What: "credential " + k.Name}})
+		return
 	default:
 		http.NotFound(w, r)
 		return

@@ -3,9 +3,11 @@ package console_test
 import (
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 
+	"github.com/keyledger/keyledger/api"
 	"github.com/keyledger/keyledger/domain"
 )
 
@@ -107,5 +109,27 @@ func TestKeyAdminCannotReachAnotherPrincipalsKey(t *testing.T) {
 	}
 	if _, page := b.get("/"); !strings.Contains(page, "key not found") {
 		t.Fatalf("the refusal is not shown")
+	}
+}
+
+// TestIssueCredentialFromConsole: the super administrator issues a
+// principal a new credential from the principals page; its token is shown
+// once and signs the principal in.
+func TestIssueCredentialFromConsole(t *testing.T) {
+	n := mustStartNode(t, false)
+	bob, _ := n.principal("bob", "", domain.RoleKeyAdmin)
+	b := newBrowserless(t, n)
+	csrf := b.signIn(n.root)
+	if _, page := b.get("/principals"); !strings.Contains(page, "/principals/"+bob+"/credential") {
+		t.Fatal("the principals page offers no new credential")
+	}
+	res, page := b.post("/principals/"+bob+"/credential", url.Values{"_csrf": {csrf}, "name": {"recovery"}, "lifetime_days": {"7"}})
+	m := regexp.MustCompile(`klk_[a-z2-7]{65}`).FindString(page)
+	if res.StatusCode != http.StatusOK || m == "" {
+		t.Fatalf("issue: %d, no token in\n%s", res.StatusCode, page)
+	}
+	var me api.MeView
+	if st := n.apiDo("GET", "/v1/me", m, nil, &me); st != http.StatusOK || me.Principal.ID != bob || me.Key.Name != "recovery" {
+		t.Fatalf("the issued token: %d %+v", st, me)
 	}
 }

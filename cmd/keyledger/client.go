@@ -14,6 +14,7 @@ import (
 	"time"
 
 	apiclient "github.com/keyledger/keyledger/api/client"
+	"github.com/keyledger/keyledger/domain"
 )
 
 // defaultServer is where the client looks for a server when neither
@@ -433,4 +434,16 @@ func (g *globals) printJSON(raw []byte) error {
 // warnShownOnce is printed to stderr with every token the server returns.
 func (g *globals) warnShownOnce() {
 	fmt.Fprintln(g.stderr, "keyledger: warning: the token below is shown only this once and cannot be recovered; store it securely now")
+}
+
+// cleanText applies domain's text rule (see domain.CleanText) to a flag's
+// value before it is sent: what the server would refuse is refused here
+// with the same words, and what is sent is what will be stored.
+func cleanText(fs *flag.FlagSet, v *string, clean func(string) (string, error)) error {
+	c, err := clean(*v)
+	if err != nil {
+		return usageError{"usage: " + fs.Name() + ": " + domain.ErrorMessage(err)}
+	}
+	*v = c
+	return nil
 }

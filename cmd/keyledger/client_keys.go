@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/keyledger/keyledger/api"
+	"github.com/keyledger/keyledger/domain"
 )
 
 var keyCommands = map[string]command{
@@ -57,6 +58,10 @@ func (g *globals) parseKeysCreate(name string, args []string) (keyRequest, error
 	switch {
 	case strings.TrimSpace(req.Name) == "":
 		return req, usageError{"usage: " + fs.Name() + ": --name is required"}
+	case cleanText(fs, &req.Name, domain.CleanName) != nil:
+		return req, cleanText(fs, &req.Name, domain.CleanName)
+	case cleanText(fs, &req.Comments, domain.CleanComments) != nil:
+		return req, cleanText(fs, &req.Comments, domain.CleanComments)
 	case req.Role != "" && len(req.Permissions) > 0:
 		return req, usageError{"usage: " + fs.Name() + ": give --permission or --role, not both"}
 	case req.LifetimeDays < 0:
@@ -226,6 +231,16 @@ func runKeysUpdate(ctx context.Context, g *globals, name string, args []string) 
 	})
 	if req == (keyUpdateRequest{}) {
 		return usageError{"usage: " + fs.Name() + ": give at least one of --name, --comments, --permission"}
+	}
+	if req.Name != nil {
+		if err := cleanText(fs, req.Name, domain.CleanName); err != nil {
+			return err
+		}
+	}
+	if req.Comments != nil {
+		if err := cleanText(fs, req.Comments, domain.CleanComments); err != nil {
+			return err
+		}
 	}
 	return g.keyCommand(ctx, "PATCH", path, req, "Key updated.")
 }

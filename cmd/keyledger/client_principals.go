@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/keyledger/keyledger/api"
+	"github.com/keyledger/keyledger/domain"
 )
 
 var principalCommands = map[string]command{
@@ -19,6 +20,8 @@ var principalCommands = map[string]command{
 	"update":  {"ID", "change a principal's name, roles or key limit", runPrincipalsUpdate},
 	"disable": {"ID", "stop a principal from acting", runPrincipalsDisable},
 	"enable":  {"ID", "let a disabled principal act again", runPrincipalsEnable},
+	"issue-credential": {"ID [--name N] [--lifetime-days D]",
+		"issue a principal a new credential with all its permissions (shown once; superadmin)", runPrincipalsIssueCredential},
 }
 
 var roleCommands = map[string]command{
@@ -48,6 +51,8 @@ func (g *globals) parsePrincipalsCreate(name string, args []string) (principalRe
 	switch {
 	case strings.TrimSpace(req.Name) == "":
 		return req, usageError{"usage: " + fs.Name() + ": --name is required"}
+	case cleanText(fs, &req.Name, domain.CleanName) != nil:
+		return req, cleanText(fs, &req.Name, domain.CleanName)
 	case len(req.Roles) == 0:
 		return req, usageError{"usage: " + fs.Name() + ": at least one --role is required"}
 	case req.MaxKeys < 0 || req.CredentialLifetimeDays < 0:
@@ -146,6 +151,11 @@ func (g *globals) parsePrincipalsUpdate(name string, args []string) (string, pri
 	}
 	if maxKeys < 0 {
 		return "", req, usageError{"usage: " + fs.Name() + ": --max-keys must not be negative"}
+	}
+	if req.Name != nil {
+		if err := cleanText(fs, req.Name, domain.CleanName); err != nil {
+			return "", req, err
+		}
 	}
 	return path, req, nil
 }
@@ -259,4 +269,52 @@ func runWhoami(ctx context.Context, g *globals, name string, args []string) erro
 			field{"Key expires", fmtTime(me.Key.ExpiresAt, detailTime)})
 		return renderFields(w, fields)
 	})
+}
+
+// credentialRequest is the body of POST /v1/principals/{id}/credentials.
+type credentialRequest struct {
+	Name         string `json:"name,omitempty"`
+	Comments     string `json:"comments,omitempty"`
+	LifetimeDays int    `json:"lifetime_days,omitempty"`
+}
+
+func (g *globals) parsePrincipalsIssueCredential(name string, args []string) (string, credentialRequest, error) {
+	var req credentialRequest
+	fs := g.flags(name)
+	fs.StringVar(&req.Name, "name", "", "name of the credential (default: credential)")
+	fs.StringVar(&req.Comments, "comments", "", "free-text comments, such as why it was issued")
+	fs.IntVar(&req.LifetimeDays, "lifetime-days", 0, "lifetime in days (default: the server's, 90)")
+	path, err := g.idPath(fs, args, "ID [--name N] [--comments C] [--lifetime-days D]", principalsPath)
+	if err != nil {
+		return "", req, err
+	}
+	if req.Name != "" {
+		if err := cleanText(fs, &req.Name, domain.CleanName); err != nil {
+			return "", req, err
+		}
+	}
+	if err := cleanText(fs, &req.Comments, domain.CleanComments); err != nil {
+		return "", req, err
+	}
+	if req.LifetimeDays < 0 {
+		return "", req, usageError{"usage: " + fs.Name() + ": --lifetime-days must be positive"}
+	}
+	return path + "/credentials", req, nil
+}
+
+func runPrincipalsIssueCredential(ctx context.Context, g *globals, name string, args []string) error {
+	path, req, err := g.parsePrincipalsIssueCredential(name, args)
+	if err != nil {
+		return err
+	}
+	var k api.CreatedKey
+	raw, err := g.request(ctx, "POST", path, nil, req, &k)
+	if err != nil {
+		return err
+	}
+	if g.json {
+		g.warnShownOnce()
+		return g.printJSON(raw)
+	}
+	return g.renderToken("Credential issued to principal "+k.Owner+".", keyFields(k.KeyView), k.Token)
 }

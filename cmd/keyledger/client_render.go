@@ -190,12 +190,23 @@ func (g *globals) renderToken(header string, fields []field, token string) error
 
 // eventDetail summarises an event's data for the events table; hashes are
 // left out because they are long and say nothing to a person reading.
-func eventDetail(data json.RawMessage) string {
+func eventDetail(typ string, data json.RawMessage) string {
 	var m map[string]any
 	if json.Unmarshal(data, &m) != nil {
 		return cell(string(data), 100)
 	}
 	var parts []string
+	if typ == domain.TypeKeyRegenerated {
+		// A regeneration leads with what it did to the expiry.
+		old, _ := m["previous_expires_at"].(string)
+		if old == "" {
+			old = "?"
+		}
+		newExp, _ := m["expires_at"].(string)
+		parts = append(parts, "expiry "+old+" -> "+newExp)
+		delete(m, "previous_expires_at")
+		delete(m, "expires_at")
+	}
 	for _, k := range sortedKeys(m) {
 		if strings.Contains(k, "hash") {
 			continue
@@ -215,7 +226,7 @@ func renderEvents(w io.Writer, events []api.EventView) error {
 			ip = e.Context.SourceIP
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", e.Seq, fmtTime(e.Time, "2006-01-02 15:04:05.000"),
-			cell(e.Type, 0), cell(e.Actor, 0), ip, eventDetail(e.Data))
+			cell(e.Type, 0), cell(e.Actor, 0), ip, eventDetail(e.Type, e.Data))
 	}
 	return tw.Flush()
 }

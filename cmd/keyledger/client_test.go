@@ -420,3 +420,52 @@ func TestRunAgainstFakeServer(t *testing.T) {
 		t.Errorf("unreachable: %d %q", code, errs)
 	}
 }
+
+// TestCLIAppliesTheTextRule: names and comments go through domain's one
+// text rule before they are sent: refused with its words, sent cleaned.
+func TestCLIAppliesTheTextRule(t *testing.T) {
+	g, _, _ := testGlobals(nil, "")
+	for _, args := range [][]string{
+		{"--name", "safe\u202eexe.txt"},
+		{"--name", "\u200b"},
+		{"--name", "ok", "--comments", "a\u2066b"},
+	} {
+		if _, err := g.parseKeysCreate("keys create", args); !isUsage(err) || !strings.Contains(err.Error(), "U+") {
+			t.Errorf("keys create %q: got %v, want a usage error naming the character", args, err)
+		}
+	}
+	req, err := g.parseKeysCreate("keys create", []string{"--name", "  Zoe\u0308 "})
+	if err != nil || req.Name != "Zoë" {
+		t.Errorf("keys create: name %+q, %v", req.Name, err)
+	}
+	if _, err := g.parsePrincipalsCreate("principals create", []string{"--name", "bob\u200d", "--role", "key-admin"}); !isUsage(err) {
+		t.Errorf("principals create with a zero-width joiner: %v", err)
+	}
+	if _, _, err := g.parsePrincipalsUpdate("principals update", []string{"p1", "--name", "\u2067x"}); !isUsage(err) {
+		t.Errorf("principals update with an isolate: %v", err)
+	}
+}
+
+func TestParsePrincipalsIssueCredential(t *testing.T) {
+	g, _, _ := testGlobals(nil, "")
+	path, req, err := g.parsePrincipalsIssueCredential("principals issue-credential", []string{"0190b3a0-0000-7000-8000-000000000001", "--name", "recovery", "--lifetime-days", "7"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if path != "/v1/principals/0190b3a0-0000-7000-8000-000000000001/credentials" {
+		t.Errorf("path %s", path)
+	}
+	if b, _ := json.Marshal(req); string(b) != `{"name":"recovery","lifetime_days":7}` {
+		t.Errorf("got %s", b)
+	}
+	if _, _, err := g.parsePrincipalsIssueCredential("principals issue-credential", []string{"p1", "--lifetime-days", "-1"}); !isUsage(err) {
+		t.Errorf("negative lifetime: %v", err)
+	}
+}
+
+func TestEventDetailShowsRegeneratedExpiry(t *testing.T) {
+	got := eventDetail("key.regenerated", []byte(`{"previous_expires_at":"2036-01-01T00:00:00Z","expires_at":"2036-01-02T00:00:00Z","rotated":false}`))
+	if want := `expiry 2036-01-01T00:00:00Z -> 2036-01-02T00:00:00Z rotated=false`; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}

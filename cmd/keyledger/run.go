@@ -13,7 +13,7 @@ const usage = `keyledger: an event-sourced, audit-focused ledger of API keys
 Usage:
   keyledger serve [flags]             run the server
   keyledger keys <command> [flags]    create|list|show|regenerate|revoke|disable|enable|delete|events
-  keyledger principals <command>      create|list|show|update|disable|enable
+  keyledger principals <command>      create|list|show|update|disable|enable|issue-credential
   keyledger roles <command>           list|create|update|delete
   keyledger logs search [flags]       search or export the audit log
   keyledger alerts <command>          list|tail

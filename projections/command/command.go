@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -55,6 +56,9 @@ type Service struct {
 	store Store
 	state *keystate.Projection
 	cfg   Config
+	// names serializes creating and renaming principals, whose names are
+	// unique across aggregates.
+	names sync.Mutex
 }
 
 // New returns a Service that appends to store and reads and waits on state,

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/command"
@@ -56,7 +57,7 @@ func ctxFor(tb testing.TB) context.Context {
 func (n *node) actor(tb testing.TB, maxKeys int, roles ...string) domain.Actor {
 	tb.Helper()
 	p, k, _, err := n.svc.CreatePrincipal(ctxFor(tb), domain.CreatePrincipal{
-		Meta: domain.Meta{Actor: "test"}, Name: "p", Roles: roles, MaxKeys: maxKeys,
+		Meta: domain.Meta{Actor: "test"}, Name: "p" + uuid.NewString(), Roles: roles, MaxKeys: maxKeys,
 	}, 0)
 	if err != nil {
 		tb.Fatalf("create principal: %v", err)

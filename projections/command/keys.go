@@ -16,12 +16,13 @@ import (
 // append, so concurrent creations never pass the limit together.
 //
 // It returns the key and its token, shown only here. Errors: EFORBIDDEN
-// (insufficient_permissions, permission_not_held), EINVALID (bad input),
+// (insufficient_permissions, permission_not_held,
+// superadmin_cannot_issue_keys), EINVALID (bad input),
 // ELIMIT (plan_limit_reached), ECONFLICT (version_conflict after every
 // attempt lost its race).
 func (s *Service) CreateKey(ctx context.Context, a domain.Actor, cmd domain.CreateKey) (domain.Key, string, error) {
-	if !a.Can(domain.PermKeyCreate) {
-		return domain.Key{}, "", domain.Errorf(domain.EFORBIDDEN, "insufficient_permissions", "this call needs %s", domain.PermKeyCreate)
+	if err := a.AuthorizeCreate(); err != nil {
+		return domain.Key{}, "", err
 	}
 	id := uuid.Must(uuid.NewV7())
 	secret := newSecret()
@@ -57,6 +58,12 @@ func (s *Service) decideCreate(owner Aggregate, cmd domain.CreateKey) ([]domain.
 // decideIssue returns the events of a new key of owner whose permissions
 // are settled.
 func (s *Service) decideIssue(owner Aggregate, cmd domain.CreateKey) ([]domain.Envelope, error) {
+	return s.decideIssueAs(owner, cmd, false)
+}
+
+// decideIssueAs is decideIssue; credential marks a key an administrator
+// issues to owner.
+func (s *Service) decideIssueAs(owner Aggregate, cmd domain.CreateKey, credential bool) ([]domain.Envelope, error) {
 	p := owner.Principal
 	if !p.Exists() {
 		return nil, domain.Errorf(domain.ENOTFOUND, "principal_not_found", "principal not found")
@@ -68,6 +75,7 @@ func (s *Service) decideIssue(owner Aggregate, cmd domain.CreateKey) ([]domain.E
 	}
 	issued, err := domain.DecidePrincipal(p, domain.IssueKey{
 		Meta: cmd.Meta, KeyID: cmd.KeyID, ActiveKeys: s.state.ActiveKeys(p.ID), Limit: p.KeyLimit(s.cfg.MaxActiveKeys),
+		Credential: credential,
 	}, s.state.RoleExists, now, s.cfg.NewID)
 	if err != nil {
 		return nil, err
@@ -91,8 +99,9 @@ func (s *Service) role(name string) (domain.Role, bool) {
 //
 // Errors: ENOTFOUND (key_not_found, also for another principal's key the
 // actor may not see), EFORBIDDEN (insufficient_permissions,
-// permission_not_held), ECONFLICT (key_revoked, key_deleted,
-// key_already_disabled, key_not_disabled; version_conflict after every
+// permission_not_held, cross_owner_forbidden), ECONFLICT (key_revoked,
+// key_deleted, key_already_disabled, key_not_disabled, last_credential;
+// version_conflict after every
 // attempt lost its race), EINVALID (bad input).
 func (s *Service) ChangeKey(ctx context.Context, a domain.Actor, id string, cmd domain.Command) (domain.Key, string, error) {
 	perm := domain.PermissionFor(cmd)
@@ -106,6 +115,10 @@ func (s *Service) ChangeKey(ctx context.Context, a domain.Actor, id string, cmd 
 	_, err := s.Update(ctx, domain.KindKey, id, func(agg Aggregate) ([]domain.Envelope, error) {
 		k := agg.Key
 		if err := a.Authorize(k, perm); err != nil {
+			return nil, err
+		}
+		now := s.cfg.Now()
+		if err := domain.GuardLastCredential(a, k, cmd, s.state.Credentials(k.Owner, now, k.ID), now); err != nil {
 			return nil, err
 		}
 		// Each attempt completes its own copy: a retry draws a new secret.
@@ -129,11 +142,52 @@ func (s *Service) ChangeKey(ctx context.Context, a domain.Actor, id string, cmd 
 			}
 			do = c
 		}
-		return domain.Decide(k, do, s.cfg.Now(), s.cfg.NewID)
+		return domain.Decide(k, do, now, s.cfg.NewID)
 	})
 	if err != nil {
 		return domain.Key{}, "", err
 	}
 	k, _ := s.state.Key(id)
 	return k, token, nil
+}
+
+// IssueCredential issues a new credential to principal owner on behalf of
+// the actor, an administrator (api.principal.manage, which the route
+// checks): a key carrying every permission the owner holds now, recorded
+// as key.created by the actor and principal.key_issued with credential
+// set, within the owner's plan limit. It is how a principal that lost or
+// locked away its credentials gets back in. cmd's Name, Comments and
+// LifetimeDays are used; the rest is drawn here. It returns the key and its
+// token, shown only here.
+//
+// Errors: ENOTFOUND (principal_not_found), EFORBIDDEN (credential_to_self),
+// EINVALID (bad input), ELIMIT (plan_limit_reached), ECONFLICT
+// (version_conflict).
+func (s *Service) IssueCredential(ctx context.Context, a domain.Actor, owner string, cmd domain.CreateKey) (domain.Key, string, error) {
+	if owner == a.Principal.ID {
+		return domain.Key{}, "", domain.Errorf(domain.EFORBIDDEN, "credential_to_self",
+			"a principal cannot issue a credential to itself: keys of one's own are created with POST /v1/keys")
+	}
+	if _, err := uuid.Parse(owner); err != nil {
+		return domain.Key{}, "", domain.Errorf(domain.ENOTFOUND, "principal_not_found", "principal not found")
+	}
+	id := uuid.Must(uuid.NewV7())
+	secret := newSecret()
+	cmd.KeyID, cmd.Owner, cmd.SecretHash, cmd.Role = id.String(), owner, domain.HashSecret(secret), ""
+	if cmd.Name == "" {
+		cmd.Name = "credential"
+	}
+	_, err := s.Update(ctx, domain.KindPrincipal, owner, func(agg Aggregate) ([]domain.Envelope, error) {
+		if !agg.Principal.Exists() {
+			return nil, domain.Errorf(domain.ENOTFOUND, "principal_not_found", "principal not found")
+		}
+		c := cmd
+		c.Permissions = s.state.PrincipalPermissions(owner)
+		return s.decideIssueAs(agg, c, true)
+	})
+	if err != nil {
+		return domain.Key{}, "", err
+	}
+	k, _ := s.state.Key(cmd.KeyID)
+	return k, domain.FormatToken(id, secret), nil
 }

@@ -18,12 +18,21 @@ import (
 // default). It returns the principal, its credential and the credential's
 // token, shown only here.
 //
+// Principal names are unique regardless of case (domain.SameName); this
+// node decides creations and renames one at a time, so two of them racing
+// here cannot both take a name.
+//
 // Errors: EINVALID (bad input, unknown_role, lifetime_out_of_range),
-// ECONFLICT (version_conflict).
+// ECONFLICT (principal_name_taken, version_conflict).
 func (s *Service) CreatePrincipal(ctx context.Context, cmd domain.CreatePrincipal, credentialDays int) (domain.Principal, domain.Key, string, error) {
 	cmd.PrincipalID = uuid.Must(uuid.NewV7()).String()
 	keyID, secret := uuid.Must(uuid.NewV7()), newSecret()
+	s.names.Lock()
+	defer s.names.Unlock()
 	_, err := s.Update(ctx, domain.KindPrincipal, cmd.PrincipalID, func(a Aggregate) ([]domain.Envelope, error) {
+		if _, taken := s.state.PrincipalNamed(cmd.Name, ""); taken {
+			return nil, domain.ErrPrincipalNameTaken(cmd.Name)
+		}
 		return s.decidePrincipalWithKey(a.Principal, cmd, domain.CreateKey{
 			Meta: cmd.Meta, KeyID: keyID.String(), Owner: cmd.PrincipalID, Name: "initial credential",
 			Comments: "issued with the principal", LifetimeDays: credentialDays, SecretHash: domain.HashSecret(secret),
@@ -72,8 +81,8 @@ func (s *Service) rolePermissions(roles []string) []string {
 
 // ChangePrincipal applies a principal command (update, disable, enable) to
 // principal id. Errors: ENOTFOUND (principal_not_found), EINVALID,
-// ECONFLICT (principal_already_disabled, principal_not_disabled,
-// version_conflict).
+// ECONFLICT (principal_name_taken, principal_already_disabled,
+// principal_not_disabled, version_conflict).
 func (s *Service) ChangePrincipal(ctx context.Context, id string, cmd domain.Command) (domain.Principal, error) {
 	switch cmd.(type) {
 	case domain.UpdatePrincipal, domain.DisablePrincipal, domain.EnablePrincipal:
@@ -83,7 +92,16 @@ func (s *Service) ChangePrincipal(ctx context.Context, id string, cmd domain.Com
 	if _, err := uuid.Parse(id); err != nil {
 		return domain.Principal{}, domain.Errorf(domain.ENOTFOUND, "principal_not_found", "principal not found")
 	}
+	if u, ok := cmd.(domain.UpdatePrincipal); ok && u.Name != nil {
+		s.names.Lock()
+		defer s.names.Unlock()
+	}
 	_, err := s.Update(ctx, domain.KindPrincipal, id, func(a Aggregate) ([]domain.Envelope, error) {
+		if u, ok := cmd.(domain.UpdatePrincipal); ok && u.Name != nil {
+			if _, taken := s.state.PrincipalNamed(*u.Name, id); taken {
+				return nil, domain.ErrPrincipalNameTaken(*u.Name)
+			}
+		}
 		return domain.DecidePrincipal(a.Principal, cmd, s.state.RoleExists, s.cfg.Now(), s.cfg.NewID)
 	})
 	if err != nil {

@@ -15,12 +15,13 @@ import (
 func benchProjection(b *testing.B, n int) (*keystate.Projection, string) {
 	p := keystate.New()
 	f := &feed{p: p}
+	owner := f.reader(b)
 	var tok string
 	for i := range n {
 		id := uuid.Must(uuid.NewV7())
 		var s domain.Secret
 		_, _ = rand.Read(s[:])
-		c := createCmd(id.String(), "owner", "k", s)
+		c := createCmd(id.String(), owner, "k", s)
 		c.AllowedIPs = []string{"10.0.0.0/8"}
 		f.do(b, id.String(), c)
 		if i == n/2 {
@@ -61,8 +62,8 @@ func BenchmarkLookupAndCheck(b *testing.B) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		k, _ := p.KeyByUUID(t.KeyID)
-		if domain.Check(k, t.Secret, t0, addr, "orders.read") != domain.OutcomeValid {
+		k, owner, _ := p.KeyForVerify(t.KeyID)
+		if domain.Check(k, t.Secret, t0, addr, "orders.read", owner.Permissions) != domain.OutcomeValid {
 			b.Fatal("not valid")
 		}
 	}

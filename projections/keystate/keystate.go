@@ -30,11 +30,12 @@ type Projection struct {
 	applied uint64
 	changed chan struct{} // closed and replaced whenever applied advances
 
-	// perms caches PrincipalPermissions by principal id, which every
-	// authenticated call asks for. Entries are stored under the read lock
-	// and the cache is cleared under the write lock whenever a principal
-	// or a role changes, so an entry is never older than the state.
-	perms sync.Map // string → []string
+	// owners holds what verification needs of each principal: its
+	// current permissions (the union of its roles') and whether it is
+	// disabled. It is computed when a principal or a role changes, never
+	// on the verification path, so a role change takes effect on every
+	// key of its holders the moment this node applies it.
+	owners map[string]Owner
 
 	// forged counts events that were not applied because no trusted
 	// writer signed them; onForged hears of each.
@@ -52,7 +53,40 @@ func New() *Projection {
 		keys:       make(map[uuid.UUID]*domain.Key),
 		principals: make(map[string]*domain.Principal),
 		roles:      make(map[string]*domain.Role),
+		owners:     make(map[string]Owner),
 		changed:    make(chan struct{}),
+	}
+}
+
+// Owner is what verification needs of a key's owner.
+type Owner struct {
+	// Permissions are the owner's current permissions, sorted; shared,
+	// never modified.
+	Permissions []string
+	Disabled    bool
+}
+
+// ownerOf computes a principal's Owner from its roles. Call with p.mu held.
+func (p *Projection) ownerOf(pr *domain.Principal) Owner {
+	var out []string
+	for _, name := range pr.Roles {
+		if perms, ok := domain.BuiltinRoles[name]; ok {
+			out = append(out, perms...)
+		} else if r := p.roles[name]; r != nil && !r.Deleted {
+			out = append(out, r.Permissions...)
+		}
+	}
+	slices.Sort(out)
+	return Owner{Permissions: slices.Clip(slices.Compact(out)), Disabled: pr.Disabled}
+}
+
+// recomputeOwners recomputes the Owner of every principal, or, with role
+// set, of every principal that holds it. Call with p.mu held for writing.
+func (p *Projection) recomputeOwners(role string) {
+	for id, pr := range p.principals {
+		if role == "" || slices.Contains(pr.Roles, role) {
+			p.owners[id] = p.ownerOf(pr)
+		}
 	}
 }
 
@@ -103,21 +137,23 @@ func (p *Projection) apply(env domain.Envelope) {
 		k = domain.Evolve(k, env)
 		p.keys[id] = &k
 	case domain.KindPrincipal:
-		p.perms.Clear()
 		var pr domain.Principal
 		if old := p.principals[env.KeyID]; old != nil {
 			pr = *old
 		}
 		pr = domain.EvolvePrincipal(pr, env)
 		p.principals[env.KeyID] = &pr
+		if env.Type != domain.TypePrincipalKeyIssued {
+			p.owners[env.KeyID] = p.ownerOf(&pr)
+		}
 	case domain.KindRole:
-		p.perms.Clear()
 		var r domain.Role
 		if old := p.roles[env.KeyID]; old != nil {
 			r = *old
 		}
 		r = domain.EvolveRole(r, env)
 		p.roles[env.KeyID] = &r
+		p.recomputeOwners(env.KeyID)
 	}
 }
 
@@ -243,25 +279,24 @@ func (p *Projection) RoleExists(name string) bool {
 func (p *Projection) PrincipalPermissions(id string) []string {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
-	if v, ok := p.perms.Load(id); ok {
-		return v.([]string)
+	return p.owners[id].Permissions
+}
+
+// KeyForVerify returns a copy of a key's state and what verification needs
+// of its owner, under one read lock: the verification path's one lookup.
+// ownerFound is false for a key whose owner is unknown, which then holds
+// no permission.
+func (p *Projection) KeyForVerify(id uuid.UUID) (k domain.Key, owner Owner, found bool) {
+	p.mu.RLock()
+	kp := p.keys[id]
+	if kp == nil {
+		p.mu.RUnlock()
+		return domain.Key{}, Owner{}, false
 	}
-	pr := p.principals[id]
-	if pr == nil {
-		return nil
-	}
-	var out []string
-	for _, name := range pr.Roles {
-		if perms, ok := domain.BuiltinRoles[name]; ok {
-			out = append(out, perms...)
-		} else if r := p.roles[name]; r != nil && !r.Deleted {
-			out = append(out, r.Permissions...)
-		}
-	}
-	slices.Sort(out)
-	out = slices.Clip(slices.Compact(out))
-	p.perms.Store(id, out)
-	return out
+	k = *kp
+	owner = p.owners[k.Owner]
+	p.mu.RUnlock()
+	return k, owner, true
 }
 
 // ActiveKeys counts an owner's keys that are not revoked or deleted (expired
@@ -276,6 +311,33 @@ func (p *Projection) ActiveKeys(owner string) int {
 		}
 	}
 	return n
+}
+
+// Credentials counts owner's credentials at now (see domain.IsCredential),
+// leaving out the key except.
+func (p *Projection) Credentials(owner string, now time.Time, except string) int {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	n := 0
+	for _, k := range p.keys {
+		if k.Owner == owner && k.ID != except && domain.IsCredential(*k, now) {
+			n++
+		}
+	}
+	return n
+}
+
+// PrincipalNamed returns a principal whose name is the same as name
+// (domain.SameName), other than the principal except.
+func (p *Projection) PrincipalNamed(name, except string) (domain.Principal, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	for id, pr := range p.principals {
+		if id != except && domain.SameName(pr.Name, name) {
+			return *pr, true
+		}
+	}
+	return domain.Principal{}, false
 }
 
 // Filter selects keys for the key grid.
@@ -403,7 +465,8 @@ func (p *Projection) Restore(b []byte) error {
 	}
 	p.mu.Lock()
 	p.keys, p.principals, p.roles, p.applied = keys, principals, roles, s.Applied
-	p.perms.Clear()
+	p.owners = make(map[string]Owner, len(principals))
+	p.recomputeOwners("")
 	close(p.changed)
 	p.changed = make(chan struct{})
 	p.mu.Unlock()

@@ -39,6 +39,75 @@ func (f *feed) do(t testing.TB, id string, c domain.Command) {
 	}
 }
 
+// reader creates a role "reader" with orders.read and a principal holding
+// it, and returns the principal's id.
+func (f *feed) reader(t testing.TB) string {
+	t.Helper()
+	m := domain.Meta{Actor: "root"}
+	id := uuid.Must(uuid.NewV7()).String()
+	r, _ := f.p.Role("reader")
+	f.apply(t)(domain.DecideRole(r, "reader", domain.CreateRole{Meta: m, Name: "reader", Permissions: []string{"orders.read"}}, t0, uuid.New))
+	f.apply(t)(domain.DecidePrincipal(domain.Principal{}, domain.CreatePrincipal{Meta: m, PrincipalID: id, Name: "reader", Roles: []string{"reader"}}, f.p.RoleExists, t0, uuid.New))
+	return id
+}
+
+// apply returns a function that applies a decision's events in order.
+func (f *feed) apply(t testing.TB) func([]domain.Envelope, error) {
+	return func(envs []domain.Envelope, err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range envs {
+			f.seq++
+			e.Seq = f.seq
+			f.p.Apply(e)
+		}
+	}
+}
+
+// TestVerifyFollowsOwnerRoles: a key's effective permissions are those its
+// owner holds now; a role taken away, changed or deleted takes effect on
+// the key's next verification, and a snapshot restores the same.
+func TestVerifyFollowsOwnerRoles(t *testing.T) {
+	p := keystate.New()
+	f := &feed{p: p}
+	owner := f.reader(t)
+	id := newKeyID()
+	s := domain.Secret{7}
+	f.do(t, id, createCmd(id, owner, "k", s))
+	tok := domain.FormatToken(uuid.MustParse(id), s)
+	v := &keystate.Verifier{State: p, Now: func() time.Time { return t0.Add(time.Hour) }, NewID: uuid.New}
+	want := func(code string) {
+		t.Helper()
+		if got := v.Check(keystate.Request{Token: tok, Permission: "orders.read"}, v.Now()).Code; got != code {
+			t.Fatalf("verify orders.read = %s, want %s", got, code)
+		}
+	}
+	m := domain.Meta{Actor: "root"}
+	want(domain.OutcomeValid)
+	r, _ := p.Role("reader")
+	f.apply(t)(domain.DecideRole(r, "reader", domain.UpdateRole{Meta: m, Permissions: []string{"orders.list"}}, t0, uuid.New))
+	want(domain.OutcomeInsufficientPermissions)
+	r, _ = p.Role("reader")
+	f.apply(t)(domain.DecideRole(r, "reader", domain.UpdateRole{Meta: m, Permissions: []string{"orders.*"}}, t0, uuid.New))
+	want(domain.OutcomeValid)
+	_, snap, err := p.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pr, _ := p.Principal(owner)
+	f.apply(t)(domain.DecidePrincipal(pr, domain.UpdatePrincipal{Meta: m, Roles: &[]string{domain.RoleVerifier}}, p.RoleExists, t0, uuid.New))
+	want(domain.OutcomeInsufficientPermissions)
+	if err := p.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	want(domain.OutcomeValid)
+	r, _ = p.Role("reader")
+	f.apply(t)(domain.DecideRole(r, "reader", domain.DeleteRole{Meta: m}, t0, uuid.New))
+	want(domain.OutcomeInsufficientPermissions)
+}
+
 func newKeyID() string { return uuid.Must(uuid.NewV7()).String() }
 
 func createCmd(id, owner, name string, secret domain.Secret) domain.CreateKey {

@@ -49,10 +49,20 @@ type Result struct {
 	// MALFORMED or NOT_FOUND).
 	Key   domain.Key
 	Found bool
+	// OwnerPermissions are the permissions the key's owner held when it
+	// was checked (shared: do not modify); see Permissions.
+	OwnerPermissions []string
 	// EventID is the id of the usage event that records this verification.
 	EventID uuid.UUID
 
 	tokenKeyID uuid.UUID // the id the token names, unless MALFORMED
+}
+
+// Permissions are the key's effective permissions: those of its own that
+// its owner holds now (domain.EffectivePermissions). Verification answers
+// show these, never the key's list alone.
+func (r Result) Permissions() []string {
+	return domain.EffectivePermissions(r.Key.Permissions, r.OwnerPermissions)
 }
 
 // Valid reports whether the verification succeeded.
@@ -90,15 +100,17 @@ func (v *Verifier) Check(req Request, now time.Time) Result {
 		res.Code = domain.OutcomeMalformed
 	} else {
 		res.tokenKeyID = tok.KeyID
-		k, ok := v.State.KeyByUUID(tok.KeyID)
-		res.Key, res.Found = k, ok
-		res.Code = domain.Check(k, tok.Secret, now, req.IP, req.Permission)
+		k, owner, ok := v.State.KeyForVerify(tok.KeyID)
+		res.Key, res.Found, res.OwnerPermissions = k, ok, owner.Permissions
+		// The key's effective permissions are those of its own that its
+		// owner holds now.
+		res.Code = domain.Check(k, tok.Secret, now, req.IP, req.Permission, owner.Permissions)
 		switch res.Code {
 		case domain.OutcomeNotFound:
 			res.Key, res.Found = domain.Key{}, false
 		case domain.OutcomeValid:
 			// A disabled owner's keys stop working with it.
-			if pr, ok := v.State.Principal(k.Owner); ok && pr.Disabled {
+			if owner.Disabled {
 				res.Code = domain.OutcomeDisabled
 			}
 		}

@@ -205,7 +205,7 @@ func (r *Replica) Verify(ctx context.Context, req client.VerifyRequest) (client.
 	if res.Found && res.Code != domain.OutcomeInvalidSecret {
 		out.KeyID, out.Owner = res.Key.ID, res.Key.Owner
 		if res.Valid() {
-			out.Permissions = res.Key.Permissions
+			out.Permissions = res.Permissions()
 			if !res.Key.ExpiresAt.IsZero() {
 				t := res.Key.ExpiresAt
 				out.ExpiresAt = &t

@@ -273,3 +273,32 @@ func BenchmarkReplicaVerify(b *testing.B) {
 		})
 	}
 }
+
+// TestReplicaFollowsOwnerRoles: a key's effective permissions on a replica
+// are those its owner holds now. Carol's orders.write key stops verifying
+// for orders.write as soon as the replica applies the removal of her role.
+func TestReplicaFollowsOwnerRoles(t *testing.T) {
+	w := newWorld(t)
+	root, err := client.New(w.d.Node.HTTP.URL, w.d.Root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.CreateRole(testCtx(t), "orders", []string{"orders.write"}, ""); err != nil {
+		t.Fatal(err)
+	}
+	carol, err := root.CreatePrincipal(testCtx(t), client.CreatePrincipalRequest{Name: "carol", Roles: []string{domain.RoleKeyAdmin, "orders"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := root.WithToken(carol.Credential.Token).CreateKey(testCtx(t), client.CreateKeyRequest{Name: "orders", Permissions: []string{"orders.write"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := openReplica(t, w.d, nil)
+	check := func() string { return r.Check(replica.Request{Token: k.Token, Permission: "orders.write"}).Code }
+	eventually(t, "replica verifies carol's key", func() bool { return check() == domain.OutcomeValid })
+	if _, err := root.UpdatePrincipal(testCtx(t), carol.ID, client.PrincipalUpdate{Roles: &[]string{domain.RoleKeyAdmin}}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "replica refuses orders.write once carol lost it", func() bool { return check() == domain.OutcomeInsufficientPermissions })
+}
