@@ -7,14 +7,11 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/keyledger/keyledger/api"
-	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/alerts"
 	"github.com/keyledger/keyledger/projections/chlog"
@@ -141,13 +138,15 @@ func (m *Main) Run(ctx context.Context) (err error) {
 
 	reg := prometheus.NewRegistry()
 	m.meters = newMeters()
-	srv := api.New(api.Config{
+	acfg := api.Config{
 		Store: m.store, State: m.state, Usage: meteredUsage{m.usage, m.meters}, Logger: log, Metrics: reg,
 		Commands:      commands.New(meteredStore{m.store, m.meters}, m.state, commands.Config{MaxActiveKeys: m.MaxActiveKeys}),
 		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy, LastUsed: m.lastUsed, Logs: m.ch,
 		Alerts: alertFeed{m.store}, Audit: m.auditor(),
 		Checks: m.readyChecks(),
-	})
+	}
+	m.httpFlags.apiLimits(&acfg)
+	srv := api.New(acfg)
 	m.registerMetrics(reg)
 
 	tok, created, err := srv.Bootstrap(ctx, m.RootToken)
@@ -166,8 +165,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	hs := &http.Server{Handler: srv, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	m.stack.add(layerHTTP, "http", serveHTTP(hs, m.ln))
+	m.stack.add(layerHTTP, "http", serveHTTP(m.httpServer(srv, tlsCfg), m.ln))
+	// Alert streams and failure summaries; it stores the last summaries
+	// before the usage publisher stops.
+	m.stack.add(layerHTTP, "api", srv.Run)
 	if err := m.startPProf(); err != nil {
 		return err
 	}
@@ -232,20 +233,4 @@ func (m *Main) auditor() api.Auditor {
 		return nil
 	}
 	return m.notary
-}
-
-// alertFeed tails the ALERTS stream for the API's alert stream.
-type alertFeed struct{ store *eventstore.Store }
-
-func (f alertFeed) TailAlerts(ctx context.Context, fn func(domain.Envelope) error) error {
-	last, err := f.store.LastSeq(ctx, domain.StreamAlerts)
-	if err != nil {
-		return err
-	}
-	sub, err := f.store.Subscribe(ctx, domain.StreamAlerts, last+1, fn)
-	if err != nil {
-		return err
-	}
-	<-sub.Done()
-	return sub.Err()
 }
