@@ -94,7 +94,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		// The managed ClickHouse starts while the event store opens and
 		// key state is restored: on a large log its start takes seconds
 		// that need not add to the node's.
-		m.chStart = startClickHouse(ctx, m.DataDir, m.Logger)
+		m.chStart = startClickHouse(ctx, m.DataDir, m.ClickHouseDatabase, m.Logger)
 		defer func() {
 			if err != nil {
 				m.chStart.abandon()
