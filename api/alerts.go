@@ -129,8 +129,11 @@ func (s *Server) listAlerts(w http.ResponseWriter, r *http.Request, _ caller) {
 
 // streamAlerts sends alerts as server-sent events as they are raised, with
 // a comment line every 15 seconds so proxies keep the connection open.
-func (s *Server) streamAlerts(w http.ResponseWriter, r *http.Request, _ caller) {
-	if s.cfg.Alerts == nil {
+// Every stream is fed from the node's one alert subscription (alertHub);
+// past a cap it is refused with 429, and a reader that falls behind is
+// dropped rather than buffered for. Each write has its own deadline.
+func (s *Server) streamAlerts(w http.ResponseWriter, r *http.Request, c caller) {
+	if s.hub == nil {
 		s.problem(w, r, domain.Errorf(domain.EINTERNAL, "alerts_unavailable", "alerting is not configured"))
 		return
 	}
@@ -143,53 +146,46 @@ func (s *Server) streamAlerts(w http.ResponseWriter, r *http.Request, _ caller) 
 			return
 		}
 	}
-	rc := http.NewResponseController(w)
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(http.StatusOK)
-	if err := rc.Flush(); err != nil {
+	sub, err := s.hub.subscribe(c.Principal.ID, func(v AlertView) bool {
+		return (len(rules) == 0 || slices.Contains(rules, v.Rule)) && slices.Index(domain.Severities, v.Severity) >= minSev
+	})
+	if err != nil {
+		s.problem(w, r, err)
 		return
 	}
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	ch := make(chan AlertView, 64)
-	go func() {
-		err := s.cfg.Alerts.TailAlerts(ctx, func(env domain.Envelope) error {
-			v, err := alertView(env)
-			if err != nil {
-				return nil
-			}
-			if len(rules) > 0 && !slices.Contains(rules, v.Rule) {
-				return nil
-			}
-			if slices.Index(domain.Severities, v.Severity) < minSev {
-				return nil
-			}
-			select {
-			case ch <- v:
-				return nil
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-		})
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("alert stream ended", "err", err)
-		}
-		cancel()
-	}()
+	defer s.hub.unsubscribe(sub)
+	rc := http.NewResponseController(w)
+	// A stream outlives the server's read and write timeouts: the read
+	// deadline is lifted (a request's end is told by the connection
+	// closing) and every write gets a deadline of its own.
+	_ = rc.SetReadDeadline(time.Time{})
+	write := func(f func()) bool {
+		_ = rc.SetWriteDeadline(time.Now().Add(s.hub.lim.WriteTimeout))
+		f()
+		return rc.Flush() == nil
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	if !write(func() { w.WriteHeader(http.StatusOK) }) {
+		return
+	}
 	tick := time.NewTicker(15 * time.Second)
 	defer tick.Stop()
 	for {
+		var ok bool
 		select {
-		case <-ctx.Done():
+		case <-r.Context().Done():
+			return
+		case <-sub.gone:
+			write(func() { fmt.Fprintf(w, ": stream ended: %s\n\n", sub.why) })
 			return
 		case <-tick.C:
-			fmt.Fprint(w, ": keep-alive\n\n")
-		case v := <-ch:
+			ok = write(func() { fmt.Fprint(w, ": keep-alive\n\n") })
+		case v := <-sub.ch:
 			b, _ := json.Marshal(v)
-			fmt.Fprintf(w, "id: %s\nevent: alert\ndata: %s\n\n", v.EventID, b)
+			ok = write(func() { fmt.Fprintf(w, "id: %s\nevent: alert\ndata: %s\n\n", v.EventID, b) })
 		}
-		if err := rc.Flush(); err != nil {
+		if !ok {
 			return
 		}
 	}

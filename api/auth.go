@@ -1,7 +1,10 @@
 package api
 
 import (
+	"math"
 	"net/http"
+	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,6 +55,12 @@ func (s *Server) authenticate(r *http.Request, perm string, record bool) (caller
 	now := s.verifier.Now()
 	res := s.verifier.Check(req, now)
 	pending := authEvent{req: req, res: res, now: now}
+	if !res.Valid() {
+		if err := s.throttleFailure(tok, addr, now); err != nil {
+			s.metrics.verifications.WithLabelValues(domain.OutcomeThrottled).Inc()
+			return caller{}, authEvent{}, err
+		}
+	}
 	if record || !res.Valid() {
 		if err := s.recordAuth(r, pending); err != nil {
 			return caller{}, authEvent{}, err
@@ -63,6 +72,11 @@ func (s *Server) authenticate(r *http.Request, perm string, record bool) (caller
 	case domain.OutcomeValid:
 	case domain.OutcomeInsufficientPermissions:
 		return caller{}, authEvent{}, domain.Errorf(domain.EFORBIDDEN, "insufficient_permissions", "this call needs %s", perm)
+	case domain.OutcomeNotFound, domain.OutcomeInvalidSecret:
+		// One answer for both: a caller without a working token must
+		// not learn which key ids exist. /v1/verify reports the precise
+		// outcome of the token a service presents.
+		return caller{}, authEvent{}, domain.Errorf(domain.EUNAUTHORIZED, "token_invalid", "token rejected: unknown key or wrong secret")
 	default:
 		return caller{}, authEvent{}, domain.Errorf(domain.EUNAUTHORIZED, "token_"+strings.ToLower(res.Code), "token rejected: %s", res.Code)
 	}
@@ -112,4 +126,37 @@ func (s *Server) auth(w http.ResponseWriter, r *http.Request, perm string) (call
 		return caller{}, false
 	}
 	return c, true
+}
+
+// throttleFailure counts a failed authentication from addr. Within the
+// address's budget it returns nil and the failure is recorded as its own
+// event; past it the failure is counted into the address's summary and the
+// caller is answered 429 too_many_failures.
+func (s *Server) throttleFailure(tok string, addr netip.Addr, now time.Time) error {
+	keyID := ""
+	if t, err := domain.ParseToken(tok); err == nil {
+		keyID = t.KeyID.String()
+	}
+	record, retry := s.throttle.fail(addr, keyID, now)
+	if record {
+		return nil
+	}
+	return tooManyFailures{retry: retry}
+}
+
+// tooManyFailures answers 429 with Retry-After: the address's failed
+// authentications are past their budget until its window ends.
+type tooManyFailures struct{ retry time.Duration }
+
+func (e tooManyFailures) Error() string {
+	return "too many failed authentications from this address; retry later"
+}
+
+// Unwrap gives the problem its stable code.
+func (e tooManyFailures) Unwrap() error {
+	return domain.Errorf(domain.ELIMIT, "too_many_failures", "too many failed authentications from this address; retry after %s", e.retrySeconds())
+}
+
+func (e tooManyFailures) retrySeconds() string {
+	return strconv.Itoa(int(max(1, math.Ceil(e.retry.Seconds()))))
 }

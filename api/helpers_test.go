@@ -124,8 +124,11 @@ func mustStartWith(tb testing.TB, cfg eventstore.Config, ucfg eventstore.UsageCo
 	if err != nil {
 		tb.Fatalf("subscribe: %v", err)
 	}
+	// The tests present many bad tokens from one address: the throttle
+	// of failed authentications is tested on its own, with its budget.
 	acfg := api.Config{Store: store, State: h.state, Usage: h.usage, Logger: logger, MaxActiveKeys: 20,
-		Now: func() time.Time { return time.Now().Add(time.Duration(h.skew.Load())) }}
+		Now:          func() time.Time { return time.Now().Add(time.Duration(h.skew.Load())) },
+		AuthFailures: api.FailureLimits{Budget: 1 << 30}}
 	for _, o := range opts {
 		o(&acfg)
 	}
@@ -134,7 +137,12 @@ func mustStartWith(tb testing.TB, cfg eventstore.Config, ucfg eventstore.UsageCo
 	}
 	h.srv = api.New(acfg)
 	h.ts = httptest.NewServer(h.srv)
+	runCtx, stopRun := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { defer close(ran); _ = h.srv.Run(runCtx) }()
 	tb.Cleanup(func() {
+		stopRun()
+		<-ran
 		h.ts.Close()
 		_ = h.usage.Close(context.Background())
 		sub.Stop()

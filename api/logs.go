@@ -125,7 +125,7 @@ func parseLogQuery(v map[string][]string, now time.Time) (chlog.Query, string, e
 		q.Actions = append(q.Actions, a)
 	}
 	for _, c := range append(list("outcome"), list("code")...) {
-		if !slices.Contains(domain.Outcomes, c) {
+		if !slices.Contains(domain.Outcomes, c) && c != domain.OutcomeThrottled {
 			return q, "", domain.Errorf(domain.EINVALID, "invalid_outcome", "unknown outcome code %q", c)
 		}
 		q.Outcomes = append(q.Outcomes, c)
@@ -222,6 +222,12 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request, c caller) {
 // so a search that fails before any row still gets a problem response.
 func (s *Server) export(w http.ResponseWriter, r *http.Request, q chlog.Query, format string) {
 	rc := http.NewResponseController(w)
+	// An export of any size outlives the server's read and write
+	// timeouts: the read deadline is lifted and every chunk written
+	// gets a deadline of its own.
+	_ = rc.SetReadDeadline(time.Time{})
+	writeTimeout := s.cfg.AlertStreams.withDefaults().WriteTimeout
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 	started := false
 	var cw *csv.Writer
 	enc := json.NewEncoder(w)
@@ -255,6 +261,7 @@ func (s *Server) export(w http.ResponseWriter, r *http.Request, q chlog.Query, f
 				cw.Flush()
 			}
 			_ = rc.Flush()
+			_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
 		}
 		return err
 	})

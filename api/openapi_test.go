@@ -1372,15 +1372,21 @@ func TestOpenAPILogResponsesConform(t *testing.T) {
 	c.call("GET", "/v1/alerts", admin, nil, 403, true)
 }
 
-// oneAlertFeed sends one alert to each subscriber, then waits.
-type oneAlertFeed struct{ env domain.Envelope }
+// chanAlertFeed is the node's one alert subscription: it hands on what
+// the test sends.
+type chanAlertFeed chan domain.Envelope
 
-func (f oneAlertFeed) TailAlerts(ctx context.Context, fn func(domain.Envelope) error) error {
-	if err := fn(f.env); err != nil {
-		return err
+func (f chanAlertFeed) TailAlerts(ctx context.Context, fn func(domain.Envelope) error) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case env := <-f:
+			if err := fn(env); err != nil {
+				return err
+			}
+		}
 	}
-	<-ctx.Done()
-	return ctx.Err()
 }
 
 // TestOpenAPIAlertStreamConforms reads one server-sent alert and checks it
@@ -1394,7 +1400,8 @@ func TestOpenAPIAlertStreamConforms(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := mustStartWith(t, eventstore.Config{NoSync: true}, eventstore.UsageConfig{}, func(c *api.Config) { c.Alerts = oneAlertFeed{env} })
+	feed := make(chanAlertFeed)
+	h := mustStartWith(t, eventstore.Config{NoSync: true}, eventstore.UsageConfig{}, func(c *api.Config) { c.Alerts = feed })
 	c := newConformance(t, h)
 	c.call("GET", "/v1/alerts/stream?min_severity=dire", h.root, nil, 400, false)
 
@@ -1413,6 +1420,8 @@ func TestOpenAPIAlertStreamConforms(t *testing.T) {
 	if res.StatusCode != 200 {
 		t.Fatalf("stream: %d", res.StatusCode)
 	}
+	// The stream is open: the alert raised now reaches it.
+	feed <- env
 	var event bytes.Buffer
 	var data string
 	sc := bufio.NewScanner(res.Body)

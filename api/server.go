@@ -108,6 +108,10 @@ type Config struct {
 	// ServiceName is the actor recorded for authentications of
 	// management calls.
 	ServiceName string
+	// AuthFailures bounds failed authentications per address;
+	// AlertStreams the alert streams (see their types).
+	AuthFailures FailureLimits
+	AlertStreams AlertStreamLimits
 }
 
 // MaxBodyBytes bounds every request body.
@@ -121,6 +125,8 @@ type Server struct {
 	mux      *http.ServeMux
 	metrics  *metrics
 	table    []Route
+	throttle *failureThrottle
+	hub      *alertHub
 }
 
 // New returns a Server with every route registered.
@@ -149,6 +155,10 @@ func New(cfg Config) *Server {
 		verifier: &keystate.Verifier{State: cfg.State, Usage: cfg.Usage, Now: cfg.Now, NewID: cfg.NewID},
 		mux:      http.NewServeMux(),
 		metrics:  newMetrics(cfg.Metrics),
+		throttle: newFailureThrottle(cfg.AuthFailures),
+	}
+	if cfg.Alerts != nil {
+		s.hub = newAlertHub(s, cfg.Alerts, cfg.AlertStreams)
 	}
 	s.routes()
 	return s
@@ -326,6 +336,12 @@ func (s *Server) problem(w http.ResponseWriter, r *http.Request, err error) {
 		status = http.StatusUnsupportedMediaType
 	case "method_not_allowed":
 		status = http.StatusMethodNotAllowed
+	case "too_many_failures", "too_many_streams":
+		status = http.StatusTooManyRequests
+	}
+	var tmf tooManyFailures
+	if errors.As(err, &tmf) {
+		w.Header().Set("Retry-After", tmf.retrySeconds())
 	}
 	if code == domain.EINTERNAL {
 		s.log.ErrorContext(r.Context(), "request failed", "method", r.Method, "path", r.URL.Path, "err", err)

@@ -153,6 +153,12 @@ type KeyDenied struct {
 	TokenHash  string `json:"token_hash,omitempty"`
 	CallerKey  string `json:"caller_key,omitempty"`
 	CallerIP   string `json:"caller_ip,omitempty"`
+	// A THROTTLED summary stands for Count failed authentications from
+	// its source address since Since, with a bounded sample of the key
+	// ids they presented (KeyIDs); other events leave them empty.
+	Count  int        `json:"count,omitempty"`
+	Since  *time.Time `json:"since,omitempty"`
+	KeyIDs []string   `json:"key_ids,omitempty"`
 	ServiceUsage
 }
 

@@ -17,6 +17,11 @@ const (
 	OutcomeExpired                 = "EXPIRED"
 	OutcomeIPNotAllowed            = "IP_NOT_ALLOWED"
 	OutcomeInsufficientPermissions = "INSUFFICIENT_PERMISSIONS"
+	// OutcomeThrottled is no verification's outcome but the code of a
+	// summary: the failed authentications one address made past its
+	// budget in one window, counted in one key.denied event instead of
+	// one event each. It is not in Outcomes.
+	OutcomeThrottled = "THROTTLED"
 )
 
 // Outcomes lists every outcome code.

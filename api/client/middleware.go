@@ -67,7 +67,7 @@ func (m *Middleware) RequireKey(permission string) func(http.Handler) http.Handl
 				return
 			}
 			if !res.Valid {
-				writeProblem(w, r, StatusFor(res.Code), ProblemCode(res.Code), "key rejected: "+res.Code)
+				writeProblem(w, r, StatusFor(res.Code), ProblemCode(res.Code), "key rejected: "+rejectedAs(res.Code))
 				return
 			}
 			next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), verifiedKey{}, res)))
@@ -89,8 +89,24 @@ func StatusFor(code string) int {
 
 // ProblemCode is the problem code the middleware answers an outcome with:
 // token_<outcome> in lower case, as the server's own 401s
-// (token_revoked, token_insufficient_permissions, ...).
-func ProblemCode(outcome string) string { return "token_" + strings.ToLower(outcome) }
+// (token_revoked, token_insufficient_permissions, ...), except that an
+// unknown key and a wrong secret both answer token_invalid: a caller
+// without a working token must not learn which key ids exist.
+func ProblemCode(outcome string) string {
+	if outcome == domain.OutcomeNotFound || outcome == domain.OutcomeInvalidSecret {
+		return "token_invalid"
+	}
+	return "token_" + strings.ToLower(outcome)
+}
+
+// rejectedAs is the outcome as the problem's detail names it: no more
+// than its code says.
+func rejectedAs(outcome string) string {
+	if outcome == domain.OutcomeNotFound || outcome == domain.OutcomeInvalidSecret {
+		return "unknown key or wrong secret"
+	}
+	return outcome
+}
 
 func (m *Middleware) token(r *http.Request) (string, bool) {
 	if m.Header != "" {

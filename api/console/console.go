@@ -28,6 +28,8 @@ import (
 	"net/url"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 //go:embed templates/*.html
@@ -250,9 +252,22 @@ func query(path string, kv ...string) string {
 	return path + "?" + v.Encode()
 }
 
-// safeBack returns a local path to go back to, or def.
+// safeBack returns p when it is a path on this origin to go back to, else
+// def. Browsers drop tabs and newlines from a Location and read a
+// backslash as a slash, so "/\t/evil.example" or "/\\evil.example" would
+// lead off-site: any control or whitespace character, any backslash and
+// invalid UTF-8 refuse p, and so does anything that parses with a scheme
+// or a host.
 func safeBack(p, def string) string {
-	if p == "" || !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//") || strings.ContainsAny(p, "\\\r\n") {
+	if !strings.HasPrefix(p, "/") || strings.HasPrefix(p, "//") || !utf8.ValidString(p) {
+		return def
+	}
+	for _, r := range p {
+		if r == '\\' || unicode.IsControl(r) || unicode.IsSpace(r) || unicode.Is(unicode.Cf, r) {
+			return def
+		}
+	}
+	if u, err := url.Parse(p); err != nil || u.Scheme != "" || u.Host != "" || u.User != nil {
 		return def
 	}
 	return p

@@ -89,7 +89,12 @@ func mustStartNode(tb testing.TB, withLog bool) *node {
 	}
 	srv := api.New(cfg)
 	n.ts = httptest.NewServer(srv)
+	runCtx, stopRun := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { defer close(ran); _ = srv.Run(runCtx) }()
 	tb.Cleanup(func() {
+		stopRun()
+		<-ran
 		n.ts.Close()
 		stopSink()
 		_ = usage.Close(context.Background())

@@ -359,7 +359,7 @@ func (l *chaosLoad) check(t *testing.T, chAddr, database string, res *chaosResul
 	})
 	t.Logf("%s: sink caught up after %s", res.Fault, time.Since(began).Round(time.Millisecond))
 	ctx := context.Background()
-	st, err := chlog.Open(ctx, chlog.Config{Addr: chAddr, Database: database}, chlogtest.Logger(t))
+	st, err := chlog.Open(ctx, chlogtest.ConfigFor(chAddr, database), chlogtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

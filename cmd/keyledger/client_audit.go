@@ -24,7 +24,7 @@ import (
 )
 
 const (
-	auditVerifyArgs     = "(--data-dir DIR | --nats-url URL) [--public-key FILE] [--trusted-writers FILE] [--clickhouse ADDR [--clickhouse-database DB]]"
+	auditVerifyArgs     = "(--data-dir DIR | --nats-url URL) [--public-key FILE] [--trusted-writers FILE] [--clickhouse ADDR [--clickhouse-database DB] [--clickhouse-user USER] [--clickhouse-password-file FILE]]"
 	auditProveArgs      = "--event-id ID [--output FILE]"
 	auditCheckProofArgs = "--proof FILE --event FILE --public-key FILE"
 )
@@ -41,7 +41,7 @@ type auditFailure struct{ f *notary.Failure }
 func (e auditFailure) Error() string { return "audit_failed: " + e.f.Error() }
 
 func runAuditVerify(ctx context.Context, g *globals, name string, args []string) error {
-	var dataDir, natsURL, pubFile, chAddr, chDB, trustedWriters string
+	var dataDir, natsURL, pubFile, chAddr, chDB, chUser, chPasswordFile, trustedWriters string
 	var nf natsFlags
 	fs := g.flags(name)
 	nf.register(fs, false)
@@ -50,6 +50,8 @@ func runAuditVerify(ctx context.Context, g *globals, name string, args []string)
 	fs.StringVar(&pubFile, "public-key", "", "notary public key (base64, or the JSON of /v1/audit/public-key); default: derived from <data-dir>/notary.key")
 	fs.StringVar(&chAddr, "clickhouse", "", "also compare every row of this ClickHouse log")
 	fs.StringVar(&chDB, "clickhouse-database", chlog.DefaultDatabase, "database of the ClickHouse log")
+	fs.StringVar(&chUser, "clickhouse-user", "default", "ClickHouse user (a node's managed ClickHouse: keyledger)")
+	fs.StringVar(&chPasswordFile, "clickhouse-password-file", "", "file holding the ClickHouse password (a node's managed ClickHouse: <data-dir>/clickhouse/password); else KEYLEDGER_CLICKHOUSE_PASSWORD")
 	fs.StringVar(&trustedWriters, "trusted-writers", "", "JSON file of the trusted writer keys; every event must carry a signature of one (default: <data-dir>/trusted-writers.json)")
 	if _, err := g.parseCommand(fs, args, auditVerifyArgs, 0); err != nil {
 		return err
@@ -102,7 +104,15 @@ func runAuditVerify(ctx context.Context, g *globals, name string, args []string)
 		return &apiError{Code: "bad_trusted_writers", Detail: err.Error()}
 	}
 	if chAddr != "" {
-		ch, err := chlog.Open(ctx, chlog.Config{Addr: chAddr, Database: chDB, Password: g.getenv("KEYLEDGER_CLICKHOUSE_PASSWORD")}, nil)
+		password := g.getenv("KEYLEDGER_CLICKHOUSE_PASSWORD")
+		if chPasswordFile != "" {
+			b, err := os.ReadFile(chPasswordFile)
+			if err != nil {
+				return usageError{fmt.Sprintf("--clickhouse-password-file: %v", err)}
+			}
+			password = strings.TrimSpace(string(b))
+		}
+		ch, err := chlog.Open(ctx, chlog.Config{Addr: chAddr, Database: chDB, Username: chUser, Password: password}, nil)
 		if err != nil {
 			return &apiError{Code: "unreachable", Detail: err.Error()}
 		}

@@ -357,11 +357,11 @@ type clickHouseStart struct {
 	taken bool
 }
 
-func startClickHouse(ctx context.Context, dataDir string, log *slog.Logger) *clickHouseStart {
+func startClickHouse(ctx context.Context, dataDir, database string, log *slog.Logger) *clickHouseStart {
 	c := &clickHouseStart{done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
-		c.sup, c.err = chlog.Supervise(ctx, dataDir, log)
+		c.sup, c.err = chlog.SuperviseFor(ctx, dataDir, database, log)
 	}()
 	return c
 }
@@ -389,7 +389,7 @@ func (c *clickHouseStart) abandon() {
 // address is given), applies the schema migrations and adds the sink that
 // copies every stream into the audit log.
 func (m *Main) startAuditLog(ctx context.Context) error {
-	addr := m.ClickHouse
+	addr, user, password := m.ClickHouse, m.ClickHouseUser, m.ClickHousePassword
 	var local *chlog.Supervisor
 	if addr == "" {
 		var err error
@@ -397,9 +397,10 @@ func (m *Main) startAuditLog(ctx context.Context) error {
 			return fmt.Errorf("start local ClickHouse: %w", err)
 		}
 		addr = local.Addr()
+		user, password = local.Credentials()
 		m.localCH = local
 	}
-	ch, err := chlog.Open(ctx, chlog.Config{Addr: addr, Database: m.ClickHouseDatabase, Username: m.ClickHouseUser, Password: m.ClickHousePassword}, m.Logger)
+	ch, err := chlog.Open(ctx, chlog.Config{Addr: addr, Database: m.ClickHouseDatabase, Username: user, Password: password}, m.Logger)
 	m.stack.add(layerStorage, "clickhouse", clickHouse(ch, local))
 	if local != nil {
 		// The first layer to stop tells the supervisor that the node is

@@ -20,6 +20,7 @@ import (
 // environment twin, and the secrets that only come from the environment.
 type Config struct {
 	natsFlags
+	httpFlags
 	DataDir       string
 	NATSURL       string
 	HTTPAddr      string
@@ -114,6 +115,7 @@ func (c *Config) flagSet(stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&c.WebhookSecretFile, "webhook-secret-file", "", "file holding the webhooks' HMAC secret; else KEYLEDGER_WEBHOOK_SECRET")
 	fs.StringVar(&c.WebhookMinSev, "webhook-min-severity", domain.SeverityLow, "lowest severity sent to webhooks: low, medium, high or critical")
 	c.natsFlags.register(fs, true)
+	c.httpFlags.register(fs)
 	fs.StringVar(&c.PProf, "pprof", "", "loopback host:port serving Go's profiler (net/http/pprof); empty: off")
 	fs.StringVar(&c.WriterKeyFile, "writer-key-file", "", "Ed25519 key this node signs its events with, created when missing (default <data-dir>/writer.key)")
 	fs.StringVar(&c.TrustedWriters, "trusted-writers", "", "JSON file of the writer keys whose events are applied (default <data-dir>/trusted-writers.json)")

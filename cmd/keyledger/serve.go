@@ -7,11 +7,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
-	"time"
 
 	"github.com/keyledger/keyledger/api"
 	"github.com/keyledger/keyledger/eventstore"
@@ -96,7 +94,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 		// The managed ClickHouse starts while the event store opens and
 		// key state is restored: on a large log its start takes seconds
 		// that need not add to the node's.
-		m.chStart = startClickHouse(ctx, m.DataDir, m.Logger)
+		m.chStart = startClickHouse(ctx, m.DataDir, m.ClickHouseDatabase, m.Logger)
 		defer func() {
 			if err != nil {
 				m.chStart.abandon()
@@ -140,13 +138,15 @@ func (m *Main) Run(ctx context.Context) (err error) {
 
 	reg := prometheus.NewRegistry()
 	m.meters = newMeters()
-	srv := api.New(api.Config{
+	acfg := api.Config{
 		Store: m.store, State: m.state, Usage: meteredUsage{m.usage, m.meters}, Logger: log, Metrics: reg,
 		Commands:      commands.New(meteredStore{m.store, m.meters}, m.state, commands.Config{MaxActiveKeys: m.MaxActiveKeys}),
 		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy, LastUsed: m.lastUsed, Logs: m.ch,
 		Alerts: alertFeed{m.store}, Audit: m.auditor(),
 		Checks: m.readyChecks(),
-	})
+	}
+	m.httpFlags.apiLimits(&acfg)
+	srv := api.New(acfg)
 	m.registerMetrics(reg)
 
 	tok, created, err := srv.Bootstrap(ctx, m.RootToken)
@@ -165,8 +165,10 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	hs := &http.Server{Handler: srv, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
-	m.stack.add(layerHTTP, "http", serveHTTP(hs, m.ln))
+	m.stack.add(layerHTTP, "http", serveHTTP(m.httpServer(srv, tlsCfg), m.ln))
+	// Alert streams and failure summaries; it stores the last summaries
+	// before the usage publisher stops.
+	m.stack.add(layerHTTP, "api", srv.Run)
 	if err := m.startPProf(); err != nil {
 		return err
 	}

@@ -236,7 +236,9 @@ func slowHistoryRig(t *testing.T, addr string) (*rig, *stallProxy) {
 	p := startStallProxy(t, addr)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	hist, err := chlog.Open(ctx, chlog.Config{Addr: p.Addr(), Database: r.ch.Database()}, chlogtest.Logger(t))
+	cfg := chlogtest.ConfigFor(addr, r.ch.Database())
+	cfg.Addr = p.Addr()
+	hist, err := chlog.Open(ctx, cfg, chlogtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

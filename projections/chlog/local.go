@@ -3,6 +3,9 @@ package chlog
 import (
 	"bytes"
 	"context"
+	cryptorand "crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/xml"
 	"errors"
 	"fmt"
@@ -44,6 +47,7 @@ type LocalServer struct {
 	dir      string
 	addr     string
 	httpAddr string
+	password string
 
 	cmd    *exec.Cmd
 	exited chan struct{}
@@ -85,9 +89,17 @@ func StartLocal(ctx context.Context, dataDir string, logger *slog.Logger) (*Loca
 	return startLocal(ctx, dataDir, logger, startOptions{})
 }
 
+// StartLocalFor is StartLocal with the server's one user, LocalUser,
+// limited to database: it can neither read nor create any other.
+func StartLocalFor(ctx context.Context, dataDir, database string, logger *slog.Logger) (*LocalServer, error) {
+	return startLocal(ctx, dataDir, logger, startOptions{database: database})
+}
+
 type startOptions struct {
 	// pinned is the native address a restart must listen on again.
 	pinned string
+	// database, when set, is the one database LocalUser may use.
+	database string
 }
 
 func startLocal(ctx context.Context, dataDir string, logger *slog.Logger, o startOptions) (*LocalServer, error) {
@@ -116,6 +128,10 @@ func startLocal(ctx context.Context, dataDir string, logger *slog.Logger, o star
 	if err := awaitPreviousServer(ctx, dir, logger); err != nil {
 		return nil, err
 	}
+	password, err := localPassword(dir)
+	if err != nil {
+		return nil, err
+	}
 	var lastErr error
 	for attempt := 1; attempt <= 5; attempt++ {
 		var tcpPort, httpPort int
@@ -131,7 +147,7 @@ func startLocal(ctx context.Context, dataDir string, logger *slog.Logger, o star
 		} else if tcpPort, httpPort, err = choosePorts(dir, attempt > 1); err != nil {
 			return nil, err
 		}
-		s, err := startOnce(ctx, bin, dir, tcpPort, httpPort, logger)
+		s, err := startOnce(ctx, bin, dir, tcpPort, httpPort, password, o.database, logger)
 		if err == nil {
 			return s, nil
 		}
@@ -146,8 +162,8 @@ func startLocal(ctx context.Context, dataDir string, logger *slog.Logger, o star
 	return nil, lastErr
 }
 
-func startOnce(ctx context.Context, bin, dir string, tcpPort, httpPort int, logger *slog.Logger) (*LocalServer, error) {
-	if err := writeServerConfig(dir, tcpPort, httpPort); err != nil {
+func startOnce(ctx context.Context, bin, dir string, tcpPort, httpPort int, password, database string, logger *slog.Logger) (*LocalServer, error) {
+	if err := writeServerConfig(dir, tcpPort, httpPort, password, database); err != nil {
 		return nil, err
 	}
 	out, err := os.OpenFile(filepath.Join(dir, "log", "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
@@ -179,6 +195,7 @@ func startOnce(ctx context.Context, bin, dir string, tcpPort, httpPort int, logg
 		dir:      dir,
 		addr:     net.JoinHostPort("127.0.0.1", strconv.Itoa(tcpPort)),
 		httpAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(httpPort)),
+		password: password,
 		cmd:      cmd,
 		exited:   make(chan struct{}),
 	}
@@ -262,6 +279,10 @@ func (s *LocalServer) Addr() string { return s.addr }
 
 // HTTPAddr returns host:port of the server's HTTP interface.
 func (s *LocalServer) HTTPAddr() string { return s.httpAddr }
+
+// User returns the server's one user, LocalUser; Password its password.
+func (s *LocalServer) User() string     { return LocalUser }
+func (s *LocalServer) Password() string { return s.password }
 
 // PID returns the server's process id.
 func (s *LocalServer) PID() int { return s.cmd.Process.Pid }
@@ -366,7 +387,7 @@ func portFree(port int) bool {
 // replication. The server runs as whoever starts it, root included: 18.16
 // does not check the user, and a current release only refuses when the data
 // directory belongs to another user, which cannot happen here.
-func writeServerConfig(dir string, tcpPort, httpPort int) error {
+func writeServerConfig(dir string, tcpPort, httpPort int, password, database string) error {
 	p := func(sub string) string {
 		var b strings.Builder
 		_ = xml.EscapeText(&b, []byte(filepath.Join(dir, sub)+"/"))
@@ -397,13 +418,21 @@ func writeServerConfig(dir string, tcpPort, httpPort int) error {
     <max_concurrent_queries>200</max_concurrent_queries>
 </yandex>
 `, strings.TrimSuffix(p("log"), "/"), tcpPort, httpPort, p("data"), p("tmp"), p("user_files"), p("format_schemas"))
-	// The default user has no password, so it may connect from loopback
-	// only; the server listens nowhere else either. poll_interval is how
-	// often a connection waiting for its client's next query checks for
-	// shutdown: 18.16 waits for every open connection when it stops, and
-	// with the default of 10 seconds an idle pooled connection held up
-	// every stop for that long.
-	const users = `<?xml version="1.0"?>
+	// The one user is keyledger's, with a generated password (only its
+	// SHA-256 is in the file), from loopback only, and limited to the
+	// audit log's database when one is given; there is no passwordless
+	// default user. poll_interval is how often a connection waiting for
+	// its client's next query checks for shutdown: 18.16 waits for every
+	// open connection when it stops, and with the default of 10 seconds an
+	// idle pooled connection held up every stop for that long.
+	sum := sha256.Sum256([]byte(password))
+	allow := ""
+	if database != "" {
+		var b strings.Builder
+		_ = xml.EscapeText(&b, []byte(database))
+		allow = "\n            <allow_databases>\n                <database>" + b.String() + "</database>\n            </allow_databases>"
+	}
+	users := fmt.Sprintf(`<?xml version="1.0"?>
 <!-- Written by keyledger at every start; edits are overwritten. -->
 <yandex>
     <profiles>
@@ -412,28 +441,58 @@ func writeServerConfig(dir string, tcpPort, httpPort int) error {
         </default>
     </profiles>
     <users>
-        <default>
-            <password></password>
+        <%[1]s>
+            <password_sha256_hex>%[2]s</password_sha256_hex>
             <networks>
                 <ip>127.0.0.1</ip>
                 <ip>::1</ip>
             </networks>
             <profile>default</profile>
-            <quota>default</quota>
-        </default>
+            <quota>default</quota>%[3]s
+        </%[1]s>
     </users>
     <quotas>
         <default></default>
     </quotas>
 </yandex>
-`
+`, LocalUser, hex.EncodeToString(sum[:]), allow)
 	if err := os.WriteFile(filepath.Join(dir, "config.xml"), []byte(config), 0o640); err != nil {
 		return fmt.Errorf("write clickhouse config: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(dir, "users.xml"), []byte(users), 0o640); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "users.xml"), []byte(users), 0o600); err != nil {
 		return fmt.Errorf("write clickhouse users: %w", err)
 	}
 	return nil
+}
+
+// LocalUser is the one user of a managed server.
+const LocalUser = "keyledger"
+
+// PasswordFile is where a managed server's password is kept, under its
+// directory (<data-dir>/clickhouse), readable by its owner only.
+const PasswordFile = "password"
+
+// localPassword returns the managed server's password, generated on the
+// first start and kept in dir/password (mode 0600).
+func localPassword(dir string) (string, error) {
+	path := filepath.Join(dir, PasswordFile)
+	if b, err := os.ReadFile(path); err == nil {
+		if p := strings.TrimSpace(string(b)); len(p) >= 32 {
+			return p, nil
+		}
+		return "", fmt.Errorf("clickhouse password file %s is too short: remove it to have a new one generated", path)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("clickhouse password: %w", err)
+	}
+	var b [32]byte
+	if _, err := cryptorand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("clickhouse password: %w", err)
+	}
+	p := hex.EncodeToString(b[:])
+	if err := os.WriteFile(path, []byte(p+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write clickhouse password: %w", err)
+	}
+	return p, nil
 }
 
 // Supervisor keeps a managed clickhouse-server running: when the process
@@ -444,9 +503,10 @@ func writeServerConfig(dir string, tcpPort, httpPort int) error {
 // set aside), and the events the sink could not insert meanwhile wait in
 // JetStream, so nothing acknowledged is lost.
 type Supervisor struct {
-	dataDir string
-	logger  *slog.Logger
-	addr    string
+	dataDir  string
+	database string
+	logger   *slog.Logger
+	addr     string
 
 	// MinBackoff and MaxBackoff bound the wait before a restart (250ms
 	// and 15s); set them before Run.
@@ -471,14 +531,20 @@ const stopGrace = 5 * time.Second
 // Supervise starts the local server (as StartLocal does) and returns its
 // supervisor; Run keeps it running until ctx ends and then stops it.
 func Supervise(ctx context.Context, dataDir string, logger *slog.Logger) (*Supervisor, error) {
+	return SuperviseFor(ctx, dataDir, "", logger)
+}
+
+// SuperviseFor is Supervise of a server whose user is limited to
+// database (see StartLocalFor).
+func SuperviseFor(ctx context.Context, dataDir, database string, logger *slog.Logger) (*Supervisor, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	srv, err := StartLocal(ctx, dataDir, logger)
+	srv, err := StartLocalFor(ctx, dataDir, database, logger)
 	if err != nil {
 		return nil, err
 	}
-	return &Supervisor{dataDir: dataDir, logger: logger.With("component", "clickhouse.supervisor"), addr: srv.Addr(),
+	return &Supervisor{dataDir: dataDir, database: database, logger: logger.With("component", "clickhouse.supervisor"), addr: srv.Addr(),
 		MinBackoff: 250 * time.Millisecond, MaxBackoff: 15 * time.Second, current: srv, up: true, stopping: make(chan struct{})}, nil
 }
 
@@ -533,6 +599,13 @@ func askedToStop(waitErr error) bool {
 // Addr returns host:port of the native protocol; it stays the same across
 // restarts.
 func (s *Supervisor) Addr() string { return s.addr }
+
+// Credentials returns the server's user and password; they stay the same
+// across restarts.
+func (s *Supervisor) Credentials() (user, password string) {
+	srv := s.Server()
+	return srv.User(), srv.Password()
+}
 
 // Server returns the process running now (or the last one, while it is
 // being restarted).
@@ -602,7 +675,7 @@ func (s *Supervisor) Run(ctx context.Context) error {
 				return nil
 			case <-t.C:
 			}
-			next, err := startLocal(ctx, s.dataDir, s.logger, startOptions{pinned: s.addr})
+			next, err := startLocal(ctx, s.dataDir, s.logger, startOptions{pinned: s.addr, database: s.database})
 			if err == nil {
 				s.mu.Lock()
 				s.current, s.up, s.lastErr = next, true, nil

@@ -51,7 +51,7 @@ func TestLocalServerKeepsDataAndPortsAcrossRestarts(t *testing.T) {
 		t.Errorf("second StartLocal on a busy dir: %v, want an 'in use' error", err)
 	}
 
-	st, err := chlog.Open(ctx, chlog.Config{Addr: first.Addr()}, chlogtest.Logger(t))
+	st, err := chlog.Open(ctx, chlogtest.ConfigFor(first.Addr(), ""), chlogtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,8 @@ func TestSupervisorRestartsAKilledServer(t *testing.T) {
 		}
 	}()
 
-	st, err := chlog.Open(ctx, chlog.Config{Addr: sup.Addr()}, chlogtest.Logger(t))
+	user, password := sup.Credentials()
+	st, err := chlog.Open(ctx, chlog.Config{Addr: sup.Addr(), Username: user, Password: password}, chlogtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

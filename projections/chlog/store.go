@@ -70,8 +70,9 @@ func Open(ctx context.Context, cfg Config, logger *slog.Logger) (*Store, error) 
 		cfg.DialTimeout = 5 * time.Second
 	}
 	// The database must exist before a pool can be bound to it, so the
-	// first connection goes to "default", which always exists.
-	boot, err := dial(cfg, "default", logger)
+	// first connection names none: the server's default database, which
+	// a user limited to its own database (allow_databases) may not name.
+	boot, err := dial(cfg, "", logger)
 	if err != nil {
 		return nil, err
 	}

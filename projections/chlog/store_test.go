@@ -193,7 +193,7 @@ func TestMigrationsAreIdempotent(t *testing.T) {
 	}
 	// A second store on the same database (another node, a restart)
 	// applies nothing either.
-	again, err := chlog.Open(ctx, chlog.Config{Addr: addr, Database: st.Database()}, chlogtest.Logger(t))
+	again, err := chlog.Open(ctx, chlogtest.ConfigFor(addr, st.Database()), chlogtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -41,6 +42,20 @@ func MustConnect(tb testing.TB) string {
 	return srv.Addr()
 }
 
+// servers holds the credentials of the servers MustStartLocal started, by
+// native address: a managed server has no passwordless user.
+var servers sync.Map
+
+// ConfigFor is the configuration that opens database on the server at
+// addr, with the credentials of a server this package started.
+func ConfigFor(addr, database string) chlog.Config {
+	cfg := chlog.Config{Addr: addr, Database: database}
+	if srv, ok := servers.Load(addr); ok {
+		cfg.Username, cfg.Password = srv.(*chlog.LocalServer).User(), srv.(*chlog.LocalServer).Password()
+	}
+	return cfg
+}
+
 // MustStartLocal starts a clickhouse-server of the test's own with its data
 // under dir, and stops it when the test ends. Tests that stop and restart
 // ClickHouse use it directly.
@@ -52,7 +67,9 @@ func MustStartLocal(tb testing.TB, dir string) *chlog.LocalServer {
 	if err != nil {
 		tb.Fatalf("no ClickHouse for this test (set %s=host:port, or run it under scripts/with-clickhouse.sh): %v", AddrEnv, err)
 	}
+	servers.Store(srv.Addr(), srv)
 	tb.Cleanup(func() {
+		servers.Delete(srv.Addr())
 		if err := srv.Stop(); err != nil {
 			tb.Errorf("stop clickhouse: %v", err)
 		}
@@ -76,7 +93,7 @@ func MustOpenAt(tb testing.TB, addr string) *chlog.Store {
 	var b [6]byte
 	_, _ = rand.Read(b[:])
 	db := "test_" + hex.EncodeToString(b[:])
-	st, err := chlog.Open(ctx, chlog.Config{Addr: addr, Database: db}, Logger(tb))
+	st, err := chlog.Open(ctx, ConfigFor(addr, db), Logger(tb))
 	if err != nil {
 		tb.Fatalf("open clickhouse %s: %v", addr, err)
 	}
@@ -115,7 +132,9 @@ func (w *tbWriter) Write(p []byte) (int, error) {
 
 // ping dials the server without touching any database.
 func ping(ctx context.Context, addr string) error {
-	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, DialTimeout: 5 * time.Second})
+	cfg := ConfigFor(addr, "")
+	auth := clickhouse.Auth{Username: cfg.Username, Password: cfg.Password}
+	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, Auth: auth, DialTimeout: 5 * time.Second})
 	if err != nil {
 		return err
 	}
