@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
@@ -108,6 +109,9 @@ type Store struct {
 	pub    publisher
 	atomic bool // the streams accept atomic batches (nats-server ≥ 2.12)
 	signer *signer
+	// writers are the trusted writers every reader checks messages
+	// against (Verdict); nil checks only their content.
+	writers atomic.Pointer[domain.Writers]
 
 	appends   *committer
 	snapshots *SnapshotStore
@@ -137,6 +141,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		log = slog.Default()
 	}
 	s := &Store{cfg: cfg, log: log.With("component", "eventstore"), signer: newSigner(cfg.WriterKey)}
+	if cfg.Writers != nil {
+		s.SetWriters(*cfg.Writers)
+	}
 
 	var opts []nats.Option
 	if cfg.URL == "" {

@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
+	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/alerts"
 	"github.com/keyledger/keyledger/projections/notary"
 )
@@ -97,44 +99,70 @@ func readTrustedWriters(dataDir, trustFile string) (*domain.Writers, error) {
 	return &w, nil
 }
 
-// forgedAlerts raises forged_event for every KEYS event the key-state
-// projection refuses. Events refused while the projection replays at start,
+// forgedAlerts counts every quarantined message this node's followers meet
+// (keyledger_forged_events_total) and raises forged_event for each.
+// Messages quarantined while the key-state projection replays at start,
 // before the alert engine runs, wait for it.
 type forgedAlerts struct {
 	mu      sync.Mutex
 	engine  *alerts.Engine
-	waiting []domain.Envelope
+	waiting []alerts.Quarantined
 	log     *slog.Logger
+	count   atomic.Uint64
 }
 
+// refused hears of a KEYS event the key-state projection refused (a KEYS
+// message holds one event).
 func (f *forgedAlerts) refused(env domain.Envelope) {
-	f.log.Error("forged event refused: no trusted writer signed it", "stream", env.Stream, "seq", env.Seq,
-		"event_id", env.ID, "type", env.Type, "why", env.Forged)
+	q := alerts.Quarantined{Stream: env.Stream, Seq: env.Seq, Subject: env.Subject(), Why: env.Forged,
+		EventID: env.ID.String(), Type: env.Type, KeyID: env.KeyID}
+	f.quarantined(q)
+}
+
+// message hears of a quarantined message of another stream.
+func (f *forgedAlerts) message(stream string, m eventstore.StoredMessage) {
+	q := alerts.Quarantined{Stream: stream, Seq: m.Seq, Subject: m.Subject, Writer: m.Writer, Why: m.Quarantine}
+	for i, env := range m.Events {
+		if m.Err(i) == nil {
+			q.EventID, q.Type = env.ID.String(), env.Type
+			if env.Kind() == domain.KindKey || env.Kind() == domain.KindUsage {
+				q.KeyID = env.KeyID
+			}
+			break
+		}
+	}
+	f.quarantined(q)
+}
+
+func (f *forgedAlerts) quarantined(q alerts.Quarantined) {
+	f.count.Add(1)
+	f.log.Error("forged message quarantined: applied nowhere", "stream", q.Stream, "seq", q.Seq, "subject", q.Subject,
+		"writer", q.Writer, "event_id", q.EventID, "type", q.Type, "why", q.Why)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.engine == nil {
-		f.waiting = append(f.waiting, env)
+		f.waiting = append(f.waiting, q)
 		return
 	}
-	f.raise(env)
+	f.raise(q)
 }
 
-// start hands the waiting events and every later one to engine.
+// start hands the waiting messages and every later one to engine.
 func (f *forgedAlerts) start(engine *alerts.Engine) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.engine = engine
-	for _, env := range f.waiting {
-		f.raise(env)
+	for _, q := range f.waiting {
+		f.raise(q)
 	}
 	f.waiting = nil
 }
 
-func (f *forgedAlerts) raise(env domain.Envelope) {
+func (f *forgedAlerts) raise(q alerts.Quarantined) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	// A refused publish stays queued in the engine and is retried.
-	if err := f.engine.ForgedEvent(ctx, time.Now(), env); err != nil {
-		f.log.Error("raise forged-event alert", "event_id", env.ID, "err", err)
+	if err := f.engine.Quarantine(ctx, time.Now(), q); err != nil {
+		f.log.Error("raise forged-event alert", "stream", q.Stream, "seq", q.Seq, "err", err)
 	}
 }
