@@ -199,7 +199,10 @@ func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) erro
 	}
 	keys, err := m.store.Subscribe(bg, domain.StreamKeys, last+1, func(env domain.Envelope) error {
 		if env.Forged != nil {
-			return nil // the key-state projection refused it and raised forged_event
+			// The key-state projection refused it and raised
+			// forged_event.
+			engine.Pass(domain.StreamKeys, env.Seq)
+			return nil
 		}
 		if err := engine.Observe(bg, env); err != nil {
 			m.Logger.Error("alert engine", "err", err)
@@ -268,6 +271,7 @@ func (m *Main) followUsage(ctx context.Context, engine *alerts.Engine) func(even
 			// start replays the tail before usageLast for last used).
 			if sm.Seq > m.usageLast {
 				m.forged.message(domain.StreamUsage, sm)
+				engine.Pass(domain.StreamUsage, sm.Seq)
 			}
 			return nil
 		}

@@ -678,6 +678,16 @@ func (e *Engine) ForgedEvent(ctx context.Context, now time.Time, env domain.Enve
 	return e.Quarantine(ctx, now, q)
 }
 
+// Pass tells the engine that the message at seq of stream is not one it
+// observes (it was quarantined), so that the next one is no sequence gap.
+func (e *Engine) Pass(stream string, seq uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if last, ok := e.lastSeq[stream]; ok && seq > last {
+		e.lastSeq[stream] = seq
+	}
+}
+
 // Quarantined is a stored message that the event store's verdict keeps out
 // of every projection.
 type Quarantined struct {

@@ -17,6 +17,7 @@ package replica
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,6 +50,11 @@ type Config struct {
 	// Service is the actor recorded on this service's usage events: its
 	// principal id or name.
 	Service string
+	// WriterKey signs the usage events this service publishes. The nodes
+	// apply them only when its public key is a trusted writer of this
+	// service (domain.Writer with Service set to Service); unsigned usage
+	// is quarantined on a ledger that signs its events.
+	WriterKey ed25519.PrivateKey
 	// Usage tunes the usage publisher: durable by default (Verify returns
 	// once the event is stored), or Async with a bounded buffer.
 	Usage eventstore.UsageConfig
@@ -106,6 +112,9 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	}
 	ncfg := cfg.NATS
 	ncfg.Writers, ncfg.Logger = cfg.Writers, log
+	if cfg.WriterKey != nil {
+		ncfg.WriterKey = cfg.WriterKey
+	}
 	store, err := eventstore.Attach(ctx, ncfg)
 	if err != nil {
 		return nil, fmt.Errorf("replica: %w", err)
