@@ -63,7 +63,7 @@ func TestEveryWriterProvesItself(t *testing.T) {
 	// A replica with its own writer key: its usage is accepted.
 	writers := m.store.Writers()
 	r, err := replica.Open(ctx, replica.Config{
-		NATS: eventstore.Config{URL: natsURL, NkeySeedFile: eventstore.SeedFile(creds, eventstore.IdentityVerifier)},
+		NATS:    eventstore.Config{URL: natsURL, NkeySeedFile: eventstore.SeedFile(creds, eventstore.IdentityVerifier)},
 		Writers: writers, Service: service, WriterKey: svcKey, Logger: slog.New(slog.DiscardHandler),
 	})
 	must(t, err)
