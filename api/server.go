@@ -102,6 +102,8 @@ type Config struct {
 	// ServiceName is the actor recorded for authentications of
 	// management calls.
 	ServiceName string
+	// Writers manages the trusted writers (/v1/writers); optional.
+	Writers WriterAdmin
 }
 
 // MaxBodyBytes bounds every request body.
@@ -189,6 +191,8 @@ func (s *Server) routes() {
 	s.handle("PATCH", "/v1/principals/{id}", domain.PermPrincipalManage, s.updatePrincipal)
 	s.handle("POST", "/v1/principals/{id}/disable", domain.PermPrincipalManage, s.disablePrincipal)
 	s.handle("POST", "/v1/principals/{id}/enable", domain.PermPrincipalManage, s.enablePrincipal)
+	s.handle("POST", "/v1/writers", domain.PermPrincipalManage, s.changeWriter)
+	s.handle("GET", "/v1/writers", domain.PermPrincipalManage, s.listWriters)
 	s.handle("GET", "/v1/roles", "", s.listRoles)
 	s.handle("POST", "/v1/roles", domain.PermRoleManage, s.createRole)
 	s.handle("PUT", "/v1/roles/{name}", domain.PermRoleManage, s.updateRole)

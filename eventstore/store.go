@@ -80,7 +80,7 @@ type Config struct {
 // Stream subjects. The wildcard after the aggregate id matches every event
 // type of that aggregate, which is the filter of its concurrency check.
 var streamSubjects = map[string][]string{
-	domain.StreamKeys:   {"keyledger.keys.>", "keyledger.principals.>", "keyledger.roles.>"},
+	domain.StreamKeys:   {"keyledger.keys.>", "keyledger.principals.>", "keyledger.roles.>", "keyledger.writer.>"},
 	domain.StreamUsage:  {"keyledger.usage.>"},
 	domain.StreamAlerts: {"keyledger.alerts.>"},
 	// Checkpoints are signed tree heads of the other streams; a stream of

@@ -112,6 +112,30 @@ func (s *Store) SubscribeMessages(ctx context.Context, stream string, fromSeq ui
 	return s.subscribe(ctx, stream, cfg, fn)
 }
 
+// SubscribeSubjects is SubscribeMessages over the messages of stream whose
+// subject matches filter only.
+func (s *Store) SubscribeSubjects(ctx context.Context, stream, filter string, fromSeq uint64, fn func(StoredMessage) error) (*Subscription, error) {
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubjects: []string{filter}}
+	if fromSeq > 1 {
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = fromSeq
+	}
+	return s.subscribe(ctx, stream, cfg, fn)
+}
+
+// LastSeqOf returns the sequence of the last message of stream whose
+// subject matches filter, 0 when there is none.
+func (s *Store) LastSeqOf(ctx context.Context, stream, filter string) (uint64, error) {
+	m, found, err := s.leaderGet(ctx, stream, msgGetRequest{LastFor: filter, NoHeaders: true})
+	if err != nil {
+		return 0, fmt.Errorf("last of %s: %w", filter, err)
+	}
+	if !found {
+		return 0, nil
+	}
+	return m.Sequence, nil
+}
+
 func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig, fn func(StoredMessage) error) (*Subscription, error) {
 	octx, ocancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	cons, err := s.js.OrderedConsumer(octx, stream, cfg)

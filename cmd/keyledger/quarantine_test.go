@@ -275,3 +275,104 @@ func searchLog(t *testing.T, m *Main, token, query string) []api.LogEntry {
 	must(t, json.Unmarshal(b, &page))
 	return page.Events
 }
+
+// TestWritersKeptInTheLedger: the super administrator trusts a service's
+// writer key with `keyledger writers add`, and the service's signed usage
+// is applied; after `writers retire` it is quarantined. The set is folded
+// from the ledger again after a restart, and audit verify reads it there
+// too: the usage signed while the key was trusted verifies, the one after
+// is named.
+func TestWritersKeptInTheLedger(t *testing.T) {
+	dir := t.TempDir()
+	root := domain.FormatToken(uuid.Must(uuid.NewV7()), domain.Secret{7, 7})
+	t.Setenv("KEYLEDGER_ROOT_TOKEN", root)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	m := startQuarantineNode(t, ctx, dir)
+	natsURL, creds := m.store.ClientURL(), m.store.CredentialsDir()
+	victim := createVictimKey(t, m, root)
+	env := map[string]string{"KEYLEDGER_SERVER": "http://" + m.Addr(), "KEYLEDGER_TOKEN": root}
+
+	_, svcKey, _ := ed25519.GenerateKey(rand.Reader)
+	svcID := domain.WriterID(svcKey.Public().(ed25519.PublicKey))
+	out, errs, code := runCLI(env, "writers", "add", "--key", svcID, "--name", "billing service", "--service", "billing")
+	if code != 0 || !strings.Contains(out, svcID) {
+		t.Fatalf("writers add: exit %d\n%s%s", code, out, errs)
+	}
+	verifyAs := func(ip string) {
+		t.Helper()
+		r, err := replica.Open(ctx, replica.Config{
+			NATS:    eventstore.Config{URL: natsURL, NkeySeedFile: eventstore.SeedFile(creds, eventstore.IdentityVerifier)},
+			Writers: m.store.Writers(), Service: "billing", WriterKey: svcKey, Logger: slog.New(slog.DiscardHandler),
+		})
+		must(t, err)
+		defer r.Close(ctx)
+		checkFor(t, 20*time.Second, 20*time.Millisecond, func() error {
+			v, err := r.Verify(ctx, keyledgerclient.VerifyRequest{Token: victim.Token, IP: ip})
+			if err != nil {
+				return err
+			}
+			if !v.Valid {
+				return fmt.Errorf("replica verification: %+v", v)
+			}
+			return nil
+		})
+	}
+	verifyAs("192.0.2.20")
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if _, ip, _ := m.lastUsed.LastUsed(victim.KeyID); ip != "192.0.2.20" {
+			return fmt.Errorf("last used from %q, want the trusted service's 192.0.2.20", ip)
+		}
+		return nil
+	})
+	if n := m.forged.count.Load(); n != 0 {
+		t.Fatalf("%d messages quarantined while the service was trusted", n)
+	}
+
+	out, errs, code = runCLI(env, "writers", "retire", svcID, "--reason", "rotated")
+	if code != 0 || !strings.Contains(out, "Writer retired.") {
+		t.Fatalf("writers retire: exit %d\n%s%s", code, out, errs)
+	}
+	verifyAs("192.0.2.21")
+	checkFor(t, 10*time.Second, 20*time.Millisecond, func() error {
+		if n := m.forged.count.Load(); n == 0 {
+			return errors.New("the retired writer's usage is not quarantined")
+		}
+		return nil
+	})
+	if _, ip, _ := m.lastUsed.LastUsed(victim.KeyID); ip != "192.0.2.20" {
+		t.Errorf("last used from %q after the retired writer's usage, want 192.0.2.20", ip)
+	}
+
+	// After a restart the set comes from the ledger.
+	m.Close()
+	m = startQuarantineNode(t, ctx, dir)
+	wantReady(t, m)
+	env["KEYLEDGER_SERVER"] = "http://" + m.Addr()
+	out, errs, code = runCLI(env, "--json", "writers", "list")
+	if code != 0 {
+		t.Fatalf("writers list: exit %d\n%s%s", code, out, errs)
+	}
+	var list api.WriterList
+	must(t, json.Unmarshal([]byte(out), &list))
+	found := false
+	for _, w := range list.Writers {
+		if w.Key == svcID {
+			found = w.Service == "billing" && w.RetiredAt != nil
+		}
+	}
+	if !found {
+		t.Errorf("after a restart the service's writer is not listed as retired: %s", out)
+	}
+	m.Close()
+
+	out, errs, code = runCLI(nil, "audit", "verify", "--data-dir", dir)
+	if code != 1 || strings.Count(out, "QUARANTINED:") < 1 || !strings.Contains(out, "retired") {
+		t.Fatalf("audit verify: exit %d, want 1 naming the retired writer's usage only\n%s%s", code, out, errs)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "QUARANTINED:") && !strings.Contains(line, "retired") {
+			t.Errorf("audit verify quarantined usage signed while its writer was trusted: %s", line)
+		}
+	}
+}

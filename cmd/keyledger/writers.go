@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/keyledger/keyledger/projections/alerts"
@@ -174,4 +175,146 @@ func (f *forgedAlerts) raise(q alerts.Quarantined) {
 	if err := f.engine.Quarantine(ctx, time.Now(), q); err != nil {
 		f.log.Error("raise forged-event alert", "stream", q.Stream, "seq", q.Seq, "err", err)
 	}
+}
+
+// writerFilter selects the writer events of KEYS.
+const writerFilter = "keyledger." + domain.KindWriter + ".>"
+
+// ledgerWriters folds the writer.trusted and writer.retired events of KEYS
+// into the event store's trusted writers, which every reader checks every
+// message against. Each is applied only when its own message passes that
+// check: only an already trusted writer changes the set.
+type ledgerWriters struct {
+	store *eventstore.Store
+	log   *slog.Logger
+
+	mu      sync.Mutex
+	applied uint64
+	changed chan struct{}
+}
+
+// start reads the writer events stored so far, before any projection reads
+// anything else, then follows the new ones.
+func (m *Main) startWriters(ctx context.Context) error {
+	lw := &ledgerWriters{store: m.store, log: m.Logger, changed: make(chan struct{})}
+	m.writers = lw
+	if m.store.Writers() == nil {
+		return nil
+	}
+	last, err := m.store.LastSeqOf(ctx, domain.StreamKeys, writerFilter)
+	if err != nil {
+		return fmt.Errorf("trusted writers: %w", err)
+	}
+	sub, err := m.store.SubscribeSubjects(context.WithoutCancel(ctx), domain.StreamKeys, writerFilter, 1, lw.apply)
+	if err != nil {
+		return fmt.Errorf("trusted writers: %w", err)
+	}
+	m.stack.add(layerConsumers, "trusted writers", follow(sub))
+	wctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := lw.wait(wctx, last); err != nil {
+		return fmt.Errorf("trusted writers: read the writer events up to %d: %w", last, err)
+	}
+	return nil
+}
+
+func (lw *ledgerWriters) apply(sm eventstore.StoredMessage) error {
+	if sm.Quarantined() {
+		lw.log.Error("writer event quarantined: the set of trusted writers is unchanged", "seq", sm.Seq, "subject", sm.Subject, "why", sm.Quarantine)
+	} else if w := lw.store.Writers(); w != nil {
+		next := *w
+		for i, env := range sm.Events {
+			if sm.Err(i) == nil {
+				next = next.Apply(env)
+			}
+		}
+		lw.store.SetWriters(next)
+		lw.log.Info("trusted writers changed", "seq", sm.Seq, "subject", sm.Subject, "writers", len(next.Writers))
+	}
+	lw.mu.Lock()
+	lw.applied = sm.Seq
+	close(lw.changed)
+	lw.changed = make(chan struct{})
+	lw.mu.Unlock()
+	return nil
+}
+
+// wait returns once the writer events up to seq are applied.
+func (lw *ledgerWriters) wait(ctx context.Context, seq uint64) error {
+	for {
+		lw.mu.Lock()
+		done, ch := lw.applied >= seq, lw.changed
+		lw.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// change appends a writer event about id, signed by this node, and returns
+// once this node checks messages against the changed set. Errors: EINVALID,
+// ECONFLICT, or a wrapped infrastructure error.
+func (lw *ledgerWriters) change(ctx context.Context, actor, id string, ev domain.Event, now time.Time) (domain.Writers, error) {
+	if _, err := domain.ParseWriterID(id); err != nil {
+		return domain.Writers{}, err
+	}
+	if lw.store.Writers() == nil {
+		return domain.Writers{}, domain.Errorf(domain.EINVALID, "no_writers", "this node checks no writer signatures")
+	}
+	prior, err := lw.store.Load(ctx, domain.KindWriter, id)
+	if err != nil {
+		return domain.Writers{}, fmt.Errorf("load writer %s: %w", id, err)
+	}
+	var expected uint64
+	if len(prior) > 0 {
+		expected = prior[len(prior)-1].Seq
+	}
+	env, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), id, ev, now, actor, nil)
+	if err != nil {
+		return domain.Writers{}, err
+	}
+	prev := ""
+	if len(prior) > 0 {
+		prev = prior[len(prior)-1].Hash
+	}
+	env.PrevHash = prev
+	env.Seal(prev)
+	seq, err := lw.store.Append(ctx, expected, []domain.Envelope{env})
+	if err != nil {
+		return domain.Writers{}, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := lw.wait(wctx, seq); err != nil {
+		return domain.Writers{}, fmt.Errorf("apply writer event %d: %w", seq, err)
+	}
+	return *lw.store.Writers(), nil
+}
+
+// TrustWriter makes id a trusted writer (api.WriterAdmin).
+func (lw *ledgerWriters) TrustWriter(ctx context.Context, actor, id, name, service string) (domain.Writers, error) {
+	ev, err := domain.TrustWriter(id, name, service)
+	if err != nil {
+		return domain.Writers{}, err
+	}
+	return lw.change(ctx, actor, id, ev, time.Now())
+}
+
+// RetireWriter stops trusting id for what is stored from now on
+// (api.WriterAdmin).
+func (lw *ledgerWriters) RetireWriter(ctx context.Context, actor, id, reason string) (domain.Writers, error) {
+	return lw.change(ctx, actor, id, domain.WriterRetired{Reason: reason}, time.Now())
+}
+
+// Writers returns the set this node checks messages against.
+func (lw *ledgerWriters) Writers() domain.Writers {
+	if w := lw.store.Writers(); w != nil {
+		return *w
+	}
+	return domain.Writers{}
 }

@@ -223,6 +223,12 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 					return errStop
 				}
 			}
+			if quarantined == nil && opt.Writers != nil && env.Kind() == domain.KindWriter {
+				// The set of trusted writers is kept in KEYS, which is
+				// read before the streams its writers sign.
+				w := opt.Writers.Apply(env)
+				opt.Writers = &w
+			}
 			tree.Append(data)
 			if opt.Rows != nil && quarantined == nil {
 				events[env.ID] = &stored{digest: sha256.Sum256(data), stream: si, seq: seq}
