@@ -78,7 +78,18 @@ type Writers struct {
 	// stored before it: the events of a ledger written before keyledger
 	// signed its messages. Zero accepts none.
 	UnsignedBefore time.Time `json:"unsigned_before,omitzero"`
+	// UnsignedUsageBefore accepts unsigned usage (USAGE) stored before it:
+	// what verifying services published before they had writer keys of
+	// their own. Zero accepts none beyond UnsignedBefore.
+	UnsignedUsageBefore time.Time `json:"unsigned_usage_before,omitzero"`
+	// Version is the version of this document's rules: WritersVersion
+	// since services sign their usage.
+	Version int `json:"version,omitempty"`
 }
+
+// WritersVersion is the version of the trusted-writers rules this code
+// applies: 2 since every stream, usage included, must be signed.
+const WritersVersion = 2
 
 // ParseWriters reads a trusted-writers document (JSON, the shape of
 // Writers). Errors: EINVALID.
@@ -143,8 +154,11 @@ func (w Writers) Check(subject string, data []byte, writer string, sig []byte, s
 // pack's one signature is checked once. Reasons: those of Check, and
 // undecodable, wrong_stream, not_usage, other_actor (all EFORBIDDEN).
 func (w Writers) Verdict(stream, subject string, data []byte, writer, signature string, storedAt time.Time, n int, event func(i int) (typ, actor string, ok bool)) (string, error) {
-	if err := w.CheckHeaders(subject, data, writer, signature, storedAt); err != nil {
-		return writer, err
+	legacyUsage := stream == StreamUsage && writer == "" && signature == "" && storedAt.Before(w.UnsignedUsageBefore)
+	if !legacyUsage {
+		if err := w.CheckHeaders(subject, data, writer, signature, storedAt); err != nil {
+			return writer, err
+		}
 	}
 	service := ""
 	if writer != "" {

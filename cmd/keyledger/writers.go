@@ -59,12 +59,24 @@ func loadWriters(dataDir, keyFile, trustFile string, now time.Time) (ed25519.Pri
 		if err != nil {
 			return nil, domain.Writers{}, fmt.Errorf("%s: %w", path, err)
 		}
+		if w.Version < domain.WritersVersion {
+			// A ledger from before services signed their usage: what
+			// they published unsigned until now stays accepted.
+			w.Version = domain.WritersVersion
+			if w.UnsignedUsageBefore.IsZero() {
+				w.UnsignedUsageBefore = now.UTC()
+			}
+			out, _ := json.MarshalIndent(w, "", "  ")
+			if err := os.WriteFile(path, append(out, '\n'), 0o600); err != nil {
+				return nil, domain.Writers{}, fmt.Errorf("write trusted writers: %w", err)
+			}
+		}
 		return key, w.Trust(own, "this node"), nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, domain.Writers{}, fmt.Errorf("trusted writers: %w", err)
 	}
-	w := domain.Writers{}.Trust(own, "this node")
+	w := domain.Writers{Version: domain.WritersVersion}.Trust(own, "this node")
 	if entries, err := os.ReadDir(filepath.Join(dataDir, "nats")); err == nil && len(entries) > 0 {
 		w.UnsignedBefore = now.UTC()
 	}
