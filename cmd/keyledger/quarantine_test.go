@@ -193,6 +193,20 @@ func TestEveryWriterProvesItself(t *testing.T) {
 			t.Errorf("a quarantined event is in the log's search: %+v", e)
 		}
 	}
+	// A reviewer who asks sees them, each with why it was quarantined
+	// (the bytes that are not an event name no key).
+	checkFor(t, 20*time.Second, 50*time.Millisecond, func() error {
+		rows := searchLog(t, m, root, "key_id="+victimKey+"&quarantined=true")
+		for _, e := range rows {
+			if e.Quarantine == "" {
+				return fmt.Errorf("a quarantined row without its reason: %+v", e)
+			}
+		}
+		if len(rows) != len(forged)-1 {
+			return fmt.Errorf("%d quarantined rows of the key, want %d", len(rows), len(forged)-1)
+		}
+		return nil
+	})
 	if k, ok := m.state.Key(victimKey); !ok || k.Status(time.Now()) != domain.StatusActive {
 		t.Errorf("root key after a revoked-typed usage event: %+v", k)
 	}
