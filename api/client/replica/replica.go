@@ -151,14 +151,21 @@ func (s source) LastSeq(ctx context.Context) (uint64, error) {
 	return s.r.store.LastSeq(ctx, domain.StreamKeys)
 }
 
+// Subscribe follows KEYS. The trusted writers live there too
+// (writer.trusted, writer.retired): each accepted one changes the set the
+// store checks the next messages against, as on the nodes.
 func (s source) Subscribe(ctx context.Context, fromSeq uint64, fn func(domain.Envelope) error) (keystate.Subscription, error) {
 	on := s.r.cfg.OnApply
-	if on == nil {
-		return s.r.store.Subscribe(ctx, domain.StreamKeys, fromSeq, fn)
-	}
 	return s.r.store.Subscribe(ctx, domain.StreamKeys, fromSeq, func(env domain.Envelope) error {
+		if env.Forged == nil && env.Kind() == domain.KindWriter {
+			if w := s.r.store.Writers(); w != nil {
+				s.r.store.SetWriters(w.Apply(env))
+			}
+		}
 		err := fn(env)
-		on(env)
+		if on != nil {
+			on(env)
+		}
 		return err
 	})
 }
