@@ -58,7 +58,9 @@ func parseAlertQuery(v map[string][]string) (chlog.Query, error) {
 	if err != nil {
 		return q, err
 	}
-	q.Types = []string{domain.TypeAlertRaised}
+	// Alerts are what ALERTS stored and the event store accepted: an
+	// alert-typed event anyone wrote elsewhere is not one.
+	q.Streams = []string{domain.StreamAlerts}
 	for _, r := range splitList(v["rule"]) {
 		if !domain.ValidPermission(r) || strings.Contains(r, "*") {
 			return q, domain.Errorf(domain.EINVALID, "invalid_rule", "invalid rule %q", r)

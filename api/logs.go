@@ -44,6 +44,9 @@ type LogEntry struct {
 	Seq         uint64    `json:"seq"`
 	PrevHash    string    `json:"prev_hash"`
 	Hash        string    `json:"hash"`
+	// Quarantine is why the event store quarantined the event's message;
+	// set only on the rows a reviewer asks for with quarantined=true.
+	Quarantine string `json:"quarantine,omitempty"`
 }
 
 var csvHeader = []string{"event_id", "time", "type", "action", "outcome", "actor", "key_id", "owner", "permissions",
@@ -68,7 +71,7 @@ func entryOf(r chlog.Row) LogEntry {
 		EventID: r.EventID, Time: r.Time, Type: r.Type, Action: r.Action, Outcome: r.Outcome, Actor: r.Actor,
 		KeyID: r.KeyID, Owner: r.Owner, Permissions: nonNil(r.Permissions), SourceIP: r.SourceIP, UserAgent: r.UserAgent,
 		RequestID: r.RequestID, Name: r.Name, Comments: r.Comments, Reason: r.Reason, Stream: r.Stream, Seq: r.Seq,
-		PrevHash: r.PrevHash, Hash: r.Hash,
+		PrevHash: r.PrevHash, Hash: r.Hash, Quarantine: r.Quarantine,
 	}
 }
 
@@ -153,6 +156,15 @@ func parseLogQuery(v map[string][]string, now time.Time) (chlog.Query, string, e
 	if !q.From.IsZero() && !q.To.IsZero() && !q.From.Before(q.To) {
 		return q, "", domain.Errorf(domain.EINVALID, "invalid_time", "from must be before to")
 	}
+	switch one("quarantined") {
+	case "", "false":
+	case "true":
+		// The rows of quarantined messages, kept apart from the
+		// accepted history, and only them.
+		q.Quarantined = true
+	default:
+		return q, "", domain.Errorf(domain.EINVALID, "invalid_parameter", "quarantined must be true or false")
+	}
 	format := one("format")
 	switch format {
 	case "", "json":
@@ -189,6 +201,10 @@ func (s *Server) logs(w http.ResponseWriter, r *http.Request, c caller) {
 	q, format, err := parseLogQuery(r.URL.Query(), s.cfg.Now())
 	if err != nil {
 		s.problem(w, r, err)
+		return
+	}
+	if q.Quarantined && !c.Can(domain.PermLogViewAny) {
+		s.problem(w, r, domain.Errorf(domain.EFORBIDDEN, "insufficient_permissions", "quarantined rows need %s", domain.PermLogViewAny))
 		return
 	}
 	if !c.Can(domain.PermLogViewAny) {

@@ -112,6 +112,8 @@ type Config struct {
 	// AlertStreams the alert streams (see their types).
 	AuthFailures FailureLimits
 	AlertStreams AlertStreamLimits
+	// Writers manages the trusted writers (/v1/writers); optional.
+	Writers WriterAdmin
 }
 
 // MaxBodyBytes bounds every request body.
@@ -246,6 +248,8 @@ func (s *Server) routes() {
 	s.handle("POST", "/v1/principals/{id}/disable", domain.PermPrincipalManage, s.disablePrincipal)
 	s.handle("POST", "/v1/principals/{id}/enable", domain.PermPrincipalManage, s.enablePrincipal)
 	s.handle("POST", "/v1/principals/{id}/credentials", domain.PermPrincipalManage, s.issueCredential)
+	s.handle("POST", "/v1/writers", domain.PermPrincipalManage, s.changeWriter)
+	s.handle("GET", "/v1/writers", domain.PermPrincipalManage, s.listWriters)
 	s.handle("GET", "/v1/roles", "", s.listRoles)
 	s.handle("POST", "/v1/roles", domain.PermRoleManage, s.createRole)
 	s.handle("PUT", "/v1/roles/{name}", domain.PermRoleManage, s.updateRole)

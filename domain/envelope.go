@@ -92,7 +92,19 @@ func (e Envelope) Subject() string {
 
 // StreamName returns the stream the envelope belongs to.
 func (e Envelope) StreamName() string {
-	switch KindOf(e.Type) {
+	if e.Type == "" {
+		return StreamKeys
+	}
+	return StreamOfType(e.Type)
+}
+
+// StreamOfType returns the stream that holds events of type typ; "" for
+// an empty type, which no stream holds.
+func StreamOfType(typ string) string {
+	if typ == "" {
+		return ""
+	}
+	switch KindOf(typ) {
 	case KindUsage:
 		return StreamUsage
 	case KindAlert:

@@ -312,6 +312,10 @@ func derefEvent(v any) Event {
 		return *e
 	case *CheckpointPublished:
 		return *e
+	case *WriterTrusted:
+		return *e
+	case *WriterRetired:
+		return *e
 	}
 	return nil
 }

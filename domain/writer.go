@@ -64,6 +64,11 @@ type Writer struct {
 	ID        string    `json:"key"`
 	Name      string    `json:"name,omitempty"`
 	RetiredAt time.Time `json:"retired_at,omitzero"`
+	// Service, when set, makes the writer a verifying service's: it may
+	// sign only usage events (used, denied) whose actor is Service. A
+	// node's writer (Service empty) may sign any event of the stream it
+	// writes to.
+	Service string `json:"service,omitempty"`
 }
 
 // Writers is the set of keys whose messages keyledger applies.
@@ -73,7 +78,18 @@ type Writers struct {
 	// stored before it: the events of a ledger written before keyledger
 	// signed its messages. Zero accepts none.
 	UnsignedBefore time.Time `json:"unsigned_before,omitzero"`
+	// UnsignedUsageBefore accepts unsigned usage (USAGE) stored before it:
+	// what verifying services published before they had writer keys of
+	// their own. Zero accepts none beyond UnsignedBefore.
+	UnsignedUsageBefore time.Time `json:"unsigned_usage_before,omitzero"`
+	// Version is the version of this document's rules: WritersVersion
+	// since services sign their usage.
+	Version int `json:"version,omitempty"`
 }
+
+// WritersVersion is the version of the trusted-writers rules this code
+// applies: 2 since every stream, usage included, must be signed.
+const WritersVersion = 2
 
 // ParseWriters reads a trusted-writers document (JSON, the shape of
 // Writers). Errors: EINVALID.
@@ -124,6 +140,60 @@ func (w Writers) Check(subject string, data []byte, writer string, sig []byte, s
 	}
 	if !ed25519.Verify(pub, signingInput(subject, data), sig) {
 		return Errorf(EFORBIDDEN, "bad_signature", "message on %s does not match its signature by %s", subject, writer)
+	}
+	return nil
+}
+
+// Verdict reports why a stored message must be quarantined, or nil when it
+// may be applied: a trusted writer signed it (Check), every event in it
+// decoded (n events; event(i) returns the i-th event's type and actor, or
+// ok false when it is not an event), each is of a type stream may hold, and
+// a service's writer signed only its own usage. It returns the id of the
+// writer that signed the message ("" for one accepted unsigned). It is
+// called once per stored message, a pack of usage events included, so a
+// pack's one signature is checked once. Reasons: those of Check, and
+// undecodable, wrong_stream, not_usage, other_actor (all EFORBIDDEN).
+func (w Writers) Verdict(stream, subject string, data []byte, writer, signature string, storedAt time.Time, n int, event func(i int) (typ, actor string, ok bool)) (string, error) {
+	legacyUsage := stream == StreamUsage && writer == "" && signature == "" && storedAt.Before(w.UnsignedUsageBefore)
+	if !legacyUsage {
+		if err := w.CheckHeaders(subject, data, writer, signature, storedAt); err != nil {
+			return writer, err
+		}
+	}
+	service := ""
+	if writer != "" {
+		if i := slices.IndexFunc(w.Writers, func(x Writer) bool { return x.ID == writer }); i >= 0 {
+			service = w.Writers[i].Service
+		}
+	}
+	return writer, CheckEvents(stream, subject, service, n, event)
+}
+
+// CheckEvents reports why the n events of a message stored on stream may
+// not be applied, or nil: one is not an event, belongs to another stream,
+// or, for a service's writer (service is the actor it signs as), is not a
+// usage event or names another actor.
+func CheckEvents(stream, subject, service string, n int, event func(i int) (typ, actor string, ok bool)) error {
+	if n == 0 {
+		return Errorf(EFORBIDDEN, "undecodable", "message on %s holds no event", subject)
+	}
+	for i := range n {
+		typ, actor, ok := event(i)
+		if !ok {
+			return Errorf(EFORBIDDEN, "undecodable", "message on %s: event %d is not an event", subject, i)
+		}
+		if got := StreamOfType(typ); got != stream {
+			return Errorf(EFORBIDDEN, "wrong_stream", "message on %s: a %q event belongs to %s, not %s", subject, typ, got, stream)
+		}
+		if service == "" {
+			continue
+		}
+		if typ != TypeKeyUsed && typ != TypeKeyDenied {
+			return Errorf(EFORBIDDEN, "not_usage", "message on %s: service %s may write only usage events, not %q", subject, service, typ)
+		}
+		if actor != service {
+			return Errorf(EFORBIDDEN, "other_actor", "message on %s: service %s signed an event naming %q as its actor", subject, service, actor)
+		}
 	}
 	return nil
 }

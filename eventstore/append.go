@@ -275,7 +275,7 @@ func checkAggregate(envs []domain.Envelope) (kind, id string, err error) {
 
 func isLifecycleKind(kind string) bool {
 	switch kind {
-	case domain.KindKey, domain.KindPrincipal, domain.KindRole:
+	case domain.KindKey, domain.KindPrincipal, domain.KindRole, domain.KindWriter:
 		return true
 	}
 	return false

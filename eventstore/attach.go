@@ -31,6 +31,9 @@ func Attach(ctx context.Context, cfg Config) (*Store, error) {
 		log = slog.Default()
 	}
 	s := &Store{cfg: cfg, log: log.With("component", "eventstore"), signer: newSigner(cfg.WriterKey)}
+	if cfg.Writers != nil {
+		s.SetWriters(*cfg.Writers)
+	}
 	nc, err := Dial(ctx, cfg,
 		nats.Name("keyledger-"+cfg.Identity),
 		nats.MaxReconnects(-1),

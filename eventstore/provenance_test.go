@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/keyledger/keyledger/domain"
 	"github.com/keyledger/keyledger/eventstore"
 	"github.com/nats-io/nats.go"
@@ -136,5 +137,128 @@ func TestUsageMessagesAreSigned(t *testing.T) {
 	}
 	if got := s.WriterID(); got != writerOf(key) {
 		t.Fatalf("WriterID %q", got)
+	}
+}
+
+// TestVerdictOnEveryStream: the store judges every message of every stream
+// once, at the one place every reader goes through: a message signed by a
+// service's writer holding a lifecycle event, an event naming another
+// actor, or bytes that are not an event is quarantined on USAGE, and an
+// unsigned alert on ALERTS, while the node's own messages and the
+// service's own usage are accepted. A filtered subscription (the writer
+// events of KEYS) reads only its subjects, and LastSeqOf finds the last.
+func TestVerdictOnEveryStream(t *testing.T) {
+	node, svc := mustKey(t), mustKey(t)
+	trust := domain.Writers{Writers: []domain.Writer{{ID: writerOf(node)}, {ID: writerOf(svc), Service: "billing"}}}
+	s := MustOpenStore(t, func(c *eventstore.Config) { c.NoSync, c.WriterKey, c.Writers = true, node, &trust })
+	k := newKeyID()
+	own := used(t, k)
+	own.Actor = "billing"
+	own.Seal("")
+	other := used(t, k)
+	other.Actor = "bob"
+	other.Seal("")
+	revoked := created(t, k)
+	revoked.Type = domain.TypeKeyRevoked
+	publishSigned(t, s, own, svc)
+	publishSigned(t, s, other, svc)
+	// A lifecycle event on a usage subject.
+	b, _ := revoked.Marshal()
+	m := nats.NewMsg(own.Subject())
+	m.Data = b
+	m.Header.Set(eventstore.HdrWriter, writerOf(svc))
+	m.Header.Set(eventstore.HdrSignature, domain.EncodeSignature(domain.SignMessage(svc, m.Subject, m.Data)))
+	if _, err := s.JetStream().PublishMsg(testCtx(t), m); err != nil {
+		t.Fatal(err)
+	}
+	junk := nats.NewMsg(own.Subject())
+	junk.Data = []byte("not an event")
+	junk.Header.Set(eventstore.HdrWriter, writerOf(svc))
+	junk.Header.Set(eventstore.HdrSignature, domain.EncodeSignature(domain.SignMessage(svc, junk.Subject, junk.Data)))
+	if _, err := s.JetStream().PublishMsg(testCtx(t), junk); err != nil {
+		t.Fatal(err)
+	}
+
+	msgs := make(chan eventstore.StoredMessage, 16)
+	sub, err := s.SubscribeMessages(testCtx(t), domain.StreamUsage, 1, func(m eventstore.StoredMessage) error {
+		msgs <- m
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Stop()
+	for i, want := range []string{"", "other_actor", "wrong_stream", "undecodable"} {
+		select {
+		case m := <-msgs:
+			if got := domain.ErrorReason(m.Quarantine); got != want && !(want == "" && m.Quarantine == nil) {
+				t.Errorf("USAGE message %d: quarantine %v, want %q", i+1, m.Quarantine, want)
+			}
+			if m.Writer != writerOf(svc) {
+				t.Errorf("USAGE message %d names writer %q, want the service's", i+1, m.Writer)
+			}
+			for j, env := range m.Events {
+				if m.Err(j) == nil && (env.Forged == nil) != (m.Quarantine == nil) {
+					t.Errorf("USAGE message %d event %d: Forged %v, message quarantine %v", i+1, j, env.Forged, m.Quarantine)
+				}
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("USAGE message %d not delivered", i+1)
+		}
+	}
+
+	// ALERTS: an unsigned alert is quarantined.
+	alert, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), "", domain.AlertRaised{Rule: "brute_force", Severity: domain.SeverityCritical, Incident: "x", Summary: "x"}, time.Now(), "keyledger-alerts", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	alert.Seal("")
+	publishSigned(t, s, alert, nil)
+	alerts := make(chan eventstore.StoredMessage, 1)
+	asub, err := s.SubscribeMessages(testCtx(t), domain.StreamAlerts, 1, func(m eventstore.StoredMessage) error {
+		alerts <- m
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer asub.Stop()
+	select {
+	case m := <-alerts:
+		if domain.ErrorReason(m.Quarantine) != "unsigned" {
+			t.Errorf("unsigned alert: quarantine %v, want unsigned", m.Quarantine)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("alert not delivered")
+	}
+
+	// A filtered subscription of KEYS sees the writer events only.
+	mustAppend(t, s, 0, created(t, newKeyID()))
+	trusted, err := domain.NewEnvelope(uuid.Must(uuid.NewV7()), writerOf(svc), domain.WriterTrusted{Service: "billing"}, time.Now(), "root", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	trusted.Seal("")
+	seq := mustAppend(t, s, 0, trusted)
+	mustAppend(t, s, 0, created(t, newKeyID()))
+	if last, err := s.LastSeqOf(testCtx(t), domain.StreamKeys, "keyledger.writer.>"); err != nil || last != seq {
+		t.Fatalf("LastSeqOf the writer events: %d, %v; want %d", last, err, seq)
+	}
+	writers := make(chan eventstore.StoredMessage, 4)
+	wsub, err := s.SubscribeSubjects(testCtx(t), domain.StreamKeys, "keyledger.writer.>", 1, func(m eventstore.StoredMessage) error {
+		writers <- m
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wsub.Stop()
+	select {
+	case m := <-writers:
+		if m.Seq != seq || m.Quarantined() || m.Events[0].Type != domain.TypeWriterTrusted {
+			t.Errorf("writer subscription delivered seq %d (%v) %s, want the writer.trusted at %d", m.Seq, m.Quarantine, m.Events[0].Type, seq)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("writer event not delivered")
 	}
 }

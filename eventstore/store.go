@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/keyledger/keyledger/domain"
@@ -79,7 +80,7 @@ type Config struct {
 // Stream subjects. The wildcard after the aggregate id matches every event
 // type of that aggregate, which is the filter of its concurrency check.
 var streamSubjects = map[string][]string{
-	domain.StreamKeys:   {"keyledger.keys.>", "keyledger.principals.>", "keyledger.roles.>"},
+	domain.StreamKeys:   {"keyledger.keys.>", "keyledger.principals.>", "keyledger.roles.>", "keyledger.writer.>"},
 	domain.StreamUsage:  {"keyledger.usage.>"},
 	domain.StreamAlerts: {"keyledger.alerts.>"},
 	// Checkpoints are signed tree heads of the other streams; a stream of
@@ -108,6 +109,9 @@ type Store struct {
 	pub    publisher
 	atomic bool // the streams accept atomic batches (nats-server ≥ 2.12)
 	signer *signer
+	// writers are the trusted writers every reader checks messages
+	// against (Verdict); nil checks only their content.
+	writers atomic.Pointer[domain.Writers]
 
 	appends   *committer
 	snapshots *SnapshotStore
@@ -137,6 +141,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		log = slog.Default()
 	}
 	s := &Store{cfg: cfg, log: log.With("component", "eventstore"), signer: newSigner(cfg.WriterKey)}
+	if cfg.Writers != nil {
+		s.SetWriters(*cfg.Writers)
+	}
 
 	var opts []nats.Option
 	if cfg.URL == "" {

@@ -38,7 +38,8 @@ type Subscription struct {
 //
 // Messages that are not valid events (a service may publish to USAGE
 // itself) are logged and skipped rather than halting every projection;
-// Skipped counts them.
+// Skipped counts them. Events of a quarantined message (StoredMessage's
+// Quarantine) reach fn with Forged set, for it to refuse and count.
 func (s *Store) Subscribe(ctx context.Context, stream string, fromSeq uint64, fn func(domain.Envelope) error) (*Subscription, error) {
 	return s.SubscribeMessages(ctx, stream, fromSeq, func(m StoredMessage) error {
 		if m.PackErr != nil {
@@ -58,9 +59,12 @@ func (s *Store) Subscribe(ctx context.Context, stream string, fromSeq uint64, fn
 
 // StoredMessage is one stored message as a subscription reads it: its
 // events, both as stored and decoded, so that the followers of a stream
-// inside one node decode each event once.
+// inside one node decode each event once, and the store's verdict on it.
 type StoredMessage struct {
-	Seq uint64
+	Seq     uint64
+	Subject string
+	// Stored is when the server stored the message.
+	Stored time.Time
 	// Pending is how many messages of the stream follow it, as the server
 	// counted when it delivered it.
 	Pending uint64
@@ -69,13 +73,24 @@ type StoredMessage struct {
 	// whole message here, and it is not an event.
 	Raw     [][]byte
 	PackErr error
-	// Events are Raw decoded, with Stream, Seq, Index and (on KEYS and
-	// CHECKPOINTS) the provenance set; Errs[i] (Err(i)) is why Raw[i] is
-	// not an event, and Events[i] is then empty. Errs is nil when every
-	// event decoded.
+	// Events are Raw decoded, with Stream, Seq, Index, Writer and Forged
+	// set; Errs[i] (Err(i)) is why Raw[i] is not an event, and Events[i]
+	// is then empty. Errs is nil when every event decoded.
 	Events []domain.Envelope
 	Errs   []error
+	// Writer is the writer whose signature the message carries (trusted
+	// or not), and
+	// Quarantine why the message must be applied nowhere (Verdict): an
+	// unsigned message, an unknown or retired writer, a bad signature,
+	// an event its stream may not hold, a service's event naming another
+	// actor, or bytes that are not an event. Nil when it may be applied.
+	// Every event's Forged is Quarantine.
+	Writer     string
+	Quarantine error
 }
+
+// Quarantined reports whether the message must be applied nowhere.
+func (m StoredMessage) Quarantined() bool { return m.Quarantine != nil }
 
 // Err returns why the message's i-th event is not an event, or nil.
 func (m StoredMessage) Err(i int) error {
@@ -95,6 +110,30 @@ func (s *Store) SubscribeMessages(ctx context.Context, stream string, fromSeq ui
 		cfg.OptStartSeq = fromSeq
 	}
 	return s.subscribe(ctx, stream, cfg, fn)
+}
+
+// SubscribeSubjects is SubscribeMessages over the messages of stream whose
+// subject matches filter only.
+func (s *Store) SubscribeSubjects(ctx context.Context, stream, filter string, fromSeq uint64, fn func(StoredMessage) error) (*Subscription, error) {
+	cfg := jetstream.OrderedConsumerConfig{DeliverPolicy: jetstream.DeliverAllPolicy, FilterSubjects: []string{filter}}
+	if fromSeq > 1 {
+		cfg.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cfg.OptStartSeq = fromSeq
+	}
+	return s.subscribe(ctx, stream, cfg, fn)
+}
+
+// LastSeqOf returns the sequence of the last message of stream whose
+// subject matches filter, 0 when there is none.
+func (s *Store) LastSeqOf(ctx context.Context, stream, filter string) (uint64, error) {
+	m, found, err := s.leaderGet(ctx, stream, msgGetRequest{LastFor: filter, NoHeaders: true})
+	if err != nil {
+		return 0, fmt.Errorf("last of %s: %w", filter, err)
+	}
+	if !found {
+		return 0, nil
+	}
+	return m.Sequence, nil
 }
 
 func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig, fn func(StoredMessage) error) (*Subscription, error) {
@@ -162,44 +201,52 @@ func (s *Store) subscribe(ctx context.Context, stream string, cfg jetstream.Orde
 }
 
 // storedMessage splits and decodes one message of a subscription, logging
-// and counting what is not a valid event.
+// and counting what is not a valid event, and gives the store's verdict on
+// it, once for the whole message.
 func (s *Store) storedMessage(stream string, msg jetstream.Msg, md *jetstream.MsgMetadata, sub *Subscription, log *slog.Logger) StoredMessage {
 	seq := md.Sequence.Stream
-	m := StoredMessage{Seq: seq, Pending: md.NumPending}
-	// Provenance decides what the ledger applies: key state and
-	// checkpoints. Usage messages are signed too, and audit verify
-	// checks them, but a forged one grants nothing, so the hot
-	// path's followers do not pay for the check.
-	var forged error
-	var writer string
-	if w := s.cfg.Writers; w != nil && (stream == domain.StreamKeys || stream == domain.StreamCheckpoints) {
-		if forged = CheckProvenance(*w, msg.Subject(), msg.Data(), msg.Headers(), md.Timestamp); forged == nil {
-			writer = msg.Headers().Get(HdrWriter)
-		}
-	}
-	m.Raw, m.PackErr = domain.Unpack(msg.Headers().Get(domain.HdrEvents), msg.Data())
+	h := msg.Headers()
+	m := StoredMessage{Seq: seq, Subject: msg.Subject(), Stored: md.Timestamp, Pending: md.NumPending}
+	m.Raw, m.PackErr = domain.Unpack(h.Get(domain.HdrEvents), msg.Data())
 	if m.PackErr != nil {
 		log.Warn("subscription skipped invalid pack", "seq", seq, "subject", msg.Subject(), "err", m.PackErr)
 		sub.skipped.Add(1)
 		m.Raw = [][]byte{msg.Data()}
 		m.Events, m.Errs = make([]domain.Envelope, 1), []error{m.PackErr}
-		return m
-	}
-	m.Events = make([]domain.Envelope, len(m.Raw))
-	for i, raw := range m.Raw {
-		env, err := domain.UnmarshalEnvelope(raw)
-		if err != nil {
-			log.Warn("subscription skipped invalid event", "seq", seq, "index", i, "subject", msg.Subject(), "err", err)
-			sub.skipped.Add(1)
-			if m.Errs == nil {
-				m.Errs = make([]error, len(m.Raw))
+	} else {
+		m.Events = make([]domain.Envelope, len(m.Raw))
+		for i, raw := range m.Raw {
+			env, err := domain.UnmarshalEnvelope(raw)
+			if err != nil {
+				log.Warn("subscription skipped invalid event", "seq", seq, "index", i, "subject", msg.Subject(), "err", err)
+				sub.skipped.Add(1)
+				if m.Errs == nil {
+					m.Errs = make([]error, len(m.Raw))
+				}
+				m.Errs[i] = err
+				continue
 			}
-			m.Errs[i] = err
-			continue
+			env.Stream, env.Seq, env.Index = stream, seq, i
+			m.Events[i] = env
 		}
-		env.Stream, env.Seq, env.Index = stream, seq, i
-		env.Forged, env.Writer = forged, writer
-		m.Events[i] = env
+	}
+	m.Writer, m.Quarantine = s.Verdict(stream, msg.Subject(), msg.Data(), h.Get(HdrWriter), h.Get(HdrSignature), md.Timestamp, len(m.Events), func(i int) (string, string, bool) {
+		if m.Err(i) != nil {
+			return "", "", false
+		}
+		return m.Events[i].Type, m.Events[i].Actor, true
+	})
+	if m.Quarantine != nil {
+		log.Warn("message quarantined", "seq", seq, "subject", msg.Subject(), "writer", m.Writer, "why", m.Quarantine)
+	}
+	// An event's Writer is the trusted writer that signed it: none for
+	// a quarantined message, whatever writer it names.
+	writer := m.Writer
+	if m.Quarantine != nil {
+		writer = ""
+	}
+	for i := range m.Events {
+		m.Events[i].Writer, m.Events[i].Forged = writer, m.Quarantine
 	}
 	return m
 }

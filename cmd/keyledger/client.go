@@ -83,6 +83,7 @@ func (g *globals) run(ctx context.Context, args []string) error {
 		"keys":       keyCommands,
 		"principals": principalCommands,
 		"roles":      roleCommands,
+		"writers":    writerCommands,
 		"alerts":     alertCommands,
 		"logs":       logCommands,
 		"audit":      auditCommands,

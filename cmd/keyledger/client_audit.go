@@ -40,6 +40,14 @@ type auditFailure struct{ f *notary.Failure }
 
 func (e auditFailure) Error() string { return "audit_failed: " + e.f.Error() }
 
+// auditQuarantined is a log that holds quarantined messages (each named on
+// stdout): exit code 1.
+type auditQuarantined struct{ q []notary.Quarantined }
+
+func (e auditQuarantined) Error() string {
+	return fmt.Sprintf("audit_failed: the log holds %d quarantined messages (forged events: applied nowhere, named above); the first is %s", len(e.q), e.q[0])
+}
+
 func runAuditVerify(ctx context.Context, g *globals, name string, args []string) error {
 	var dataDir, natsURL, pubFile, chAddr, chDB, chUser, chPasswordFile, trustedWriters string
 	var nf natsFlags
@@ -127,8 +135,14 @@ func runAuditVerify(ctx context.Context, g *globals, name string, args []string)
 	if err != nil {
 		return &apiError{Code: "verify_error", Detail: err.Error()}
 	}
+	for _, q := range sum.Quarantined {
+		fmt.Fprintf(g.stdout, "QUARANTINED: %s\n", q)
+	}
 	if fail != nil {
 		return auditFailure{fail}
+	}
+	if len(sum.Quarantined) > 0 {
+		return auditQuarantined{sum.Quarantined}
 	}
 	var parts []string
 	for _, s := range notary.Streams {

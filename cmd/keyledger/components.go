@@ -198,6 +198,12 @@ func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) erro
 		return fmt.Errorf("alerts: read %s position: %w", domain.StreamKeys, err)
 	}
 	keys, err := m.store.Subscribe(bg, domain.StreamKeys, last+1, func(env domain.Envelope) error {
+		if env.Forged != nil {
+			// The key-state projection refused it and raised
+			// forged_event.
+			engine.Pass(domain.StreamKeys, env.Seq)
+			return nil
+		}
 		if err := engine.Observe(bg, env); err != nil {
 			m.Logger.Error("alert engine", "err", err)
 		}
@@ -207,6 +213,22 @@ func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) erro
 		return fmt.Errorf("alerts: subscribe %s: %w", domain.StreamKeys, err)
 	}
 	m.stack.add(layerConsumers, "alert engine: "+domain.StreamKeys, follow(keys))
+	// ALERTS is watched for messages that no node wrote: they reach no
+	// webhook and no listing, and raise forged_event here.
+	lastAlert, err := m.store.LastSeq(ctx, domain.StreamAlerts)
+	if err != nil {
+		return fmt.Errorf("alerts: read %s position: %w", domain.StreamAlerts, err)
+	}
+	forgedAlerts, err := m.store.SubscribeMessages(bg, domain.StreamAlerts, lastAlert+1, func(sm eventstore.StoredMessage) error {
+		if sm.Quarantined() {
+			m.forged.message(domain.StreamAlerts, sm)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("alerts: subscribe %s: %w", domain.StreamAlerts, err)
+	}
+	m.stack.add(layerConsumers, "alert engine: "+domain.StreamAlerts, follow(forgedAlerts))
 	m.stack.add(layerConsumers, "alert engine: tick", func(ctx context.Context) error {
 		t := time.NewTicker(time.Minute)
 		defer t.Stop()
@@ -236,7 +258,7 @@ func (m *Main) startAlertEngine(ctx context.Context, engine *alerts.Engine) erro
 func (m *Main) followUsage(ctx context.Context, engine *alerts.Engine) func(eventstore.StoredMessage) error {
 	return func(sm eventstore.StoredMessage) error {
 		if m.notaryFeed != nil {
-			nm := notary.Message{Seq: sm.Seq, Events: sm.Raw, Pending: sm.Pending}
+			nm := notary.Message{Seq: sm.Seq, Events: sm.Raw, Pending: sm.Pending, Quarantine: sm.Quarantine}
 			if sm.PackErr == nil {
 				// A pack that does not split is one leaf, which the
 				// notary decodes itself, as when it reads the stream.
@@ -244,7 +266,13 @@ func (m *Main) followUsage(ctx context.Context, engine *alerts.Engine) func(even
 			}
 			m.notaryFeed.Offer(nm)
 		}
-		if sm.PackErr != nil {
+		if sm.Quarantined() {
+			// Applied nowhere; alerted on once, when it is new (a
+			// start replays the tail before usageLast for last used).
+			if sm.Seq > m.usageLast {
+				m.forged.message(domain.StreamUsage, sm)
+				engine.Pass(domain.StreamUsage, sm.Seq)
+			}
 			return nil
 		}
 		for i, env := range sm.Events {
@@ -412,7 +440,7 @@ func (m *Main) startAuditLog(ctx context.Context) error {
 		return fmt.Errorf("open ClickHouse log at %s: %w", addr, err)
 	}
 	m.ch = ch
-	m.sink = chlog.NewSink(m.store.JetStream(), ch, chlog.SinkConfig{BatchWait: m.AuditBatchWait}, m.Logger)
+	m.sink = chlog.NewSink(m.store.JetStream(), ch, chlog.SinkConfig{BatchWait: m.AuditBatchWait, Verdict: m.store.Verdict}, m.Logger)
 	m.stack.add(layerConsumers, "audit sink", m.sink.Run)
 	return nil
 }
@@ -456,6 +484,10 @@ func (m *Main) startAlerts(ctx context.Context) (*alerts.Engine, error) {
 		hooks = append(hooks, alerts.WebhookConfig{URL: u, Secret: secret, MinSeverity: m.WebhookMinSev})
 	}
 	m.hooks = alerts.NewWebhooks(m.store.JetStream(), hooks, m.Logger)
+	m.hooks.SetVerdict(func(subject string, data []byte, writer, signature string, storedAt time.Time, typ, actor string) error {
+		_, err := m.store.Verdict(domain.StreamAlerts, subject, data, writer, signature, storedAt, 1, func(int) (string, string, bool) { return typ, actor, true })
+		return err
+	})
 	// Validate names only a URL's scheme and host: the rest may carry tokens.
 	if err := m.hooks.Validate(); err != nil {
 		return nil, fmt.Errorf("--webhook: %w", err)
@@ -482,7 +514,8 @@ func (m *Main) startNotary(engine *alerts.Engine) error {
 	}
 	m.notary = notary.New(m.store.JetStream(), m.store, key, notary.Config{
 		Every: m.CheckpointEvery, Interval: m.CheckpointInterval,
-		Feeds: map[string]*notary.Feed{domain.StreamUsage: m.notaryFeed},
+		Feeds:   map[string]*notary.Feed{domain.StreamUsage: m.notaryFeed},
+		Verdict: notaryVerdict(m.store),
 		OnBroken: func(eventID, why string) {
 			if err := engine.ChainBroken(context.Background(), time.Now(), eventID, why); err != nil {
 				m.Logger.Error("raise chain-broken alert", "err", err)
@@ -495,4 +528,18 @@ func (m *Main) startNotary(engine *alerts.Engine) error {
 		return nil
 	}))
 	return nil
+}
+
+// notaryVerdict is the event store's verdict on a message the notary read
+// itself.
+func notaryVerdict(store *eventstore.Store) func(string, notary.Message, []domain.Envelope, []error) error {
+	return func(stream string, nm notary.Message, envs []domain.Envelope, errs []error) error {
+		_, err := store.Verdict(stream, nm.Subject, nm.Data, nm.Writer, nm.Signature, nm.Stored, len(envs), func(i int) (string, string, bool) {
+			if errs != nil && errs[i] != nil {
+				return "", "", false
+			}
+			return envs[i].Type, envs[i].Actor, true
+		})
+		return err
+	}
 }

@@ -307,8 +307,8 @@ func (m *Main) registerMetrics(reg *prometheus.Registry) {
 	gauge("keyledger_keys", "Keys in the key-state projection.", func() float64 { return float64(m.state.Len()) })
 	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_event_store_restarts_total", Help: "Restarts of the embedded JetStream after it could not write to its disk (a full disk)."},
 		func() float64 { return float64(m.store.DiskRestarts()) }))
-	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_forged_events_total", Help: "KEYS events refused because no trusted writer signed them."},
-		func() float64 { return float64(m.state.Forged()) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "keyledger_forged_events_total", Help: "Stored messages quarantined (applied nowhere): unsigned, signed by an unknown or retired writer, of a type their stream may not hold, naming another actor, or not events."},
+		func() float64 { return float64(m.forged.count.Load()) }))
 }
 
 // auditReady fails once the notary has seen an event that does not verify.

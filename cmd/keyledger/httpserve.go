@@ -76,7 +76,12 @@ func (f alertFeed) TailAlerts(ctx context.Context, fn func(domain.Envelope) erro
 	if err != nil {
 		return err
 	}
-	sub, err := f.store.Subscribe(ctx, domain.StreamAlerts, last+1, fn)
+	sub, err := f.store.Subscribe(ctx, domain.StreamAlerts, last+1, func(env domain.Envelope) error {
+		if env.Forged != nil {
+			return nil // quarantined: no node wrote it
+		}
+		return fn(env)
+	})
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ Usage:
   keyledger keys <command> [flags]    create|list|show|regenerate|revoke|disable|enable|delete|events
   keyledger principals <command>      create|list|show|update|disable|enable|issue-credential
   keyledger roles <command>           list|create|update|delete
+  keyledger writers <command>         list|add|retire (the trusted writer keys)
   keyledger logs search [flags]       search or export the audit log
   keyledger alerts <command>          list|tail
   keyledger audit <command>           verify|prove|check-proof

@@ -41,6 +41,7 @@ type Main struct {
 	notary   *notary.Notary
 	hooks    *alerts.Webhooks
 	forged   forgedAlerts
+	writers  *ledgerWriters
 	commits  groupCommits
 	// usageFrom is where the node's one USAGE subscription starts: after
 	// last used's snapshot. usageLast is USAGE's last sequence at start:
@@ -106,6 +107,9 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	}
 	m.stack.add(layerStorage, "event store", onStop(m.store.Close))
 
+	if err := m.startWriters(ctx); err != nil {
+		return err
+	}
 	m.state, m.forged.log = keystate.New(), log
 	m.state.OnForged(m.forged.refused)
 	keys := keystate.NewFollower(m.state, keysSource{m.store}, m.store.Snapshots(), m.SnapshotEvery, log)
@@ -139,7 +143,7 @@ func (m *Main) Run(ctx context.Context) (err error) {
 	reg := prometheus.NewRegistry()
 	m.meters = newMeters()
 	acfg := api.Config{
-		Store: m.store, State: m.state, Usage: meteredUsage{m.usage, m.meters}, Logger: log, Metrics: reg,
+		Store: m.store, State: m.state, Usage: meteredUsage{m.usage, m.meters}, Logger: log, Metrics: reg, Writers: m.writers,
 		Commands:      commands.New(meteredStore{m.store, m.meters}, m.state, commands.Config{MaxActiveKeys: m.MaxActiveKeys}),
 		MaxActiveKeys: m.MaxActiveKeys, TrustProxy: m.TrustProxy, LastUsed: m.lastUsed, Logs: m.ch,
 		Alerts: alertFeed{m.store}, Audit: m.auditor(),

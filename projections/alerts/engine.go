@@ -668,15 +668,70 @@ func (e *Engine) ChainBroken(ctx context.Context, now time.Time, eventID, why st
 // stream that no trusted writer signed: someone with access to NATS wrote
 // it, and keyledger did not apply it.
 func (e *Engine) ForgedEvent(ctx context.Context, now time.Time, env domain.Envelope) error {
+	q := Quarantined{Stream: env.Stream, Seq: env.Seq, Subject: env.Subject(), Why: env.Forged, EventID: env.ID.String(), Type: env.Type}
+	if env.Type == "" {
+		q.EventID = ""
+	}
+	if k := nonEmptyKey(env); k != nil {
+		q.KeyID = k[0]
+	}
+	return e.Quarantine(ctx, now, q)
+}
+
+// Pass tells the engine that the message at seq of stream is not one it
+// observes (it was quarantined), so that the next one is no sequence gap.
+func (e *Engine) Pass(stream string, seq uint64) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if last, ok := e.lastSeq[stream]; ok && seq > last {
+		e.lastSeq[stream] = seq
+	}
+}
+
+// Quarantined is a stored message that the event store's verdict keeps out
+// of every projection.
+type Quarantined struct {
+	Stream  string
+	Seq     uint64
+	Subject string
+	// Writer is the writer the message names, "" when it is unsigned.
+	Writer string
+	Why    error
+	// EventID, Type and KeyID describe the message's first event, when
+	// it has one that decodes.
+	EventID, Type, KeyID string
+}
+
+// Quarantine raises the critical forged_event alert for a quarantined
+// message, naming its writer and its subject: someone with access to NATS
+// wrote it, and keyledger applied it nowhere.
+func (e *Engine) Quarantine(ctx context.Context, now time.Time, q Quarantined) error {
 	why := "unsigned"
-	if env.Forged != nil {
-		why = domain.ErrorMessage(env.Forged)
+	if q.Why != nil {
+		why = domain.ErrorMessage(q.Why)
+	}
+	writer := q.Writer
+	if writer == "" {
+		writer = "(unsigned)"
+	}
+	what := "message"
+	if q.Type != "" {
+		what = q.Type + " event " + q.EventID
+	}
+	incident := fmt.Sprintf("%s:%s:%d", RuleForgedEvent, q.Stream, q.Seq)
+	var evidence, keys []string
+	if q.EventID != "" {
+		evidence = []string{q.EventID}
+	}
+	if q.KeyID != "" {
+		keys = []string{q.KeyID}
 	}
 	e.mu.Lock()
 	err := e.enqueue([]alert{{AlertRaised: domain.AlertRaised{
-		Rule: RuleForgedEvent, Severity: domain.SeverityCritical, Incident: RuleForgedEvent + ":" + env.ID.String(),
-		Summary:  fmt.Sprintf("forged %s event %s at %s sequence %d was refused: %s", env.Type, env.ID, env.Stream, env.Seq, why),
-		Evidence: []string{env.ID.String()}, KeyIDs: nonEmptyKey(env),
+		Rule: RuleForgedEvent, Severity: domain.SeverityCritical, Incident: incident,
+		Summary:  fmt.Sprintf("forged %s at %s sequence %d on subject %s by writer %s was quarantined: %s", what, q.Stream, q.Seq, q.Subject, writer, why),
+		Evidence: evidence,
+		KeyIDs:   keys,
 	}, at: now, supp: 24 * time.Hour}})
 	e.mu.Unlock()
 	return errors.Join(err, e.flush(ctx))

@@ -208,6 +208,17 @@ type Webhooks struct {
 
 	mu        sync.Mutex
 	consumers map[string]jetstream.Consumer
+
+	// verdict, when set, is the event store's verdict on a message of
+	// ALERTS: a quarantined one reaches no receiver.
+	verdict func(subject string, data []byte, writer, signature string, storedAt time.Time, typ, actor string) error
+}
+
+// SetVerdict makes the deliverer ask the event store about each message
+// before delivering it: one no node wrote (quarantined) reaches no
+// receiver. typ and actor are those of the message's one event.
+func (w *Webhooks) SetVerdict(fn func(subject string, data []byte, writer, signature string, storedAt time.Time, typ, actor string) error) {
+	w.verdict = fn
 }
 
 // NewWebhooks returns a deliverer for hooks. It does nothing until Run. A
@@ -386,8 +397,9 @@ func fetchAlert(cons jetstream.Consumer) (jetstream.Msg, error) {
 // as stored, so a node forwards alerts written by a newer keyledger (a
 // rolling upgrade) without having to decode them.
 type alertHead struct {
-	ID   uuid.UUID `json:"id"`
-	Type string    `json:"type"`
+	ID    uuid.UUID `json:"id"`
+	Type  string    `json:"type"`
+	Actor string    `json:"actor"`
 }
 
 // handle makes one delivery attempt of msg and settles it: ack on 2xx or
@@ -399,6 +411,19 @@ func (w *Webhooks) handle(ctx context.Context, h WebhookConfig, msg jetstream.Ms
 		w.dropped.Add(1)
 		_ = msg.TermWithReason("not an alert")
 		return
+	}
+	if w.verdict != nil {
+		var stored time.Time
+		if md, err := msg.Metadata(); err == nil {
+			stored = md.Timestamp
+		}
+		h := msg.Headers()
+		if err := w.verdict(msg.Subject(), msg.Data(), h.Get(domain.HdrWriter), h.Get(domain.HdrSignature), stored, head.Type, head.Actor); err != nil {
+			log.Error("message on ALERTS is quarantined; not delivered", "subject", msg.Subject(), "why", err)
+			w.dropped.Add(1)
+			_ = msg.TermWithReason("quarantined")
+			return
+		}
 	}
 	// The subject is keyledger.alerts.<rule>.<severity>, the same
 	// thing the consumer's rule filter looks at.

@@ -45,6 +45,9 @@ type Row struct {
 	// Raw is the event exactly as it is stored in JetStream, so that the
 	// audit verifier can recompute its hash from ClickHouse alone.
 	Raw string
+	// Quarantine is why the event store quarantined the event's message,
+	// empty when it is part of the accepted history.
+	Quarantine string
 }
 
 // invalidType marks a row for a message that is not a decodable event at

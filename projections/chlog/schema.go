@@ -73,7 +73,7 @@ ORDER BY (key_id, time, event_id)`
 // appended and scanned. Inserts name them: INSERT INTO t (a, b, ...).
 const columns = `event_id, time, time_ms, stream, seq, type, kind, action, outcome, actor, ` +
 	`key_id, owner, permissions, source_ip, user_agent, request_id, service, token_hash, ` +
-	`name, comments, reason, schema_version, prev_hash, hash, raw`
+	`name, comments, reason, schema_version, prev_hash, hash, raw, quarantine`
 
 // migration is one versioned schema change. ClickHouse has no transactions
 // and 18.16 has no ADD COLUMN IF NOT EXISTS, so a migration's statements must
@@ -84,13 +84,25 @@ type migration struct {
 	version uint32
 	name    string
 	stmts   []string
+	// unless, when set, is a query counting what the statements would
+	// create: when it counts more than zero they are not run again.
+	unless string
 }
 
 // migrations are applied in order, each once. Never edit or reorder one that
 // has shipped; add a new one.
 var migrations = []migration{
 	{version: 1, name: "create audit_log", stmts: []string{createAuditLog}},
+	{version: 2, name: "add audit_log.quarantine",
+		stmts:  []string{`ALTER TABLE ` + Table + ` ADD COLUMN quarantine String DEFAULT ''`},
+		unless: `SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = '` + Table + `' AND name = 'quarantine'`},
 }
+
+// The quarantine column holds why the event store quarantined a row's
+// message (an unsigned or forged message, an event its stream may not
+// hold, bytes that are not an event), empty for the accepted history.
+// Searches, alerts and exports read only rows where it is empty unless a
+// reviewer asks for quarantined rows.
 
 // createMigrations is the table that records applied migrations. It is a
 // ReplacingMergeTree keyed by version so that two nodes recording the same
@@ -116,6 +128,15 @@ func (s *Store) Migrate(ctx context.Context) ([]uint32, error) {
 	for _, m := range migrations {
 		if done[m.version] {
 			continue
+		}
+		if m.unless != "" {
+			var n uint64
+			if err := s.conn.QueryRow(ctx, m.unless).Scan(&n); err != nil {
+				return applied, fmt.Errorf("migration %d (%s): %w", m.version, m.name, err)
+			}
+			if n > 0 {
+				m.stmts = nil
+			}
 		}
 		for i, stmt := range m.stmts {
 			if err := s.conn.Exec(ctx, stmt); err != nil {

@@ -27,6 +27,7 @@ type Query struct {
 	Actions  []string // "created", "revoked", "denied", ...
 	Outcomes []string // outcome or reason codes: "REVOKED", "INVALID_SECRET", ...
 	Types    []string // event types: "key.revoked", "alert.raised", ...
+	Streams  []string // the streams that stored the events: "ALERTS", ...
 	Names    []string // names (an alert's rule)
 	// Source is an IP address or a CIDR prefix.
 	Source    netip.Prefix
@@ -34,7 +35,10 @@ type Query struct {
 	From, To  time.Time // [From, To); zero means unbounded
 	Text      string    // free text over name, comments and reason
 	Limit     int       // 0 means no limit (exports)
-	After     *Cursor   // the last row of the previous page
+	// Quarantined selects the rows of quarantined messages, and only
+	// them; by default a search sees the accepted history only.
+	Quarantined bool
+	After       *Cursor // the last row of the previous page
 }
 
 // Cursor is a position in the newest-first order: (time, event id). Events
@@ -87,6 +91,11 @@ func (q Query) filter() (string, []any) {
 		}
 		add(col+" IN ("+marks+")", a...)
 	}
+	if q.Quarantined {
+		add("quarantine != ''")
+	} else {
+		add("quarantine = ''")
+	}
 	if q.Visible != nil {
 		if len(q.Visible) == 0 {
 			add("0")
@@ -111,6 +120,9 @@ func (q Query) filter() (string, []any) {
 	}
 	if len(q.Types) > 0 {
 		in("type", q.Types)
+	}
+	if len(q.Streams) > 0 {
+		in("stream", q.Streams)
 	}
 	if len(q.Names) > 0 {
 		in("name", q.Names)

@@ -58,7 +58,16 @@ type SinkConfig struct {
 	// events of its time, not a share of them. Order does not matter to
 	// the audit table, and every message is acked on its own.
 	Workers int
+	// Verdict is the event store's verdict on a message (writer and
+	// signature are its headers; n and event its events): why it is
+	// quarantined, or nil. Its rows are then stored with Quarantine set,
+	// out of every search that does not ask for them. Without it only a
+	// message that is not an event is quarantined.
+	Verdict Verdict
 }
+
+// Verdict judges one stored message once (see eventstore's Store.Verdict).
+type Verdict func(stream, subject string, data []byte, writer, signature string, storedAt time.Time, n int, event func(i int) (typ, actor string, ok bool)) (string, error)
 
 // DefaultDurable is the durable consumer name the sink uses by default.
 const DefaultDurable = "chlog"
@@ -281,9 +290,12 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, buf []Row, st *s
 			seq, stream, stored = md.Sequence.Stream, md.Stream, md.Timestamp
 		}
 		from := len(rows)
-		rows = AppendRows(rows, stream, seq, m.Headers().Get(domain.HdrEvents), m.Data())
-		for i := from; i < len(rows); i++ {
-			r := &rows[i]
+		h := m.Headers()
+		rows = AppendRows(rows, stream, seq, h.Get(domain.HdrEvents), m.Data())
+		mine := rows[from:]
+		why := s.verdict(stream, m.Subject(), m.Data(), h.Get(domain.HdrWriter), h.Get(domain.HdrSignature), stored, mine)
+		for i := range mine {
+			r := &mine[i]
 			if r.Type == invalidType {
 				log.Error("message is not an event; stored as invalid", "seq", seq, "subject", m.Subject())
 			}
@@ -292,6 +304,7 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, buf []Row, st *s
 				// stored it is the next best thing for range searches.
 				r.Time = stored.UTC().Truncate(time.Millisecond)
 			}
+			r.Quarantine = why
 		}
 		last = max(last, seq)
 	}
@@ -343,6 +356,28 @@ func (s *Sink) store(ctx context.Context, msgs []jetstream.Msg, buf []Row, st *s
 			return 0, rows[:0], false
 		}
 	}
+}
+
+// verdict returns why the message whose rows are rows is quarantined, or
+// "": rows give the verdict its events' types and actors, so the sink
+// decodes each event once.
+func (s *Sink) verdict(stream, subject string, data []byte, writer, signature string, stored time.Time, rows []Row) string {
+	event := func(i int) (string, string, bool) {
+		if rows[i].Type == invalidType {
+			return "", "", false
+		}
+		return rows[i].Type, rows[i].Actor, true
+	}
+	var err error
+	if s.cfg.Verdict != nil {
+		_, err = s.cfg.Verdict(stream, subject, data, writer, signature, stored, len(rows), event)
+	} else {
+		err = domain.CheckEvents(stream, subject, "", len(rows), event)
+	}
+	if err == nil {
+		return ""
+	}
+	return domain.ErrorReason(err) + ": " + domain.ErrorMessage(err)
 }
 
 // StreamLag is how far the audit log is behind one stream.

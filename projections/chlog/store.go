@@ -178,7 +178,7 @@ func (s *Store) Insert(ctx context.Context, rows []Row) error {
 		if err := batch.Append(
 			r.EventID, t, uint64(t.UnixMilli()), r.Stream, r.Seq, r.Type, r.Kind, r.Action, r.Outcome, r.Actor,
 			r.KeyID, r.Owner, perms, r.SourceIP, r.UserAgent, r.RequestID, r.Service, r.TokenHash,
-			r.Name, r.Comments, r.Reason, r.SchemaVersion, r.PrevHash, r.Hash, r.Raw,
+			r.Name, r.Comments, r.Reason, r.SchemaVersion, r.PrevHash, r.Hash, r.Raw, r.Quarantine,
 		); err != nil {
 			return fmt.Errorf("insert event %s: %w", r.EventID, err)
 		}
@@ -203,7 +203,8 @@ func (s *Store) fillOwners(ctx context.Context, rows []Row) error {
 	s.mu.Lock()
 	for i := range rows {
 		r := &rows[i]
-		if r.KeyID == "" {
+		if r.KeyID == "" || r.Quarantine != "" {
+			// A quarantined row's owner is what its writer claims.
 			continue
 		}
 		if r.Owner != "" {
@@ -226,7 +227,7 @@ func (s *Store) fillOwners(ctx context.Context, rows []Row) error {
 		// key_id leads the sorting key, so this reads a few granules
 		// per key, not the table.
 		q, err := s.conn.Query(ctx, `SELECT key_id, any(owner) FROM `+Table+
-			` WHERE key_id IN ? AND owner != '' GROUP BY key_id`, clickhouse.GroupSet{Value: missing})
+			` WHERE key_id IN ? AND owner != '' AND quarantine = '' GROUP BY key_id`, clickhouse.GroupSet{Value: missing})
 		if err != nil {
 			return fmt.Errorf("look up key owners: %w", err)
 		}
@@ -267,14 +268,14 @@ func (s *Store) rememberOwner(keyID, owner string) {
 // selectRow is the column list that scanRow reads.
 const selectRow = `SELECT event_id, time_ms, stream, seq, type, kind, action, outcome, actor, ` +
 	`key_id, owner, permissions, source_ip, user_agent, request_id, service, token_hash, ` +
-	`name, comments, reason, schema_version, prev_hash, hash, raw FROM ` + Table
+	`name, comments, reason, schema_version, prev_hash, hash, raw, quarantine FROM ` + Table
 
 func scanRow(rows driver.Rows) (Row, error) {
 	var r Row
 	var ms uint64
 	err := rows.Scan(&r.EventID, &ms, &r.Stream, &r.Seq, &r.Type, &r.Kind, &r.Action, &r.Outcome, &r.Actor,
 		&r.KeyID, &r.Owner, &r.Permissions, &r.SourceIP, &r.UserAgent, &r.RequestID, &r.Service, &r.TokenHash,
-		&r.Name, &r.Comments, &r.Reason, &r.SchemaVersion, &r.PrevHash, &r.Hash, &r.Raw)
+		&r.Name, &r.Comments, &r.Reason, &r.SchemaVersion, &r.PrevHash, &r.Hash, &r.Raw, &r.Quarantine)
 	if err != nil {
 		return Row{}, err
 	}

@@ -84,6 +84,15 @@ type Config struct {
 	// stream's Feed, and reads that stream itself only for what it was not
 	// offered (feed.go).
 	Feeds map[string]*Feed
+	// Verdict is the event store's verdict on a message the notary read
+	// itself (a Feed's messages come with theirs): why it is
+	// quarantined, or nil. envs are the message's events decoded, errs[i]
+	// why the i-th does not decode (nil when all did). A quarantined
+	// message is still folded into the tree (the tree proves what was
+	// stored) but its events are not checked against the chains: it is
+	// not part of the accepted history, and it never marks the log
+	// broken. When nil, only what does not decode is quarantined.
+	Verdict func(stream string, m Message, envs []domain.Envelope, errs []error) error
 }
 
 // Notary folds the streams into trees and signs checkpoints.
@@ -250,11 +259,17 @@ func (n *Notary) loadCheckpoints(ctx context.Context) error {
 		}
 		n.mu.Unlock()
 	}()
-	return ReadStream(ctx, n.js, domain.StreamCheckpoints, 1, false, func(seq uint64, data []byte) error {
-		env, err := domain.UnmarshalEnvelope(data)
-		if err != nil {
+	return ReadMessages(ctx, n.js, domain.StreamCheckpoints, 1, false, func(m Message) error {
+		seq := m.Seq
+		envs, _, quarantine := n.judge(domain.StreamCheckpoints, m)
+		if quarantine != nil || len(envs) != 1 {
+			// No node wrote it: it is not one of this ledger's
+			// checkpoints, and the node that raises forged_event for
+			// it is the one reading the stream.
+			n.log.Warn("quarantined checkpoint message ignored", "seq", seq, "why", quarantine)
 			return nil
 		}
+		env := envs[0]
 		ev, _ := env.Decode()
 		c, ok := ev.(domain.CheckpointPublished)
 		if !ok || n.trees[c.Stream] == nil {
@@ -311,7 +326,7 @@ func (n *Notary) readStream(ctx context.Context, stream string, live bool, count
 // catchUpEvery*Every events (and each Interval), not every Every.
 func (n *Notary) add(ctx context.Context, stream string, m Message) {
 	seq, events, behind := m.Seq, m.Events, m.Pending
-	decoded := len(m.Envelopes) == len(events)
+	envs, _, quarantine := n.judge(stream, m)
 	n.mu.Lock()
 	t := n.trees[stream]
 	if want := n.folded[stream] + 1; seq != want {
@@ -321,16 +336,7 @@ func (n *Notary) add(ctx context.Context, stream string, m Message) {
 	n.folded[stream] = seq
 	n.read[stream]++
 	for i, data := range events {
-		if decoded {
-			var err error
-			if m.EnvelopeErrs != nil {
-				err = m.EnvelopeErrs[i]
-			}
-			n.addLeaf(ctx, stream, seq, data, m.Envelopes[i], err)
-			continue
-		}
-		env, err := domain.UnmarshalEnvelope(data)
-		n.addLeaf(ctx, stream, seq, data, env, err)
+		n.addLeaf(ctx, stream, seq, data, envs[i], quarantine != nil)
 	}
 	for len(n.earlier[stream]) > 0 && n.earlier[stream][0].Size <= t.Size() {
 		c := n.earlier[stream][0]
@@ -359,9 +365,46 @@ func (n *Notary) add(ctx context.Context, stream string, m Message) {
 	}
 }
 
+// judge decodes m's events, unless its feed did, and returns them with the
+// verdict on m: the feed's, Config.Verdict's, or (without one) whether
+// every event decoded.
+func (n *Notary) judge(stream string, m Message) ([]domain.Envelope, []error, error) {
+	envs, errs := m.Envelopes, m.EnvelopeErrs
+	fed := len(envs) == len(m.Events)
+	if !fed {
+		envs = make([]domain.Envelope, len(m.Events))
+		errs = nil
+		for i, data := range m.Events {
+			env, err := domain.UnmarshalEnvelope(data)
+			if err != nil {
+				if errs == nil {
+					errs = make([]error, len(m.Events))
+				}
+				errs[i] = err
+				continue
+			}
+			envs[i] = env
+		}
+	}
+	if fed && m.Quarantine != nil {
+		return envs, errs, m.Quarantine
+	}
+	for _, err := range errs {
+		if err != nil {
+			return envs, errs, domain.Errorf(domain.EFORBIDDEN, "undecodable", "%s sequence %d is not a valid event: %v", stream, m.Seq, err)
+		}
+	}
+	if fed || n.cfg.Verdict == nil {
+		return envs, errs, nil
+	}
+	return envs, errs, n.cfg.Verdict(stream, m, envs, errs)
+}
+
 // addLeaf folds one event of the message at seq, data as stored and env
-// decoded from it (err when it does not decode); n.mu is held.
-func (n *Notary) addLeaf(ctx context.Context, stream string, seq uint64, data []byte, env domain.Envelope, err error) {
+// decoded from it; n.mu is held. The event of a quarantined message is a
+// leaf like any other, indexed by its id when it has one, and is not
+// checked: it is no part of the accepted history.
+func (n *Notary) addLeaf(ctx context.Context, stream string, seq uint64, data []byte, env domain.Envelope, quarantined bool) {
 	t := n.trees[stream]
 	if err := t.Append(data); err != nil {
 		n.log.Error("notary tree", "stream", stream, "seq", seq, "err", err)
@@ -375,17 +418,15 @@ func (n *Notary) addLeaf(ctx context.Context, stream string, seq uint64, data []
 		}
 		n.ids[stream] = n.ids[stream][:0]
 	}
-	switch {
-	case err != nil:
-		n.markBroken(fmt.Sprintf("%s:%d", stream, seq), fmt.Sprintf("%s sequence %d is not a valid event: %v", stream, seq, err))
-	default:
-		why := checkEventHashed(env, env.ComputeHash(), nil, "")
-		if why == "" && stream == domain.StreamKeys {
-			why = n.chains.check(env)
-		}
-		if why != "" {
-			n.markBroken(env.ID.String(), why)
-		}
+	if quarantined {
+		return
+	}
+	why := checkEventHashed(env, env.ComputeHash(), nil, "")
+	if why == "" && stream == domain.StreamKeys {
+		why = n.chains.check(env)
+	}
+	if why != "" {
+		n.markBroken(env.ID.String(), why)
 	}
 }
 
@@ -727,15 +768,14 @@ func (n *Notary) recheck(ctx context.Context, stream string, c domain.Checkpoint
 			broken("", fmt.Sprintf("missing from the stream (next stored is %d)", m.Seq))
 			return errStop
 		}
-		for _, data := range m.Events {
-			env, err := domain.UnmarshalEnvelope(data)
-			if err != nil {
-				broken("", "stored bytes are not a valid event: "+err.Error())
-				return errStop
-			}
-			if why := checkEvent(env, chains, stream); why != "" {
-				broken(env.ID.String(), why)
-				return errStop
+		envs, _, quarantine := n.judge(stream, m)
+		for i, data := range m.Events {
+			env := envs[i]
+			if quarantine == nil {
+				if why := checkEvent(env, chains, stream); why != "" {
+					broken(env.ID.String(), why)
+					return errStop
+				}
 			}
 			_ = r.Append(LeafHash(data), nil)
 			if r.End() == c.Size {
@@ -954,6 +994,9 @@ type Message struct {
 	// is why Events[i] does not decode (nil when every event decoded).
 	Envelopes    []domain.Envelope
 	EnvelopeErrs []error
+	// Quarantine is the event store's verdict on a Feed's message: why it
+	// is applied nowhere, or nil (Config.Verdict).
+	Quarantine error
 }
 
 // ReadMessages is ReadStream with each message's subject, signature and

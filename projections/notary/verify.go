@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 
 	"github.com/google/uuid"
@@ -69,15 +70,44 @@ type VerifyOptions struct {
 	Writers *domain.Writers
 }
 
-// provenance names why m must not be trusted under opt.Writers, or "".
-func (opt VerifyOptions) provenance(m Message) string {
+// verdict returns why the event of message m at index i is quarantined, or
+// nil: the message's provenance under opt.Writers (at its first event),
+// and whether the event decodes and is one that its stream, and a
+// service's writer, may hold. It is the event store's verdict, taken one
+// event at a time as Verify meets them: an event of a pack is quarantined
+// with every later event of its message once one of them fails.
+func (opt VerifyOptions) verdict(stream string, m Message, env domain.Envelope, decodeErr error) error {
+	event := func(int) (string, string, bool) { return env.Type, env.Actor, decodeErr == nil }
 	if opt.Writers == nil {
-		return ""
+		return domain.CheckEvents(stream, m.Subject, "", 1, event)
 	}
-	if err := opt.Writers.CheckHeaders(m.Subject, m.Data, m.Writer, m.Signature, m.Stored); err != nil {
-		return "forged event (" + domain.ErrorReason(err) + "): " + domain.ErrorMessage(err)
+	_, err := opt.Writers.Verdict(stream, m.Subject, m.Data, m.Writer, m.Signature, m.Stored, 1, event)
+	return err
+}
+
+// Quarantined is a stored message that the event store quarantines: it is
+// in the tree (the notary folds what was stored) but no part of the
+// accepted history, and Verify names every one.
+type Quarantined struct {
+	Stream  string
+	Seq     uint64
+	Subject string
+	Writer  string
+	// EventID is the message's first event, "" when it is not one.
+	EventID string
+	Why     string
+}
+
+func (q Quarantined) String() string {
+	w := q.Writer
+	if w == "" {
+		w = "(unsigned)"
 	}
-	return ""
+	id := q.EventID
+	if id == "" {
+		id = "(not an event)"
+	}
+	return fmt.Sprintf("%s sequence %d, event %s on %s, writer %s: %s", q.Stream, q.Seq, id, q.Subject, w, q.Why)
 }
 
 // Summary counts what Verify checked.
@@ -88,6 +118,9 @@ type Summary struct {
 	// Lagging counts, with Live, the events the ClickHouse log has not
 	// reached yet.
 	Lagging uint64
+	// Quarantined names every quarantined message, in log order: the
+	// log does not verify while it holds one.
+	Quarantined []Quarantined
 }
 
 // stored is what the row comparison keeps of an event: 56 bytes, so a
@@ -115,13 +148,13 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 	err := ReadMessages(ctx, js, domain.StreamCheckpoints, 1, false, func(m Message) error {
 		seq, data := m.Seq, m.Data
 		env, err := domain.UnmarshalEnvelope(data)
-		if err != nil {
-			cpFail = &Failure{Stream: domain.StreamCheckpoints, Seq: seq, Why: "undecodable checkpoint: " + err.Error()}
-			return errStop
-		}
-		if why := opt.provenance(m); why != "" {
-			cpFail = &Failure{Stream: domain.StreamCheckpoints, Seq: seq, EventID: env.ID.String(), Why: why}
-			return errStop
+		if q := opt.verdict(domain.StreamCheckpoints, m, env, err); q != nil {
+			qm := Quarantined{Stream: domain.StreamCheckpoints, Seq: seq, Subject: m.Subject, Writer: m.Writer, Why: domain.ErrorMessage(q)}
+			if err == nil {
+				qm.EventID = env.ID.String()
+			}
+			sum.Quarantined = append(sum.Quarantined, qm)
+			return nil
 		}
 		ev, _ := env.Decode()
 		c, ok := ev.(domain.CheckpointPublished)
@@ -144,6 +177,10 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 		return sum, cpFail, nil
 	}
 	events := map[uuid.UUID]*stored{} // for the row comparison
+	// quarantinedSeqs holds "STREAM:seq" of every quarantined message,
+	// whose rows the comparison leaves out (a message that is not an
+	// event has a row without an event id).
+	quarantinedSeqs := map[string]bool{}
 	order := make([][]uuid.UUID, len(Streams))
 	for si, stream := range Streams {
 		list := cps[stream]
@@ -154,6 +191,7 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 		var prev *domain.CheckpointPublished
 		var fail *Failure
 		expect := uint64(1)
+		var quarantined error // the verdict on the message being read
 		err := readDecoded(ctx, js, stream, func(m *decoded) error {
 			seq, data := m.seq, m.data
 			if m.first {
@@ -164,21 +202,35 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 				expect++
 			}
 			env := m.env
-			if m.err != nil {
-				fail = &Failure{Stream: stream, Seq: seq, Why: "stored bytes are not a valid event: " + m.err.Error()}
-				return errStop
-			}
 			id := env.ID.String()
-			if why := opt.provenance(m.msg); m.first && why != "" {
-				fail = &Failure{Stream: stream, Seq: seq, EventID: id, Why: why}
-				return errStop
+			if m.first {
+				quarantined = nil
 			}
-			if why := checkEventHashed(env, m.hash, chains, stream); why != "" {
-				fail = &Failure{Stream: stream, Seq: seq, EventID: id, Why: why}
-				return errStop
+			if quarantined == nil {
+				if q := opt.verdict(stream, m.msg, env, m.err); q != nil {
+					quarantined = q
+					qm := Quarantined{Stream: stream, Seq: seq, Subject: m.msg.Subject, Writer: m.msg.Writer, Why: domain.ErrorMessage(q)}
+					if m.err == nil {
+						qm.EventID = id
+					}
+					sum.Quarantined = append(sum.Quarantined, qm)
+					quarantinedSeqs[stream+":"+strconv.FormatUint(seq, 10)] = true
+				}
+			}
+			if quarantined == nil {
+				if why := checkEventHashed(env, m.hash, chains, stream); why != "" {
+					fail = &Failure{Stream: stream, Seq: seq, EventID: id, Why: why}
+					return errStop
+				}
+			}
+			if quarantined == nil && opt.Writers != nil && env.Kind() == domain.KindWriter {
+				// The set of trusted writers is kept in KEYS, which is
+				// read before the streams its writers sign.
+				w := opt.Writers.Apply(env)
+				opt.Writers = &w
 			}
 			tree.Append(data)
-			if opt.Rows != nil {
+			if opt.Rows != nil && quarantined == nil {
 				events[env.ID] = &stored{digest: sha256.Sum256(data), stream: si, seq: seq}
 				order[si] = append(order[si], env.ID)
 			}
@@ -247,6 +299,9 @@ func Verify(ctx context.Context, js jetstream.JetStream, pub ed25519.PublicKey, 
 		sum.Rows++
 		id, err := uuid.Parse(r.EventID)
 		e := events[id]
+		if quarantinedSeqs[r.Stream+":"+strconv.FormatUint(r.Seq, 10)] {
+			return nil // the row of a quarantined message, named already
+		}
 		if err != nil || e == nil {
 			if opt.Live && slices.Contains(Streams, r.Stream) && r.Seq > sum.Events[r.Stream] {
 				return nil // stored after Verify read the stream

@@ -17,6 +17,7 @@ package replica
 
 import (
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,6 +50,11 @@ type Config struct {
 	// Service is the actor recorded on this service's usage events: its
 	// principal id or name.
 	Service string
+	// WriterKey signs the usage events this service publishes. The nodes
+	// apply them only when its public key is a trusted writer of this
+	// service (domain.Writer with Service set to Service); unsigned usage
+	// is quarantined on a ledger that signs its events.
+	WriterKey ed25519.PrivateKey
 	// Usage tunes the usage publisher: durable by default (Verify returns
 	// once the event is stored), or Async with a bounded buffer.
 	Usage eventstore.UsageConfig
@@ -106,6 +112,9 @@ func Open(ctx context.Context, cfg Config) (*Replica, error) {
 	}
 	ncfg := cfg.NATS
 	ncfg.Writers, ncfg.Logger = cfg.Writers, log
+	if cfg.WriterKey != nil {
+		ncfg.WriterKey = cfg.WriterKey
+	}
 	store, err := eventstore.Attach(ctx, ncfg)
 	if err != nil {
 		return nil, fmt.Errorf("replica: %w", err)
@@ -142,14 +151,21 @@ func (s source) LastSeq(ctx context.Context) (uint64, error) {
 	return s.r.store.LastSeq(ctx, domain.StreamKeys)
 }
 
+// Subscribe follows KEYS. The trusted writers live there too
+// (writer.trusted, writer.retired): each accepted one changes the set the
+// store checks the next messages against, as on the nodes.
 func (s source) Subscribe(ctx context.Context, fromSeq uint64, fn func(domain.Envelope) error) (keystate.Subscription, error) {
 	on := s.r.cfg.OnApply
-	if on == nil {
-		return s.r.store.Subscribe(ctx, domain.StreamKeys, fromSeq, fn)
-	}
 	return s.r.store.Subscribe(ctx, domain.StreamKeys, fromSeq, func(env domain.Envelope) error {
+		if env.Forged == nil && env.Kind() == domain.KindWriter {
+			if w := s.r.store.Writers(); w != nil {
+				s.r.store.SetWriters(w.Apply(env))
+			}
+		}
 		err := fn(env)
-		on(env)
+		if on != nil {
+			on(env)
+		}
 		return err
 	})
 }
