@@ -33,7 +33,8 @@ test: deps clickhouse-deps chromium-deps vet
 	KEYLEDGER_TEST_CHROMIUM="$$(./scripts/ensure-chromium.sh --path)" \
 		./scripts/with-clickhouse.sh $(GO) test -race -count=1 -timeout 12m ./...
 
-# test-stress runs the fault suite's short version (TestChaos*) and the
+# test-stress runs the fault suite's short version (TestChaos*, with the
+# restart right after kill -9 and the stop by SIGTERM) and the
 # event store contract suite STRESS_ROUNDS times (3) with GOMAXPROCS=1 beside
 # a CPU burner per core, to catch a test that assumes a timing before CI
 # does; see scripts/stress.sh. It is heavy: about ten minutes a round on 2

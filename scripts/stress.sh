@@ -2,7 +2,8 @@
 # stress.sh runs the tests that depend most on timing while the CPU is kept
 # busy, several rounds in a row, to catch a timing assumption before CI
 # does: the fault suite's short version (TestChaos*, the real binary with
-# its managed ClickHouse) and the event store contract suite (embedded,
+# its managed ClickHouse, with the tests of a restart right after kill -9
+# and of a stop by SIGTERM) and the event store contract suite (embedded,
 # 3-node cluster, external URL). Each round runs both with the race
 # detector and GOMAXPROCS=1 (the test binaries and the keyledger processes
 # they start), beside CPU burners, one per core. It is meant to run under
@@ -77,7 +78,7 @@ run() {
 }
 
 for round in $(seq 1 "$ROUNDS"); do
-	run chaos "$round" "$GO" test -race -count=1 -timeout 30m -run '^TestChaos' ./cmd/keyledger
+	run chaos "$round" "$GO" test -race -count=1 -timeout 30m -run '^(TestChaos|TestServeReadyRightAfterKill9$|TestServeStopsCleanlyOnSIGTERM$)' ./cmd/keyledger
 	run contract "$round" "$GO" test -race -count=1 -timeout 15m -run '^TestContract' ./eventstore
 done
 
