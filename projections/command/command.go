@@ -59,6 +59,9 @@ type Service struct {
 	// names serializes creating and renaming principals, whose names are
 	// unique across aggregates.
 	names sync.Mutex
+	// ownKeys serializes revoking, disabling and deleting one's own keys,
+	// so that the last-credential guard sees every earlier one applied.
+	ownKeys sync.Mutex
 }
 
 // New returns a Service that appends to store and reads and waits on state,

@@ -249,3 +249,32 @@ func TestChangeKeyAuthorizes(t *testing.T) {
 		t.Fatal("the rotated token does not match the stored hash")
 	}
 }
+
+// TestLastCredentialUnderRace: a principal revoking its two credentials at
+// once keeps one of them (last_credential for the other).
+func TestLastCredentialUnderRace(t *testing.T) {
+	n := mustStartNode(t, command.Config{})
+	alice := n.actor(t, 0, domain.RoleKeyAdmin)
+	second, _, err := n.svc.CreateKey(ctxFor(t), alice, domain.CreateKey{Meta: meta(alice), Name: "second"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{alice.Key.ID, second.ID}
+	errs := race(2, func(i int) error {
+		_, _, err := n.svc.ChangeKey(ctxFor(t), alice, ids[i], domain.RevokeKey{Meta: meta(alice), Reason: "both"})
+		return err
+	})
+	refused := 0
+	for _, err := range errs {
+		switch domain.ErrorReason(err) {
+		case "":
+		case "last_credential":
+			refused++
+		default:
+			t.Fatalf("revoke: %v", err)
+		}
+	}
+	if refused != 1 || n.state.Credentials(alice.Principal.ID, time.Now(), "") != 1 {
+		t.Fatalf("%d refused, %d credentials left; want 1 and 1", refused, n.state.Credentials(alice.Principal.ID, time.Now(), ""))
+	}
+}

@@ -111,6 +111,16 @@ func (s *Service) ChangeKey(ctx context.Context, a domain.Actor, id string, cmd 
 	if _, err := uuid.Parse(id); err != nil {
 		return domain.Key{}, "", domain.ErrKeyNotFound
 	}
+	switch cmd.(type) {
+	case domain.RevokeKey, domain.DisableKey, domain.DeleteKey:
+		// Two of a principal's credentials taken away at once could each
+		// see the other still active: this node decides such commands on
+		// one's own keys one at a time, each after the last is applied.
+		if k, _ := s.state.Key(id); k.Owner == a.Principal.ID {
+			s.ownKeys.Lock()
+			defer s.ownKeys.Unlock()
+		}
+	}
 	var token string
 	_, err := s.Update(ctx, domain.KindKey, id, func(agg Aggregate) ([]domain.Envelope, error) {
 		k := agg.Key
