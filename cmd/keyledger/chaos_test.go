@@ -359,7 +359,17 @@ func (l *chaosLoad) check(t *testing.T, chAddr, database string, res *chaosResul
 	})
 	t.Logf("%s: sink caught up after %s", res.Fault, time.Since(began).Round(time.Millisecond))
 	ctx := context.Background()
-	st, err := chlog.Open(ctx, chlogtest.ConfigFor(chAddr, database), chlogtest.Logger(t))
+	// A node's managed ClickHouse is reached with its generated
+	// credentials.
+	chCfg := chlogtest.ConfigFor(chAddr, database)
+	chArgs := []string{"--clickhouse", chAddr, "--clickhouse-database", database}
+	if pwFile := filepath.Join(n.dir, "clickhouse", chlog.PasswordFile); fileExists(pwFile) {
+		pw, err := os.ReadFile(pwFile)
+		must(t, err)
+		chCfg.Username, chCfg.Password = chlog.LocalUser, strings.TrimSpace(string(pw))
+		chArgs = append(chArgs, "--clickhouse-user", chlog.LocalUser, "--clickhouse-password-file", pwFile)
+	}
+	st, err := chlog.Open(ctx, chCfg, chlogtest.Logger(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -434,8 +444,8 @@ func (l *chaosLoad) check(t *testing.T, chAddr, database string, res *chaosResul
 	must(t, os.WriteFile(pub, b, 0o600))
 	cmd := exec.Command(e2eCLIBin, "audit", "verify", "--nats-url", n.natsURL,
 		"--nats-nkey", eventstore.SeedFile(filepath.Join(n.dir, "nats", "credentials"), eventstore.IdentityAuditor),
-		"--trusted-writers", filepath.Join(n.dir, "trusted-writers.json"), "--public-key", pub,
-		"--clickhouse", chAddr, "--clickhouse-database", database)
+		"--trusted-writers", filepath.Join(n.dir, "trusted-writers.json"), "--public-key", pub)
+	cmd.Args = append(cmd.Args, chArgs...)
 	cmd.Env = e2eEnv()
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.HasPrefix(string(out), "OK") {
@@ -901,4 +911,9 @@ func startDelayProxy(t *testing.T, backend string) *delayProxy {
 		}
 	}()
 	return p
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
